@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: creates .venv, installs vimzoo (+ test and OpenMMLab extras), then runs
+#   bash tools/dev.sh train [train.py args]   -> the main job: train a small zoo model on the built-in dataset
+#   bash tools/dev.sh test  [pytest args]     -> the whole test suite (what CI runs)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VIMZOO_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+cd "$ROOT"
+
+if [ ! -x "$PY" ]; then
+    echo "[vimzoo] creating virtualenv $VENV"
+    python3 -m venv "$VENV"
+fi
+# torch==2.14.1 / torchvision==0.29.1 are pinned in setup.cfg (pip takes them from local disk where available).
+echo "[vimzoo] installing vimzoo and its dependencies"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+"$PY" -c "import vimzoo, torch, timm; print('[vimzoo]', vimzoo.__version__, 'torch', torch.__version__, 'timm', timm.__version__)"
+
+cmd="${1:-test}"
+shift || true
+case "$cmd" in
+    train)
+        exec "$PY" tools/train.py "$@"
+        ;;
+    test)
+        echo "[vimzoo] installing the OpenMMLab stack (cached mmcv wheel after the first build)"
+        PYTHON="$PY" bash tools/install_mm.sh
+        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+        exec "$PY" -m pytest -n "${VIMZOO_TEST_WORKERS:-2}" --dist loadfile -q -rs --timeout 1800 "$@"
+        ;;
+    *)
+        echo "usage: bash tools/dev.sh {train|test} [args...]" >&2
+        exit 2
+        ;;
+esac
