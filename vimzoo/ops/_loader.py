@@ -1,0 +1,137 @@
+"""Lazy JIT build of the C++ (CPU) and CUDA scan kernels in `csrc/` with torch.utils.cpp_extension.load.
+
+Built once on first use and cached in the torch extensions dir (TORCH_EXTENSIONS_DIR, default
+~/.cache/torch_extensions). Without a compiler the CPU kernel is skipped with a one-time warning and 'auto'
+falls back to the PyTorch reference. Set VIMZOO_DISABLE_KERNELS=1 to never build (reference only).
+"""
+import os
+import shutil
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from ._backend import warn_once
+
+__all__ = ['cpu_extension', 'cuda_extension', 'build_cuda_extension', 'csrc_dir', 'cpu_build_flags']
+
+_errors = {}
+
+
+def csrc_dir() -> Path:
+    from vimzoo.zoo import resource_path
+    return resource_path('csrc')
+
+
+def _ensure_ninja() -> None:
+    """cpp_extension needs `ninja` on PATH; the venv's copy may not be there when python is called by path."""
+    if shutil.which('ninja'):
+        return
+    candidates = [Path(sys.executable).parent]
+    try:
+        import ninja  # type: ignore
+        candidates.append(Path(ninja.BIN_DIR))
+    except Exception:  # noqa: BLE001 - optional helper package
+        pass
+    for folder in candidates:
+        if (folder / 'ninja').exists():
+            os.environ['PATH'] = f'{folder}{os.pathsep}{os.environ.get("PATH", "")}'
+            return
+
+
+def _cpu_has(*flags: str) -> bool:
+    try:
+        text = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return False
+    words = set(text.split())
+    return all(f in words for f in flags)
+
+
+def cpu_build_flags() -> List[str]:
+    """-O3, C++20 (torch 2.14 headers), and AVX2/FMA only when this CPU has them (the extension name says so)."""
+    flags = ['-O3', '-std=c++20', '-fno-math-errno']
+    if _cpu_has('avx2', 'fma'):
+        flags += ['-mavx2', '-mfma']
+    return flags
+
+
+def _disabled() -> bool:
+    return os.environ.get('VIMZOO_DISABLE_KERNELS', '0') not in ('', '0')
+
+
+@lru_cache(maxsize=None)
+def _load_cpu():
+    from torch.utils.cpp_extension import load
+    _ensure_ninja()
+    flags = cpu_build_flags()
+    name = 'vimzoo_scan_cpu' + ('_avx2' if '-mavx2' in flags else '')
+    src = csrc_dir() / 'scan_cpu.cpp'
+    if not src.exists():
+        raise FileNotFoundError(f'{src} not found')
+    return load(name=name, sources=[str(src)], extra_cflags=flags, verbose=os.environ.get('VIMZOO_VERBOSE_BUILD')
+                == '1')
+
+
+def cpu_extension(required: bool = True):
+    """The compiled CPU kernel module, or None (one-time warning) when it cannot be built and not required."""
+    if _disabled():
+        if required:
+            raise RuntimeError('vimzoo.ops: kernels disabled by VIMZOO_DISABLE_KERNELS.')
+        return None
+    if 'cpu' not in _errors:
+        try:
+            return _load_cpu()
+        except Exception as exc:  # noqa: BLE001 - any build failure means "fall back"
+            _errors['cpu'] = exc
+    if required:
+        raise RuntimeError(f"vimzoo.ops: the C++ CPU scan kernel could not be built: {_errors['cpu']}")
+    warn_once('cpu-build', f'vimzoo.ops: C++ CPU scan kernel unavailable ({type(_errors["cpu"]).__name__}: '
+              f'{str(_errors["cpu"])[:300]}); falling back to the PyTorch reference (slow).')
+    return None
+
+
+CUDA_SOURCES = ('scan_cuda.cpp', 'scan_cuda_kernel.cu')
+
+
+def build_cuda_extension(arch_list: str, build_directory: Optional[str] = None, verbose: bool = False,
+                         name: str = 'vimzoo_scan_cuda'):
+    """Compile (and import) the CUDA extension for an explicit TORCH_CUDA_ARCH_LIST; needs nvcc, not a GPU."""
+    from torch.utils.cpp_extension import load
+    _ensure_ninja()
+    if not arch_list:
+        raise ValueError('build_cuda_extension needs an explicit arch list, e.g. "9.0".')
+    os.environ['TORCH_CUDA_ARCH_LIST'] = arch_list
+    if build_directory is not None:
+        os.makedirs(build_directory, exist_ok=True)
+    srcs = [str(csrc_dir() / s) for s in CUDA_SOURCES]
+    return load(name=name, sources=srcs, extra_cflags=['-O3', '-std=c++20'],
+                extra_cuda_cflags=['-O3', '-std=c++20', '--use_fast_math', '-lineinfo'],
+                build_directory=build_directory, verbose=verbose, with_cuda=True)
+
+
+@lru_cache(maxsize=None)
+def _load_cuda():
+    arch = os.environ.get('TORCH_CUDA_ARCH_LIST')
+    if not arch:   # runtime JIT on a machine with a GPU: build for exactly the visible device
+        major, minor = torch.cuda.get_device_capability()
+        arch = f'{major}.{minor}'
+    return build_cuda_extension(arch)
+
+
+def cuda_extension(required: bool = True):
+    """The compiled CUDA kernel module, or None when it cannot be built and not required."""
+    if _disabled() or not torch.cuda.is_available():
+        if required:
+            raise RuntimeError('vimzoo.ops: the CUDA scan kernel needs a CUDA device (and kernels enabled).')
+        return None
+    if 'cuda' not in _errors:
+        try:
+            return _load_cuda()
+        except Exception as exc:  # noqa: BLE001
+            _errors['cuda'] = exc
+    if required:
+        raise RuntimeError(f"vimzoo.ops: the CUDA scan kernel could not be built: {_errors['cuda']}")
+    return None

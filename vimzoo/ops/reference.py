@@ -1,0 +1,215 @@
+"""Pure-PyTorch reference implementations (the ground truth every kernel is tested against).
+
+Readability over speed: the scans are explicit Python loops over the sequence, exactly as the math reads
+(mamba's `selective_scan_ref`, LBMamba's locally bi-directional scan, /work/shared/research/vim_lbmamba.md §3.2).
+Compute happens in fp32 (fp64 when `u` is fp64, so `gradcheck` can run); outputs are cast back to `u.dtype`.
+Gradients come from autograd through these functions.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ['lb_window', 'compute_dtype', 'selective_scan_ref', 'bidirectional_selective_scan_ref',
+           'causal_conv1d_ref']
+
+
+def lb_window(length: int) -> int:
+    """Window W that the official LBMamba CUDA kernel uses for a sequence length (= its items per thread)."""
+    return 4 if length <= 128 else 8 if length <= 256 else 16
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Internal accumulation dtype: fp64 for fp64 inputs (gradcheck), fp32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _scan_ref(
+        u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+        D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool,
+        reverse: bool, local_window: Optional[int],
+) -> torch.Tensor:
+    """Un-gated scan output y in the compute dtype. Selective scan, optionally reversed and/or locally bi-directional (LBMamba).
+
+    Shapes: u, delta, z (b, d, l); A (d, n); B, C (b, n, l); D, delta_bias (d,).
+    Scan order k = 0..l-1 visits position t = k (forward) or t = l-1-k (reverse=True). In scan order:
+        a_k = exp(Δ_k A),  b_k = Δ_k B_k u_k,  hf_k = a_k hf_{k-1} + b_k                 (global scan)
+        hb_k = a_k hb_{k+1} + b_k inside windows of W steps aligned at k = 0, hb = 0 past a window end
+        h_k = hf_k + a_k hb_{k+1}     (= hf_k + hb_k - b_k; W = 1 gives the plain Mamba scan)
+        y_k = Σ_n C_k h_k + D u_k,   out = y · silu(z)
+    """
+    cdt = compute_dtype(u.dtype)
+    u, delta = u.to(cdt), delta.to(cdt)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(cdt)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    length = u.shape[-1]
+    window = 1 if local_window is None else int(local_window)
+
+    a = torch.exp(delta[..., None] * A.to(cdt)[:, None, :])                 # (b, d, l, n)
+    b = (delta * u)[..., None] * B.to(cdt).transpose(1, 2)[:, None]       # (b, d, l, n)
+    order = list(range(length - 1, -1, -1)) if reverse else list(range(length))
+
+    # Global scan in scan order.
+    h = torch.zeros_like(a[:, :, 0])
+    hf = [None] * length
+    for t in order:
+        h = a[:, :, t] * h + b[:, :, t]
+        hf[t] = h
+    # Local backward scan inside each window of `window` scan steps (absent for window == 1).
+    local = [torch.zeros_like(h)] * length
+    if window > 1:
+        hb = torch.zeros_like(h)
+        for k in range(length - 1, -1, -1):
+            t = order[k]
+            if (k + 1) % window == 0 or k == length - 1:      # last step of a window: nothing after it
+                hb = torch.zeros_like(hb)
+            local[t] = a[:, :, t] * hb                         # a_k · hb_{k+1}
+            hb = local[t] + b[:, :, t]
+    hs = torch.stack([hf[t] + local[t] for t in range(length)], dim=2)   # (b, d, l, n)
+    y = torch.einsum('bdln,bnl->bdl', hs, C.to(cdt))
+    if D is not None:
+        y = y + u * D.to(cdt)[:, None]
+    return y
+
+
+def selective_scan_ref(
+        u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+        D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
+        delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
+        reverse: bool = False, local_window: Optional[int] = None,
+) -> torch.Tensor:
+    """Selective scan (see `_scan_ref`), gated by silu(z) when z is given, cast back to `u.dtype`."""
+    y = _scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus, reverse, local_window)
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y.to(u.dtype)
+
+
+def bidirectional_selective_scan_ref(
+        u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
+        z: Optional[torch.Tensor] = None, delta_softplus: bool = True,
+) -> torch.Tensor:
+    """Vim-v2 mixer core: forward scan + reverse scan (own params), both gated by silu(z), original order."""
+    y = _scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus, False, None)
+    y = y + _scan_ref(u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, delta_softplus, True, None)
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y.to(u.dtype)
+
+
+def causal_conv1d_ref(
+        x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+        activation: Optional[str] = None, reverse: bool = False,
+) -> torch.Tensor:
+    """Depthwise causal conv: out_t = Σ_j w[k-1-j] x_{t-j} + bias (reverse: Σ_j w[k-1-j] x_{t+j}), then SiLU."""
+    dtype_in = x.dtype
+    cdt = compute_dtype(dtype_in)
+    dim, k = weight.shape
+    w = weight.to(cdt)
+    bias_c = None if bias is None else bias.to(cdt)
+    if reverse:   # anti-causal: correlate with the flipped kernel and keep the last l outputs
+        out = F.conv1d(x.to(cdt), w.flip(-1)[:, None], bias_c, padding=k - 1, groups=dim)[..., k - 1:]
+    else:
+        out = F.conv1d(x.to(cdt), w[:, None], bias_c, padding=k - 1, groups=dim)[..., :x.shape[-1]]
+    if activation in ('silu', 'swish'):
+        out = F.silu(out)
+    return out.to(dtype_in)
+
+
+def _dsilu(x: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
+def selective_scan_bwd_ref(
+        dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+        C: torch.Tensor, D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
+        delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
+        reverse: bool = False, local_window: Optional[int] = None,
+):
+    """Explicit backward of `selective_scan_ref` (the formulas the kernels implement; research §3.3).
+
+    In scan order (tensors flipped when reverse — fine for a reference), with G_k = g_k C_k, g = dout·silu(z):
+        dxl_k = G_k + a_{k+1} dxl_{k+1}        (global reverse scan: grad of the forward state hf_k)
+        dxr_k = G_k + a_{k-1} dxr_{k-1}        (forward scan restarted at each window start: grad of hb_k)
+        db_k  = dxl_k + dxr_k - G_k,   gA_k = dxl_k (hf_k - b_k) + dxr_k (hb_k - b_k)   (= a_k ∂L/∂a_k)
+        du = D g + Σ_n db B Δ,  dΔ = Σ_n (db B u + A gA),  dA = Σ Δ gA,  dB = Σ_d db Δ u,  dC = Σ_d g h
+    Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) with None for absent optional inputs.
+    """
+    cdt = compute_dtype(u.dtype)
+    length = u.shape[-1]
+    window = 1 if local_window is None else int(local_window)
+
+    def so(t):   # to scan order (and back: the flip is its own inverse)
+        return t.flip(-1) if reverse else t
+
+    uc, dout_c = so(u.to(cdt)), so(dout.to(cdt))
+    raw = so(delta.to(cdt)) + (0 if delta_bias is None else delta_bias.to(cdt)[:, None])
+    dt = F.softplus(raw) if delta_softplus else raw
+    Ac = A.to(cdt)
+    Bt = so(B.to(cdt)).transpose(1, 2)[:, None]          # (b, 1, l, n)
+    Ct = so(C.to(cdt)).transpose(1, 2)[:, None]
+    a = torch.exp(dt[..., None] * Ac[:, None, :])       # (b, d, l, n)
+    bb = (dt * uc)[..., None] * Bt
+
+    hf, hb = torch.zeros_like(a), torch.zeros_like(a)
+    h = torch.zeros_like(a[:, :, 0])
+    for k in range(length):
+        h = a[:, :, k] * h + bb[:, :, k]
+        hf[:, :, k] = h
+    h = torch.zeros_like(h)
+    for k in range(length - 1, -1, -1):
+        if (k + 1) % window == 0 or k == length - 1:
+            h = torch.zeros_like(h)
+        h = a[:, :, k] * h + bb[:, :, k]
+        hb[:, :, k] = h
+    hs = hf + hb - bb
+    y = (hs * Ct).sum(-1) + (0 if D is None else uc * D.to(cdt)[:, None])
+    if z is not None:
+        zc = so(z.to(cdt))
+        g = dout_c * F.silu(zc)
+        dz = so(dout_c * y * _dsilu(zc))
+    else:
+        g, dz = dout_c, None
+    G = g[..., None] * Ct
+
+    dxl, dxr = torch.zeros_like(a), torch.zeros_like(a)
+    acc = torch.zeros_like(a[:, :, 0])
+    for k in range(length - 1, -1, -1):
+        acc = G[:, :, k] + (a[:, :, k + 1] * acc if k + 1 < length else 0)
+        dxl[:, :, k] = acc
+    for k in range(length):
+        acc = G[:, :, k] + (a[:, :, k - 1] * acc if k % window != 0 else 0)
+        dxr[:, :, k] = acc
+    db = dxl + dxr - G
+    gA = dxl * (hf - bb) + dxr * (hb - bb)
+    du = (db * Bt).sum(-1) * dt + (0 if D is None else g * D.to(cdt)[:, None])
+    ddt = (db * Bt).sum(-1) * uc + (gA * Ac[:, None, :]).sum(-1)
+    dA = (gA * dt[..., None]).sum((0, 2))
+    dB = (db * (dt * uc)[..., None]).sum(1).transpose(1, 2)
+    dC = (hs * g[..., None]).sum(1).transpose(1, 2)
+    ddelta = ddt * torch.sigmoid(raw) if delta_softplus else ddt
+    dD = None if D is None else (g * uc).sum((0, 2)).to(D.dtype)
+    dbias = None if delta_bias is None else ddelta.sum((0, 2)).to(delta_bias.dtype)
+    return (so(du).to(u.dtype), so(ddelta).to(delta.dtype), dA.to(A.dtype), so(dB).to(B.dtype),
+            so(dC).to(C.dtype), dD, None if dz is None else dz.to(z.dtype), dbias)
+
+
+def causal_conv1d_bwd_ref(dout, x, weight, bias=None, activation=None, reverse=False):
+    """Explicit backward of `causal_conv1d_ref` via torch.nn.grad: returns (dx, dweight, dbias or None)."""
+    cdt = compute_dtype(x.dtype)
+    dim, k = weight.shape
+    g = dout.to(cdt)
+    if activation in ('silu', 'swish'):
+        g = g * _dsilu(causal_conv1d_ref(x.to(cdt), weight.to(cdt), None if bias is None else bias.to(cdt),
+                                         None, reverse))
+    w = weight.to(cdt).flip(-1) if reverse else weight.to(cdt)
+    full = F.pad(g, (k - 1, 0) if reverse else (0, k - 1))     # grad of the un-sliced conv output
+    dx = torch.nn.grad.conv1d_input(x.shape, w[:, None], full, padding=k - 1, groups=dim)
+    dw = torch.nn.grad.conv1d_weight(x.to(cdt), w[:, None].shape, full, padding=k - 1, groups=dim)[:, 0]
+    if reverse:
+        dw = dw.flip(-1)
+    db = None if bias is None else g.sum((0, 2)).to(bias.dtype)
+    return dx.to(x.dtype), dw.to(weight.dtype), db
