@@ -1,0 +1,465 @@
+"""VAN: Visual Attention Network (Guo et al., arXiv 2202.09741, CVMJ 2023).
+
+A hierarchical conv net whose token mixer is Large Kernel Attention (LKA): a 5x5 depth-wise conv, a 7x7 depth-wise conv
+with dilation 3 and a 1x1 conv (~21x21 receptive field), whose output *multiplies* the input (no sigmoid).
+
+Written for vimzoo from the paper and the facts of the official code (Visual-Attention-Network/VAN-Classification,
+Apache-2.0); module names follow the official state_dict (`patch_embed{i}`, `block{i}.{j}`, `norm{i}`, 1-based) so
+the released checkpoints load through `checkpoint_filter_fn` without renaming. Numerically equivalent to the official
+forward (see docs/parity.md, "VAN").
+
+Differences in form, not in numbers:
+* the per-stage LayerNorm is a channels-first `LayerNorm2d` (same `weight`/`bias` keys, same math as the official
+  flatten -> LayerNorm -> reshape), so every stage stays NCHW and dense-task adapters get maps directly;
+* `forward_features` returns the final NCHW map (official: its token mean); `forward_head` does the mean pooling.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
+from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models._features import feature_take_indices
+
+from vimzoo.models._input import check_image_input
+from vimzoo.zoo import register_zoo_model
+
+__all__ = ['VAN', 'LKA', 'checkpoint_filter_fn']
+
+
+class LKA(nn.Module):
+    """Large Kernel Attention: dw5x5 -> dw7x7 (dilation 3) -> 1x1, then an element-wise product with the input."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
+        self.conv_spatial = nn.Conv2d(dim, dim, 7, stride=1, padding=9, groups=dim, dilation=3)
+        self.conv1 = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.conv1(self.conv_spatial(self.conv0(x)))
+
+
+class SpatialAttention(nn.Module):
+    """1x1 -> GELU -> LKA -> 1x1 with its own residual on the (normed) input, as in the official `Attention`."""
+
+    def __init__(self, dim: int, act_layer: type = nn.GELU) -> None:
+        super().__init__()
+        self.proj_1 = nn.Conv2d(dim, dim, 1)
+        self.activation = act_layer()
+        self.spatial_gating_unit = LKA(dim)
+        self.proj_2 = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_2(self.spatial_gating_unit(self.activation(self.proj_1(x)))) + x
+
+
+class DWConv(nn.Module):
+    """3x3 depth-wise conv; a wrapper only so the key is `mlp.dwconv.dwconv` like the official checkpoints."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dwconv(x)
+
+
+class ConvMlp(nn.Module):
+    """1x1 conv -> dw3x3 -> GELU -> 1x1 conv (the dw conv gives the MLP positional information)."""
+
+    def __init__(self, dim: int, hidden_dim: int, act_layer: type = nn.GELU, drop: float = 0.) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
+        self.dwconv = DWConv(hidden_dim)
+        self.act = act_layer()
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.act(self.dwconv(self.fc1(x))))
+        return self.drop(self.fc2(x))
+
+
+class VanBlock(nn.Module):
+    """BN -> spatial attention and BN -> conv MLP, each with a per-channel layer scale and drop path."""
+
+    def __init__(
+            self,
+            dim: int,
+            mlp_ratio: float = 4.,
+            proj_drop: float = 0.,
+            drop_path: float = 0.,
+            ls_init_value: float = 1e-2,
+            act_layer: type = nn.GELU,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(dim)
+        self.attn = SpatialAttention(dim, act_layer=act_layer)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = nn.BatchNorm2d(dim)
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.layer_scale_1 = nn.Parameter(ls_init_value * torch.ones(dim))
+        self.layer_scale_2 = nn.Parameter(ls_init_value * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.layer_scale_1[:, None, None] * self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.layer_scale_2[:, None, None] * self.mlp(self.norm2(x)))
+        return x
+
+
+class OverlapPatchEmbed(nn.Module):
+    """Strided conv (7x7/s4 for the stem, 3x3/s2 between stages) + BatchNorm; padding k//2 so any size works."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 7, stride: int = 4) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=stride, padding=patch_size // 2)
+        self.norm = nn.BatchNorm2d(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x))
+
+
+class VAN(nn.Module):
+    """Visual Attention Network.
+
+    Stage i (1-based, official attribute names): `patch_embed{i}` -> `block{i}` (Sequential of VanBlock) -> `norm{i}`
+    (channels-first LayerNorm, eps 1e-6). Outputs of `norm{i}` are the stage features (strides 4, 8, 16, 32).
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dims: Sequence[int] = (64, 128, 256, 512),
+            depths: Sequence[int] = (3, 4, 6, 3),
+            mlp_ratios: Sequence[float] = (8, 8, 4, 4),
+            ls_init_value: float = 1e-2,
+            norm_eps: float = 1e-6,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            act_layer: type = nn.GELU,
+    ) -> None:
+        super().__init__()
+        if not (len(embed_dims) == len(depths) == len(mlp_ratios)):
+            raise ValueError(f'embed_dims, depths and mlp_ratios need one entry per stage, got '
+                             f'{len(embed_dims)}, {len(depths)}, {len(mlp_ratios)}.')
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.embed_dims = tuple(embed_dims)
+        self.num_stages = len(depths)
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        total = sum(depths)
+        # python-side drop-path schedule (no .item(), so the model builds on the meta device)
+        dpr = [drop_path_rate * i / (total - 1) if total > 1 else 0. for i in range(total)]
+        self.feature_info: List[Dict[str, Any]] = []
+        prev_dim, cur, reduction = in_chans, 0, 1
+        for i in range(self.num_stages):
+            patch, stride = (7, 4) if i == 0 else (3, 2)
+            reduction *= stride
+            setattr(self, f'patch_embed{i + 1}', OverlapPatchEmbed(prev_dim, embed_dims[i], patch, stride))
+            setattr(self, f'block{i + 1}', nn.Sequential(*[
+                VanBlock(embed_dims[i], mlp_ratios[i], proj_drop_rate, dpr[cur + j], ls_init_value, act_layer)
+                for j in range(depths[i])]))
+            setattr(self, f'norm{i + 1}', LayerNorm2d(embed_dims[i], eps=norm_eps))
+            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=f'norm{i + 1}'))
+            prev_dim, cur = embed_dims[i], cur + depths[i]
+
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # same scheme as the official code: He-normal on fan_out for convs, trunc-normal(.02) for linears
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0., math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def _stage(self, i: int) -> Tuple[nn.Module, nn.Module, nn.Module]:
+        return getattr(self, f'patch_embed{i + 1}'), getattr(self, f'block{i + 1}'), getattr(self, f'norm{i + 1}')
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^patch_embed1\.',
+            blocks=r'^(?:patch_embed|block|norm)(\d+)' if coarse else [
+                (r'^block(\d+)\.(\d+)', None),
+                (r'^patch_embed(\d+)', (0,)),  # stays before block{i}.0 (its index tuple sorts first)
+                (r'^norm(\d+)', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        patch_embed, blocks, norm = self._stage(i)
+        x = patch_embed(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(blocks, x)
+        else:
+            x = blocks(x)
+        return norm(x)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs after each stage's LayerNorm (what the official seg backbone returns).
+
+        `norm` is accepted for API compatibility; the stage norms are always applied since they are part of the net.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"VAN intermediates support output_fmt 'NCHW' or 'NHWC', got {output_fmt!r}.")
+        check_image_input(x, self.in_chans, 32, type(self).__name__)
+        take_indices, max_index = feature_take_indices(self.num_stages, indices)
+        intermediates = []
+        last = max_index if (stop_early or intermediates_only) else self.num_stages - 1
+        for i in range(last + 1):
+            x = self._run_stage(i, x)
+            if i in take_indices:
+                intermediates.append(x if output_fmt == 'NCHW' else x.permute(0, 2, 3, 1))
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages after the last one needed (and the head), e.g. for a features-only backbone."""
+        take_indices, max_index = feature_take_indices(self.num_stages, indices)
+        for i in range(max_index + 1, self.num_stages):
+            for name in (f'patch_embed{i + 1}', f'block{i + 1}', f'norm{i + 1}'):
+                setattr(self, name, nn.Identity())
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_input(x, self.in_chans, 32, type(self).__name__)
+        for i in range(self.num_stages):
+            x = self._run_stage(i, x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+_MMPRETRAIN_RENAMES = (
+    ('.projection.', '.proj.'),
+    ('.spatial_gating_unit.DW_conv.', '.spatial_gating_unit.conv0.'),
+    ('.spatial_gating_unit.DW_D_conv.', '.spatial_gating_unit.conv_spatial.'),
+    ('.mlp.dwconv.weight', '.mlp.dwconv.dwconv.weight'),
+    ('.mlp.dwconv.bias', '.mlp.dwconv.dwconv.bias'),
+)
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VAN) -> Dict[str, torch.Tensor]:
+    """Official VAN checkpoints -> vimzoo VAN.
+
+    Accepts the official timm-trainer files (weights under 'state_dict', optional 'module.' prefix), bare state
+    dicts, and mmpretrain conversions ('backbone.'/'head.fc.' prefixes, `blocks{i}`, `DW_conv`...). Stage widths are
+    checked against the model so a width mismatch (see the VAN-B6 note in docs/van.md) fails with a clear message.
+    """
+    for key in ('state_dict', 'model'):
+        if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+            break
+    out: Dict[str, torch.Tensor] = {}
+    for k, v in state_dict.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        k = k[len('module.'):] if k.startswith('module.') else k
+        if k.startswith('backbone.'):  # mmpretrain layout
+            k = k[len('backbone.'):]
+            for old, new in _MMPRETRAIN_RENAMES:
+                k = k.replace(old, new)
+            if k.startswith('blocks'):
+                k = 'block' + k[len('blocks'):]
+        elif k.startswith('head.fc.'):
+            k = 'head.' + k[len('head.fc.'):]
+        out[k] = v
+
+    model_sd = model.state_dict()
+    for i in range(model.num_stages):
+        key = f'patch_embed{i + 1}.proj.weight'
+        if key in out and key in model_sd and out[key].shape != model_sd[key].shape:
+            raise ValueError(
+                f'Checkpoint stage {i + 1} has width {out[key].shape[0]} but the model has {model_sd[key].shape[0]} '
+                f'(model embed_dims={list(model.embed_dims)}). Build the model with matching embed_dims.')
+
+    # classifier: keep the model's own (random) head when the checkpoint has none or a different one
+    if isinstance(model.head, nn.Linear):
+        ckpt_w = out.get('head.weight')
+        if ckpt_w is None or ckpt_w.shape != model.head.weight.shape:
+            if ckpt_w is not None:
+                warnings.warn(f'VAN checkpoint head {tuple(ckpt_w.shape)} does not match the model head '
+                              f'{tuple(model.head.weight.shape)}; the classifier stays randomly initialised.')
+            out['head.weight'] = model_sd['head.weight']
+            out['head.bias'] = model_sd['head.bias']
+    else:
+        out.pop('head.weight', None)
+        out.pop('head.bias', None)
+    return out
+
+
+def _create_van(variant: str, pretrained: bool = False, **kwargs: Any) -> VAN:
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    return build_model_with_cfg(
+        VAN,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
+    # the official models were trained/evaluated through timm's resolve_data_config with the ViT `_cfg`:
+    # mean = std = 0.5, crop 0.9, bicubic
+    return {
+        'url': url,
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': (7, 7),
+        'min_input_size': (3, 32, 32),
+        'crop_pct': 0.9,
+        'interpolation': 'bicubic',
+        'mean': IMAGENET_INCEPTION_MEAN,
+        'std': IMAGENET_INCEPTION_STD,
+        'first_conv': 'patch_embed1.proj',
+        'classifier': 'head',
+        'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2202.09741',
+        'origin_url': 'https://github.com/Visual-Attention-Network/VAN-Classification',
+        **kwargs,
+    }
+
+
+_HF = 'https://huggingface.co/Visual-Attention-Network/{}/resolve/main/{}'
+_TSINGHUA = 'https://cloud.tsinghua.edu.cn/d/0100f0cea37d41ba8d08/files/?p=%2F{}&dl=1'
+
+
+def _hf_cfg(repo: str, filename: str, **kwargs: Any) -> Dict[str, Any]:
+    # hf-hub loading goes through timm's torch.load wrapper that allow-lists argparse.Namespace (the files carry
+    # the training `args`); the plain URL is the fallback when huggingface_hub is not installed
+    return _cfg(url=_HF.format(repo, filename), hf_hub_id=f'Visual-Attention-Network/{repo}',
+                hf_hub_filename=filename, **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'van_b0.in1k': _hf_cfg('VAN-Tiny-original', 'van_tiny_754.pth.tar'),
+    'van_b1.in1k': _hf_cfg('VAN-Small-original', 'van_small_811.pth.tar'),
+    'van_b2.in1k': _hf_cfg('VAN-Base-original', 'van_base_828.pth.tar'),
+    'van_b3.in1k': _hf_cfg('VAN-Large-original', 'van_large_839.pth.tar'),
+    # released in the authors' Tsinghua Cloud folder only (README); file layout not verified offline
+    'van_b4.in1k': _cfg(url=_TSINGHUA.format('van_b4.pth')),
+    'van_b4.in22k': _cfg(url=_TSINGHUA.format('van_b4_22k.pth'), num_classes=21841),
+    'van_b5.in22k': _cfg(url=_TSINGHUA.format('van_b5_22k.pth'), num_classes=21841),
+    'van_b6.in22k': _cfg(url=_TSINGHUA.format('van_b6_22k.pth'), num_classes=21841),
+    # no ImageNet-1k weights were released for B5/B6 (VAN-Classification#28); '*' makes these 1000-class,
+    # weightless cfgs the default so `create_model('van_b5')` is the 1k classifier
+    'van_b5.untrained*': _cfg(),
+    'van_b6.untrained*': _cfg(),
+    'test_van.untrained': _cfg(input_size=(3, 64, 64), pool_size=(2, 2)),
+})
+
+
+@register_zoo_model('van')
+def van_b0(pretrained: bool = False, **kwargs: Any) -> VAN:
+    model_args = dict(embed_dims=(32, 64, 160, 256), depths=(3, 3, 5, 2), mlp_ratios=(8, 8, 4, 4))
+    return _create_van('van_b0', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model('van')
+def van_b1(pretrained: bool = False, **kwargs: Any) -> VAN:
+    model_args = dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 4, 2), mlp_ratios=(8, 8, 4, 4))
+    return _create_van('van_b1', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model('van')
+def van_b2(pretrained: bool = False, **kwargs: Any) -> VAN:
+    model_args = dict(embed_dims=(64, 128, 320, 512), depths=(3, 3, 12, 3), mlp_ratios=(8, 8, 4, 4))
+    return _create_van('van_b2', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model('van')
+def van_b3(pretrained: bool = False, **kwargs: Any) -> VAN:
+    model_args = dict(embed_dims=(64, 128, 320, 512), depths=(3, 5, 27, 3), mlp_ratios=(8, 8, 4, 4))
+    return _create_van('van_b3', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model('van')
+def van_b4(pretrained: bool = False, **kwargs: Any) -> VAN:
+    model_args = dict(embed_dims=(64, 128, 320, 512), depths=(3, 6, 40, 3), mlp_ratios=(8, 8, 4, 4))
+    return _create_van('van_b4', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model('van')
+def van_b5(pretrained: bool = False, **kwargs: Any) -> VAN:
+    model_args = dict(embed_dims=(96, 192, 480, 768), depths=(3, 3, 24, 3), mlp_ratios=(8, 8, 4, 4))
+    return _create_van('van_b5', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model('van')
+def van_b6(pretrained: bool = False, **kwargs: Any) -> VAN:
+    # stage-3 width 384 as in the official code and seg configs; mmpretrain's 283.9 M figure implies 480 (docs/van.md)
+    model_args = dict(embed_dims=(96, 192, 384, 768), depths=(6, 6, 90, 6), mlp_ratios=(8, 8, 4, 4))
+    return _create_van('van_b6', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model('van')
+def test_van(pretrained: bool = False, **kwargs: Any) -> VAN:
+    model_args = dict(embed_dims=(16, 24, 32, 48), depths=(1, 1, 2, 1), mlp_ratios=(4, 4, 2, 2))
+    return _create_van('test_van', pretrained=pretrained, **dict(model_args, **kwargs))
