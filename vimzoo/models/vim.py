@@ -1,0 +1,605 @@
+"""Vision Mamba (Vim) as timm models, weight-compatible with the official hustvl/Vim checkpoints.
+
+Paper: "Vision Mamba: Efficient Visual Representation Learning with Bidirectional State Space Model"
+(Zhu et al., ICML 2024, https://arxiv.org/abs/2401.09417). Official code: https://github.com/hustvl/Vim (Apache-2.0).
+
+What the official model does, and what this file reproduces without CUDA-only dependencies:
+* patch embedding `Conv2d(k=16, s=stride)` (stride 8 for the "+" fine-grained models), a *middle* class token
+  inserted at index M // 2 of the M patch tokens, an absolute position embedding whose entry M // 2 is the class slot;
+* 24 "Add -> RMSNorm -> Mixer" blocks that carry `(hidden, residual)`; the residual stream stays in fp32 and the
+  add + RMSNorm (eps 1e-5, weight only) is computed in fp32, like mamba_ssm's fused Triton `rms_norm_fn`;
+* the bidirectional "v2" Mamba mixer: one shared `in_proj` / `out_proj`, separate conv / x_proj / dt_proj / A / D
+  for the backward direction (the `_b` parameters); the backward branch runs anti-causally on the original token
+  order via `causal_conv1d(reverse=True)` and the reverse selective scan, so no sequence is ever flipped in memory;
+  the two gated outputs are averaged (`if_divide_out`) before `out_proj`;
+* a final fused add + RMSNorm (`norm_f`), then the class token (the released variants are named "final_pool_mean"
+  but pool the middle class token; that is what the checkpoints were trained with).
+
+State-dict keys and shapes equal the official ones (`layers.{i}.mixer.*`, `layers.{i}.norm.weight`, `norm_f.weight`,
+`patch_embed.proj`, `cls_token`, `pos_embed`, `head`), so `checkpoint['model']` loads with `strict=True`.
+The shared pieces (`PatchEmbed`, `RmsNormF32`, `MambaMixer`, `MambaBlock`, `VisionMamba`) are reused by LBVim.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, lecun_normal_, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint
+
+from vimzoo.ops import bidirectional_selective_scan, causal_conv1d, lb_window, selective_scan
+from vimzoo.zoo import register_zoo_model
+
+from ._input import check_image_input
+
+__all__ = [
+    'PatchEmbed', 'RmsNormF32', 'MambaMixer', 'MambaBlock', 'VisionMamba', 'checkpoint_filter_fn',
+    'split_mid_cls_pos_embed', 'join_mid_cls_pos_embed', 'resample_mid_cls_pos_embed',
+]
+
+# The released Vim checkpoints are DeiT-style training snapshots: {'model', 'optimizer', ..., 'args': Namespace}.
+# timm loads URL/Hub weights with torch.load(weights_only=True); allow-listing the plain-attribute Namespace (and
+# nothing else) lets those files load without turning weights_only off.
+torch.serialization.add_safe_globals([argparse.Namespace])
+
+
+class PatchEmbed(nn.Module):
+    """Conv patch embedding with a stride that may differ from the patch size (Vim "+" models use 16 / 8).
+
+    Unlike the official module it accepts any input of at least one patch; the grid follows the input.
+    """
+
+    def __init__(self, patch_size: int = 16, stride: int = 16, in_chans: int = 3, embed_dim: int = 192,
+                 img_size: Union[int, Tuple[int, int]] = 224):
+        super().__init__()
+        self.patch_size = to_2tuple(patch_size)
+        self.stride = to_2tuple(stride)
+        self.img_size = to_2tuple(img_size)
+        self.grid_size = self.grid_for(self.img_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.stride)
+
+    def grid_for(self, hw: Tuple[int, int]) -> Tuple[int, int]:
+        return ((hw[0] - self.patch_size[0]) // self.stride[0] + 1, (hw[1] - self.patch_size[1]) // self.stride[1] + 1)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        x = self.proj(x)
+        grid = (x.shape[-2], x.shape[-1])
+        return x.flatten(2).transpose(1, 2), grid
+
+
+class RmsNormF32(nn.Module):
+    """RMSNorm with an optional fused residual add, computed in fp32 (mamba_ssm `rms_norm_fn` semantics).
+
+    `forward(x, residual)` returns `(norm(x + residual) cast to x.dtype, x + residual in fp32)`; the official blocks
+    keep the residual stream in fp32 (`residual_in_fp32=True`), which is what keeps bf16 autocast stable.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        summed = x.float() if residual is None else residual.float() + x.float()
+        normed = summed * torch.rsqrt(summed.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        return normed.to(x.dtype), summed
+
+
+class MambaMixer(nn.Module):
+    """Mamba selective-SSM mixer with the official parameter names.
+
+    bidirectional=True is Vim's "v2" mixer (second set of `_b` parameters scanning right-to-left, outputs averaged);
+    bidirectional=False is the plain Mamba mixer used by LBVim, where `local_window` turns the scan into LBMamba's
+    locally bi-directional scan (`lb_window(L)` = the window the official CUDA kernel uses for length L when None).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            d_state: int = 16,
+            d_conv: int = 4,
+            expand: int = 2,
+            dt_rank: Union[int, str] = 'auto',
+            dt_min: float = 0.001,
+            dt_max: float = 0.1,
+            dt_init_floor: float = 1e-4,
+            bidirectional: bool = True,
+            divide_out: bool = True,
+            local_bidir: bool = False,
+            local_window: Optional[int] = None,
+            scan_backend: Optional[str] = None,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.d_state = d_state
+        self.d_inner = int(expand * dim)
+        self.dt_rank = math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank)
+        self.bidirectional = bidirectional
+        self.divide_out = divide_out
+        self.local_bidir = local_bidir
+        self.local_window = local_window
+        self.scan_backend = scan_backend
+        self._dt_range = (dt_min, dt_max, dt_init_floor)
+        d_inner, proj_out = self.d_inner, self.dt_rank + 2 * d_state
+
+        # Registration order follows the official module so state_dict() order matches too.
+        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=True)
+        self.x_proj = nn.Linear(d_inner, proj_out, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(d_inner, d_state))
+        self.D = nn.Parameter(torch.empty(d_inner))
+        if bidirectional:
+            self.A_b_log = nn.Parameter(torch.empty(d_inner, d_state))
+            self.conv1d_b = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=True)
+            self.x_proj_b = nn.Linear(d_inner, proj_out, bias=False)
+            self.dt_proj_b = nn.Linear(self.dt_rank, d_inner, bias=True)
+            self.D_b = nn.Parameter(torch.empty(d_inner))
+        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Mamba's init: S4D-real A = 1..N, D = 1, dt bias = softplus^-1 of log-uniform dt in [dt_min, dt_max].
+
+        Only `dt_proj` gets the dt-bias init (as in the official code, where the model-level init then zeroes
+        `dt_proj_b.bias`; `VisionMamba.init_weights` reproduces that).
+        """
+        dt_min, dt_max, floor = self._dt_range
+        a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
+        dt_std = self.dt_rank ** -0.5
+        for suffix in ('', '_b') if self.bidirectional else ('',):
+            getattr(self, f'A{suffix}_log').copy_(torch.log(a).expand(self.d_inner, -1))
+            getattr(self, f'D{suffix}').fill_(1.)
+        nn.init.uniform_(self.dt_proj.weight, -dt_std, dt_std)
+        dt = torch.exp(torch.rand(self.d_inner, device=self.dt_proj.bias.device) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def _branch(self, x: torch.Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
+                reverse: bool) -> Tuple[torch.Tensor, ...]:
+        """conv + SiLU, then the input-dependent delta (without bias), B and C of one scan direction, all (b, *, l)."""
+        weight = conv.weight.squeeze(1).to(x.dtype)
+        bias = conv.bias.to(x.dtype) if conv.bias is not None else None
+        u = causal_conv1d(x, weight, bias, activation='silu', reverse=reverse, backend=self.scan_backend)
+        x_dbl = F.linear(u.transpose(1, 2), x_proj.weight)  # (b, l, R + 2N)
+        dt, b_mat, c_mat = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (b, d_inner, l); the bias goes to the scan
+        return u, delta, b_mat.transpose(1, 2), c_mat.transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+        """x: (B, L, dim). reverse=True runs the whole mixer right-to-left (equals flip -> mixer -> flip)."""
+        xz = self.in_proj(x).transpose(1, 2)  # (b, 2 * d_inner, l)
+        xs, z = xz.chunk(2, dim=1)
+        A = -torch.exp(self.A_log.float())
+        u, delta, b_mat, c_mat = self._branch(xs, self.conv1d, self.x_proj, self.dt_proj, reverse)
+        if self.bidirectional:
+            if reverse:
+                raise NotImplementedError('the bidirectional (v2) mixer already scans both ways; reverse is unused')
+            u_b, delta_b, b_b, c_b = self._branch(xs, self.conv1d_b, self.x_proj_b, self.dt_proj_b, True)
+            y = bidirectional_selective_scan(
+                u, delta, A, b_mat, c_mat, self.D.float(), self.dt_proj.bias.float(),
+                u_b, delta_b, -torch.exp(self.A_b_log.float()), b_b, c_b, self.D_b.float(), self.dt_proj_b.bias.float(),
+                z=z, delta_softplus=True, backend=self.scan_backend)
+            if self.divide_out:
+                y = y / 2
+        else:
+            window = None
+            if self.local_bidir:
+                window = self.local_window or lb_window(x.shape[1])
+            y = selective_scan(
+                u, delta, A, b_mat, c_mat, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
+                delta_softplus=True, reverse=reverse, local_window=window, backend=self.scan_backend)
+        return self.out_proj(y.transpose(1, 2))
+
+
+class MambaBlock(nn.Module):
+    """Add -> RMSNorm -> Mixer block carrying `(hidden, residual)` (the official `Block` with fused add + norm).
+
+    `drop_path` acts on the *incoming* hidden state, as in the official code: block i drops block i-1's output.
+    """
+
+    def __init__(self, dim: int, mixer: MambaMixer, drop_path: float = 0., norm_eps: float = 1e-5):
+        super().__init__()
+        self.mixer = mixer
+        self.norm = RmsNormF32(dim, eps=norm_eps)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, hidden: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                reverse: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        if residual is not None:
+            hidden = self.drop_path(hidden)
+        normed, residual = self.norm(hidden, residual)
+        return self.mixer(normed, reverse=reverse), residual
+
+
+def split_mid_cls_pos_embed(pos_embed: torch.Tensor, num_prefix: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(1, M + 1, C) with the class slot at M // 2 -> (class entry (1, 1, C), patch grid entries (1, M, C))."""
+    if num_prefix == 0:
+        return pos_embed[:, :0], pos_embed
+    mid = (pos_embed.shape[1] - 1) // 2
+    return pos_embed[:, mid:mid + 1], torch.cat([pos_embed[:, :mid], pos_embed[:, mid + 1:]], dim=1)
+
+
+def join_mid_cls_pos_embed(cls_pos: torch.Tensor, grid_pos: torch.Tensor) -> torch.Tensor:
+    """Inverse of `split_mid_cls_pos_embed`: insert the class entry at the middle (index M // 2) of M grid entries."""
+    if cls_pos.shape[1] == 0:
+        return grid_pos
+    mid = grid_pos.shape[1] // 2
+    return torch.cat([grid_pos[:, :mid], cls_pos, grid_pos[:, mid:]], dim=1)
+
+
+def resample_mid_cls_pos_embed(pos_embed: torch.Tensor, new_size: Tuple[int, int], old_size: Tuple[int, int],
+                               num_prefix: int = 1, interpolation: str = 'bicubic',
+                               antialias: bool = True) -> torch.Tensor:
+    """Resample a Vim position embedding whose class slot sits in the MIDDLE of the patch tokens.
+
+    timm's `resample_abs_pos_embed` assumes prefix tokens at index 0; the class entry is cut out at M // 2, the grid
+    resampled, and the entry reinserted at the new middle M' // 2 (where the model inserts the class token).
+    """
+    if tuple(new_size) == tuple(old_size):
+        return pos_embed
+    cls_pos, grid_pos = split_mid_cls_pos_embed(pos_embed, num_prefix)
+    grid_pos = resample_abs_pos_embed(grid_pos, list(new_size), list(old_size), num_prefix_tokens=0,
+                                      interpolation=interpolation, antialias=antialias)
+    return join_mid_cls_pos_embed(cls_pos, grid_pos)
+
+
+class VisionMamba(nn.Module):
+    """Vision Mamba backbone + classifier, timm style; also the base of LBVim (`lbvim.py`).
+
+    Args beyond the usual timm ones:
+        stride: patch-embedding stride (16, or 8 for the "+" models).
+        class_token: insert a learned class token in the middle of the patch sequence (Vim) or not (LBVim).
+        bidirectional: Vim-v2 mixer with `_b` parameters (Vim) or a single-direction mixer (LBVim).
+        local_bidir / local_window: LBMamba's locally bi-directional scan and its window (None = kernel's W(L)).
+        alternate_direction: scan right-to-left in every odd layer (LBVim's per-layer sequence flip, done without
+            flipping tensors: the mixer runs mirrored, so hidden states always stay in the original token order).
+        scan_backend: vimzoo.ops backend for conv + scan ('reference', 'cpu', 'cuda'; None = automatic).
+    """
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: int = 16,
+            stride: int = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'token',
+            embed_dim: int = 192,
+            depth: int = 24,
+            d_state: int = 16,
+            d_conv: int = 4,
+            expand: int = 2,
+            dt_rank: Union[int, str] = 'auto',
+            norm_eps: float = 1e-5,
+            class_token: bool = True,
+            bidirectional: bool = True,
+            divide_out: bool = True,
+            local_bidir: bool = False,
+            local_window: Optional[int] = None,
+            alternate_direction: bool = False,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.1,
+            scan_backend: Optional[str] = None,
+    ):
+        super().__init__()
+        assert global_pool in ('token', 'avg', '')
+        if global_pool == 'token' and not class_token:
+            global_pool = 'avg'
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.alternate_direction = alternate_direction
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(patch_size, stride, in_chans, embed_dim, img_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+        self.head = self._make_head(num_classes)  # created before the layers: official state_dict order
+
+        # Official stochastic depth: block i drops with linspace(0, rate, depth)[i - 1] (block 0: none), and a
+        # separate DropPath(rate) acts on the last block's output before `norm_f`.
+        dpr = [0.] + [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.layers = nn.ModuleList([
+            MambaBlock(
+                embed_dim,
+                MambaMixer(embed_dim, d_state, d_conv, expand, dt_rank, bidirectional=bidirectional,
+                           divide_out=divide_out, local_bidir=local_bidir, local_window=local_window,
+                           scan_backend=scan_backend),
+                drop_path=dpr[i], norm_eps=norm_eps)
+            for i in range(depth)])
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. else nn.Identity()
+        self.norm_f = RmsNormF32(embed_dim, eps=norm_eps)
+
+        reduction = stride
+        self.feature_info = [dict(num_chs=embed_dim, reduction=reduction, module=f'layers.{i}') for i in range(depth)]
+        self.init_weights()
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The official init, so training from scratch behaves as upstream (see the research notes on quirks).
+
+        patch_embed: lecun-normal; head: trunc-normal(.02); pos_embed / cls_token: trunc-normal(.02); every Linear
+        bias zeroed except the dt_proj bias (so `dt_proj_b.bias` is 0, as upstream); out_proj: kaiming-uniform(a=√5)
+        divided by √depth.
+        """
+        lecun_normal_(self.patch_embed.proj.weight)
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        trunc_normal_(self.pos_embed, std=.02)
+        if self.cls_token is not None:
+            trunc_normal_(self.cls_token, std=.02)
+        for module in self.head.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=.02)
+                nn.init.zeros_(module.bias)
+        for layer in self.layers:
+            mixer = layer.mixer
+            if mixer.bidirectional:
+                nn.init.zeros_(mixer.dt_proj_b.bias)
+            nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
+            mixer.out_proj.weight.div_(math.sqrt(len(self.layers)))
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """Embeddings plus the SSM A / D parameters (the official `_no_weight_decay` flags), as fnmatch patterns."""
+        names = {'pos_embed', '*.A_log', '*.A_b_log', '*.D', '*.D_b'}
+        if self.cls_token is not None:
+            names.add('cls_token')
+        return names
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^cls_token|^pos_embed|^patch_embed',
+            blocks=[(r'^layers\.(\d+)', None), (r'^norm_f', (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            assert global_pool in ('token', 'avg', '')
+            if global_pool == 'token' and self.cls_token is None:
+                raise ValueError('global_pool="token" needs a class token; this model has none (use "avg").')
+            self.global_pool = global_pool
+        self.head = self._make_head(num_classes)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        check_image_input(x, self.in_chans, self.patch_embed.patch_size, type(self).__name__)
+
+    def _pos_embed_for(self, grid: Tuple[int, int]) -> torch.Tensor:
+        """The position embedding for a token grid; resampled on the fly when the input size differs."""
+        return resample_mid_cls_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size, self.num_prefix_tokens)
+
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        x, grid = self.patch_embed(x)
+        if self.cls_token is not None:
+            mid = x.shape[1] // 2
+            x = torch.cat([x[:, :mid], self.cls_token.expand(x.shape[0], -1, -1), x[:, mid:]], dim=1)
+        x = x + self._pos_embed_for(grid)
+        return self.pos_drop(x), grid
+
+    def _run_layer(self, idx: int, hidden: torch.Tensor,
+                   residual: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        reverse = self.alternate_direction and idx % 2 == 1
+        layer = self.layers[idx]
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(layer, hidden, residual, reverse)
+        return layer(hidden, residual, reverse)
+
+    def _final_norm(self, hidden: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
+        if residual is not None:
+            hidden = self.drop_path(hidden)
+        if isinstance(self.norm_f, nn.Identity):  # pruned by prune_intermediate_layers(prune_norm=True)
+            return hidden if residual is None else (residual + hidden.float()).to(hidden.dtype)
+        return self.norm_f(hidden, residual)[0]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> normalised tokens (B, N, C); with a class token it sits at index (N - 1) // 2."""
+        self._check_input(x)
+        hidden, _ = self._embed(x)
+        residual = None
+        for idx in range(len(self.layers)):
+            hidden, residual = self._run_layer(idx, hidden, residual)
+        return self._final_norm(hidden, residual)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.global_pool == 'token':
+            return x[:, (x.shape[1] - 1) // 2]
+        if self.global_pool == 'avg':
+            if self.num_prefix_tokens:
+                mid = (x.shape[1] - 1) // 2
+                x = torch.cat([x[:, :mid], x[:, mid + 1:]], dim=1)
+            return x.mean(dim=1)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self._pool(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def _tokens_to_map(self, tokens: torch.Tensor, grid: Tuple[int, int], output_fmt: str) -> torch.Tensor:
+        if self.num_prefix_tokens:
+            mid = (tokens.shape[1] - 1) // 2
+            tokens = torch.cat([tokens[:, :mid], tokens[:, mid + 1:]], dim=1)
+        tokens = tokens.reshape(tokens.shape[0], grid[0], grid[1], -1)
+        return tokens.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else tokens
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Block outputs as maps (class token removed, original token order).
+
+        The output of block i is the residual stream after it, `residual + hidden` (what the official ViTDet wrapper
+        calls `last_layer_process='add'`); norm=True applies `norm_f` to it. Maps are (B, C, H', W') for 'NCHW'
+        or (B, H', W', C) for 'NHWC'.
+        """
+        assert output_fmt in ('NCHW', 'NHWC'), 'output_fmt must be NCHW or NHWC'
+        self._check_input(x)
+        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        hidden, grid = self._embed(x)
+        residual = None
+        last = max_index if stop_early else len(self.layers) - 1
+        intermediates = []
+        for idx in range(last + 1):
+            hidden, residual = self._run_layer(idx, hidden, residual)
+            if idx in take_indices:
+                if norm and not isinstance(self.norm_f, nn.Identity):
+                    feat = self.norm_f(hidden, residual)[0]
+                else:
+                    feat = (residual + hidden.float()).to(hidden.dtype)
+                intermediates.append(self._tokens_to_map(feat, grid, output_fmt))
+        if intermediates_only:
+            return intermediates
+        return self._final_norm(hidden, residual), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        self.layers = self.layers[:max_index + 1]
+        if prune_norm:
+            self.norm_f = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VisionMamba,
+                         interpolation: str = 'bicubic', antialias: bool = True) -> Dict[str, torch.Tensor]:
+    """Official Vim (and LBVim) checkpoint -> this model.
+
+    * unwraps DeiT-style snapshots (`{'model': ...}`, also `'state_dict'` / `'module.'` prefixes);
+    * drops the unused RoPE buffers of `if_rope=True` training runs;
+    * infers the checkpoint's token grid from its `pos_embed` length (stride 16: 14x14 + 1, stride 8: 27x27 + 1 at
+      224) and resamples it to this model's grid with the middle class slot kept in the middle. Loading a stride-16
+      checkpoint into a stride-8 model (or vice versa) therefore only resamples `pos_embed`; the conv is shared.
+    """
+    if 'model' in state_dict and isinstance(state_dict['model'], dict):
+        state_dict = state_dict['model']
+    elif 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
+        state_dict = state_dict['state_dict']
+    out = {}
+    for k, v in state_dict.items():
+        k = k[7:] if k.startswith('module.') else k
+        if k.startswith('rope.'):
+            continue
+        if k == 'pos_embed':
+            num_prefix = model.num_prefix_tokens
+            num_grid = v.shape[1] - num_prefix
+            side = int(math.sqrt(num_grid))
+            if side * side != num_grid:
+                raise ValueError(f'pos_embed of length {v.shape[1]} is not a square grid (+{num_prefix} class slot)')
+            v = resample_mid_cls_pos_embed(v, model.patch_embed.grid_size, (side, side), num_prefix,
+                                           interpolation=interpolation, antialias=antialias)
+        out[k] = v
+    return out
+
+
+def _create_vim(variant: str, pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_model_with_cfg(
+        VisionMamba, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
+    # Eval transform of the official `vim/datasets.py`: bicubic resize to 224 / 0.875, centre crop, ImageNet stats.
+    return {
+        'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj', 'classifier': 'head',
+        'license': 'apache-2.0', 'paper_ids': 'arXiv:2401.09417', 'paper_name': 'Vision Mamba',
+        'origin_url': 'https://github.com/hustvl/Vim',
+        **kwargs,
+    }
+
+
+def _hf(repo: str, filename: str, **kwargs: Any) -> Dict[str, Any]:
+    return _cfg(url=f'https://huggingface.co/{repo}/resolve/main/{filename}',
+                hf_hub_id=repo, hf_hub_filename=filename, **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'vim_tiny_patch16_224.in1k': _hf('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_76p1acc.pth'),
+    'vim_tiny_patch16_stride8_224.in1k': _hf('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_ft_78p3acc.pth'),
+    'vim_small_patch16_224.in1k': _hf('hustvl/Vim-small-midclstok', 'vim_s_midclstok_80p5acc.pth'),
+    'vim_small_patch16_stride8_224.in1k': _hf('hustvl/Vim-small-midclstok', 'vim_s_midclstok_ft_81p6acc.pth'),
+    'vim_base_patch16_224.in1k': _hf('hustvl/Vim-base-midclstok', 'vim_b_midclstok_81p9acc.pth'),
+    'test_vim.untrained': _cfg(input_size=(3, 64, 64), crop_pct=1.0),
+})
+
+
+@register_zoo_model('vim')
+def vim_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    """Vim-Ti (official `vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2`)."""
+    model_args = dict(patch_size=16, stride=16, embed_dim=192, depth=24)
+    return _create_vim('vim_tiny_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model('vim')
+def vim_tiny_patch16_stride8_224(pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    """Vim-Ti+ (stride-8 patch embedding, fine-tuned from Vim-Ti)."""
+    model_args = dict(patch_size=16, stride=8, embed_dim=192, depth=24)
+    return _create_vim('vim_tiny_patch16_stride8_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model('vim')
+def vim_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    """Vim-S."""
+    model_args = dict(patch_size=16, stride=16, embed_dim=384, depth=24)
+    return _create_vim('vim_small_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model('vim')
+def vim_small_patch16_stride8_224(pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    """Vim-S+ (stride-8 patch embedding, fine-tuned from Vim-S)."""
+    model_args = dict(patch_size=16, stride=8, embed_dim=384, depth=24)
+    return _create_vim('vim_small_patch16_stride8_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model('vim')
+def vim_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    """Vim-B."""
+    model_args = dict(patch_size=16, stride=16, embed_dim=768, depth=24)
+    return _create_vim('vim_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model('vim')
+def test_vim(pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    """Tiny Vim for tests: 4 blocks, dim 32, 64x64 input (16 patches + middle class token)."""
+    model_args = dict(img_size=64, patch_size=16, stride=16, embed_dim=32, depth=4, d_state=8)
+    return _create_vim('test_vim', pretrained=pretrained, **dict(model_args, **kwargs))
