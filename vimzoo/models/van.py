@@ -352,11 +352,13 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VAN) -> Dict[str, to
                 f'Checkpoint stage {i + 1} has width {out[key].shape[0]} but the model has {model_sd[key].shape[0]} '
                 f'(model embed_dims={list(model.embed_dims)}). Build the model with matching embed_dims.')
 
-    # classifier: keep the model's own (random) head when the checkpoint has none or a different one
+    # classifier: keep the model's own (random) head when the checkpoint has none or a different one. When the
+    # user asked for another num_classes than the cfg, timm drops the classifier itself, so no warning then.
+    cfg_classes = (getattr(model, 'pretrained_cfg', None) or {}).get('num_classes', model.num_classes)
     if isinstance(model.head, nn.Linear):
         ckpt_w = out.get('head.weight')
         if ckpt_w is None or ckpt_w.shape != model.head.weight.shape:
-            if ckpt_w is not None:
+            if ckpt_w is not None and model.num_classes == cfg_classes:
                 warnings.warn(f'VAN checkpoint head {tuple(ckpt_w.shape)} does not match the model head '
                               f'{tuple(model.head.weight.shape)}; the classifier stays randomly initialised.')
             out['head.weight'] = model_sd['head.weight']
