@@ -180,6 +180,120 @@ def test_gradcheck_bidirectional_reference():
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Kernel backends == reference (forward and backward), bf16, gradcheck, threads
+# --------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def cpu_kernel():
+    if not _cpu_kernel_ok():
+        pytest.skip('no C++ compiler (or kernels disabled): the CPU kernel cannot be built here')
+    return 'cpu'
+
+
+def _grads_close(backend, b, d, l, n, window, reverse, opt, dtype=torch.float32, rtol=1e-4, seed=0):
+    ts = [None if t is None else t.requires_grad_() for t in _make(b, d, l, n, dtype=dtype, with_d=opt, with_z=opt,
+                                                                    with_bias=opt, seed=seed)]
+    used = [t for t in ts if t is not None]
+    res = {}
+    for be in ('reference', backend):
+        y = ops.selective_scan(*ts[:5], D=ts[5], z=ts[6], delta_bias=ts[7], delta_softplus=opt, reverse=reverse,
+                               local_window=window, backend=be)
+        g = torch.linspace(-1, 1, y.numel()).view_as(y).to(y.dtype)
+        res[be] = (y,) + torch.autograd.grad(y, used, g)
+    names = ['out', 'du', 'ddelta', 'dA', 'dB', 'dC'] + (['dD', 'dz', 'ddelta_bias'] if opt else [])
+    for name, got, exp in zip(names, res[backend], res['reference']):
+        assert got.dtype == exp.dtype and got.shape == exp.shape, name
+        err = ((got.float() - exp.float()).abs().max() / exp.float().abs().max().clamp_min(1e-6)).item()
+        assert err < rtol, f'{backend} {name} l={l} n={n} W={window} reverse={reverse} opt={opt}: rel err {err:.2e}'
+
+
+SHAPES = [(1, 1, 1, 1), (2, 3, 7, 4), (1, 4, 33, 16), (2, 2, 197, 16), (1, 2, 300, 1), (1, 2, 2049, 4)]
+
+
+@pytest.mark.parametrize('shape', SHAPES, ids=lambda s: 'b{}d{}l{}n{}'.format(*s))
+def test_cpu_kernel_matches_reference(cpu_kernel, shape):
+    b, d, l, n = shape
+    for window in (None, 3, 8, l):
+        for reverse in (False, True):
+            for opt in (True, False):
+                if l > 1000 and (opt is False or window == 3):
+                    continue   # keep the long-sequence case cheap: the reference loops in Python
+                _grads_close(cpu_kernel, b, d, l, n, window, reverse, opt)
+
+
+def test_cpu_kernel_bf16_and_fp16(cpu_kernel):
+    for dtype in (torch.bfloat16, torch.float16):
+        for window in (None, 4):
+            _grads_close(cpu_kernel, 2, 3, 40, 16, window, True, True, dtype=dtype, rtol=2e-2)
+
+
+def test_cpu_kernel_mixed_bc_dtype_and_noncontiguous(cpu_kernel):
+    u, delta, A, B, C, D, z, bias = _make(2, 3, 20, 4, dtype=torch.bfloat16)
+    B32, C32 = B.float(), C.float()
+    u_nc = u.transpose(0, 1).contiguous().transpose(0, 1)   # non-contiguous view, same values
+    assert not u_nc.is_contiguous()
+    out = ops.selective_scan(u_nc, delta, A, B32, C32, D, z, bias, True, local_window=4, backend='cpu')
+    exp = ops.selective_scan(u, delta, A, B32, C32, D, z, bias, True, local_window=4, backend='reference')
+    torch.testing.assert_close(out, exp, rtol=2e-2, atol=2e-2)
+
+
+def test_cpu_kernel_multithreaded_backward(cpu_kernel):
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _grads_close(cpu_kernel, 3, 5, 50, 16, 8, False, True)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize('window,reverse', [(None, False), (None, True), (3, False), (4, True), (7, False)])
+def test_gradcheck_cpu_kernel(cpu_kernel, window, reverse):
+    _gradcheck(cpu_kernel, window, reverse)
+    _gradcheck(cpu_kernel, window, reverse, with_opt=False)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_bidirectional_kernel_matches_reference(cpu_kernel, dtype):
+    f = [None if t is None else t.requires_grad_() for t in _make(2, 4, 45, 16, dtype=dtype, seed=5)]
+    r = [None if t is None else t.requires_grad_() for t in _make(2, 4, 45, 16, dtype=dtype, seed=6)]
+    inputs = f[:6] + [f[7]] + r[:6] + [r[7], f[6]]
+    res = {}
+    for be in ('reference', cpu_kernel):
+        y = ops.bidirectional_selective_scan(*inputs[:14], z=inputs[14], backend=be)
+        res[be] = (y,) + torch.autograd.grad(y, inputs, torch.ones_like(y))
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for i, (got, exp) in enumerate(zip(res[cpu_kernel], res['reference'])):
+        err = ((got.float() - exp.float()).abs().max() / exp.float().abs().max().clamp_min(1e-6)).item()
+        assert err < tol, f'bidirectional output/grad #{i}: rel err {err:.2e}'
+
+
+def test_auto_backend_uses_cpu_kernel(cpu_kernel, monkeypatch):
+    from vimzoo.ops import _backend
+    calls = []
+    real = _backend.resolve_backend
+    monkeypatch.setattr('vimzoo.ops._ops.resolve_backend', lambda name, dev: calls.append(real(name, dev)) or
+                        calls[-1])
+    args = _make(1, 2, 9, 4)
+    ops.selective_scan(*args[:5], backend=None)
+    assert calls == ['cpu']
+
+
+def test_auto_falls_back_to_reference_with_one_warning(monkeypatch):
+    from vimzoo.ops import _backend, _loader
+    monkeypatch.setitem(_loader._errors, 'cpu', RuntimeError('no C++ compiler found'))
+    monkeypatch.setattr(_backend, '_warned', set())
+    args = _make(1, 2, 9, 4)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter('always')
+        out = ops.selective_scan(*args[:5])
+        ops.selective_scan(*args[:5])
+    msgs = [str(w.message) for w in rec if 'CPU scan kernel unavailable' in str(w.message)]
+    assert len(msgs) == 1 and 'no C++ compiler' in msgs[0]
+    torch.testing.assert_close(out, selective_scan_ref(*args[:5]))
+    with pytest.raises(RuntimeError, match='could not be built'):
+        ops.selective_scan(*args[:5], backend='cpu')
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------------------
 def test_errors_are_clear():

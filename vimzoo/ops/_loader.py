@@ -52,7 +52,7 @@ def _cpu_has(*flags: str) -> bool:
 
 def cpu_build_flags() -> List[str]:
     """-O3, C++20 (torch 2.14 headers), and AVX2/FMA only when this CPU has them (the extension name says so)."""
-    flags = ['-O3', '-std=c++20', '-fno-math-errno']
+    flags = ['-O3', '-std=c++20', '-fno-math-errno', '-fopenmp-simd']
     if _cpu_has('avx2', 'fma'):
         flags += ['-mavx2', '-mfma']
     return flags

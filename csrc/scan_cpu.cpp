@@ -1,0 +1,529 @@
+// vimzoo CPU selective-scan kernels: plain / reverse / locally bi-directional (LBMamba) / bidirectional.
+//
+// Layout contract (prepared by vimzoo/ops/_ops.py): u, delta, z, dout (b, d, l) contiguous in the input dtype;
+// A (d, n), D, delta_bias (d,) and Bt, Ct (b, l, n) contiguous in the compute dtype (fp32; fp64 for fp64 input).
+// One (batch, channel) row per task (at::parallel_for over b*d). Per row, a vectorised pre-pass over tokens
+// computes Δ = softplus(δ + bias), Δu and silu(z); the scan then walks "scan order" k = 0..l-1 (position t = k, or
+// l-1-k when reverse: no flips are materialised) with inner loops over the state dim n, contiguous in Bt/Ct and
+// in the work buffers, so they vectorise (omp simd + a branch-free polynomial expf). n = 16 (Mamba's d_state)
+// gets a compile-time-sized instantiation. Math: docs/kernels.md, vimzoo/ops/reference.py.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using opt_tensor = std::optional<at::Tensor>;
+
+template <typename scalar_t>
+using acc_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Branch-free fp32 math (vectorisable); fp64 uses libm (only used for gradcheck-grade runs).
+// ---------------------------------------------------------------------------------------------------------------
+// exp: Cephes-style range reduction + degree-6 polynomial, rel. error ~1e-7; input clamped to [-87, 88].
+static inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float fx = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - fx * 0.693359375f;
+  r = r + fx * 2.12194440e-4f;
+  const float r2 = r * r;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r2 + r + 1.0f;
+  const int32_t e = (static_cast<int32_t>(fx) + 127) << 23;
+  return p * std::bit_cast<float>(e);
+}
+// log for x >= 1 (normal): Cephes logf polynomial, rel. error ~1e-7.
+static inline float log_approx(float x) {
+  int32_t bits = std::bit_cast<int32_t>(x);
+  float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
+  float m = std::bit_cast<float>((bits & 0x007fffff) | 0x3f000000);  // [0.5, 1)
+  const bool small = m < 0.707106781186547524f;
+  e = small ? e - 1.0f : e;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y += -2.12194440e-4f * e;
+  y += -0.5f * z;
+  return m + y + 0.693359375f * e;
+}
+static inline float softplus_f(float x) {  // torch's threshold: identity above 20
+  const float y = exp_approx(x < 20.0f ? x : 20.0f);
+  const float w = 1.0f + y;
+  const float l1p = (w == 1.0f) ? y : log_approx(w) * (y / (w - 1.0f));  // log1p with Goldberg's correction
+  return x > 20.0f ? x : l1p;
+}
+static inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+
+static inline float exp_c(float x) { return exp_approx(x); }
+static inline double exp_c(double x) { return std::exp(x); }
+static inline float softplus_c(float x) { return softplus_f(x); }
+static inline double softplus_c(double x) { return x <= 20.0 ? std::log1p(std::exp(x)) : x; }
+static inline float sigmoid_c(float x) { return sigmoid_f(x); }
+static inline double sigmoid_c(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+template <typename acc_t>
+static inline acc_t silu_c(acc_t x) { return x * sigmoid_c(x); }
+template <typename acc_t>
+static inline acc_t dsilu_c(acc_t x) {
+  const acc_t s = sigmoid_c(x);
+  return s * (acc_t(1) + x * (acc_t(1) - s));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Per-row token pre-pass (vectorised over tokens, original order).
+// ---------------------------------------------------------------------------------------------------------------
+template <typename in_t, typename acc_t>
+void token_prepass(const in_t* __restrict u, const in_t* __restrict delta, acc_t bias, bool softplus_, int64_t L,
+                   acc_t* __restrict dt, acc_t* __restrict dtu, acc_t* __restrict uf) {
+  for (int64_t t = 0; t < L; ++t) uf[t] = static_cast<acc_t>(u[t]);
+  for (int64_t t = 0; t < L; ++t) dt[t] = static_cast<acc_t>(delta[t]) + bias;
+  if (softplus_) {
+#pragma omp simd
+    for (int64_t t = 0; t < L; ++t) dt[t] = softplus_c(dt[t]);
+  }
+#pragma omp simd
+  for (int64_t t = 0; t < L; ++t) dtu[t] = dt[t] * uf[t];
+}
+
+struct Shape {
+  int64_t L, N, W;
+  bool reverse;
+  inline int64_t pos(int64_t k) const { return reverse ? L - 1 - k : k; }
+};
+
+// Forward scan of one row: y[t] += Σ_n C h (original order, un-gated, without D·u).
+// `work` >= 2*N + 2*W*N. NC > 0 fixes N at compile time.
+template <int NC, typename acc_t>
+void scan_row_fwd(const Shape& s, const acc_t* __restrict A, const acc_t* __restrict Bt,
+                  const acc_t* __restrict Ct, const acc_t* __restrict dt, const acc_t* __restrict dtu,
+                  acc_t* __restrict y, acc_t* __restrict work) {
+  const int64_t L = s.L, N = NC > 0 ? NC : s.N, W = s.W;
+  acc_t* __restrict h = work;
+  acc_t* __restrict hb = work + N;
+  for (int64_t n = 0; n < N; ++n) h[n] = 0;
+  if (W <= 1) {
+    for (int64_t k = 0; k < L; ++k) {
+      const int64_t t = s.pos(k);
+      const acc_t d = dt[t], du = dtu[t];
+      const acc_t* __restrict b = Bt + t * N;
+      const acc_t* __restrict c = Ct + t * N;
+      acc_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t n = 0; n < N; ++n) {
+        h[n] = exp_c(d * A[n]) * h[n] + du * b[n];
+        acc += h[n] * c[n];
+      }
+      y[t] = acc;
+    }
+    return;
+  }
+  // LB: per window, pass 1 runs the global forward scan keeping (a, b); pass 2 adds the local backward term
+  // a_k · hb_{k+1} (hb restarted at each window end) in reverse scan order.
+  acc_t* __restrict abuf = work + 2 * N;
+  acc_t* __restrict bbuf = abuf + W * N;
+  for (int64_t k0 = 0; k0 < L; k0 += W) {
+    const int64_t k1 = std::min(k0 + W, L);
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t t = s.pos(k);
+      const acc_t d = dt[t], du = dtu[t];
+      const acc_t* __restrict b = Bt + t * N;
+      const acc_t* __restrict c = Ct + t * N;
+      acc_t* __restrict ak = abuf + (k - k0) * N;
+      acc_t* __restrict bk = bbuf + (k - k0) * N;
+      acc_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t n = 0; n < N; ++n) {
+        const acc_t a = exp_c(d * A[n]);
+        const acc_t bv = du * b[n];
+        ak[n] = a;
+        bk[n] = bv;
+        h[n] = a * h[n] + bv;
+        acc += h[n] * c[n];
+      }
+      y[t] = acc;
+    }
+    for (int64_t n = 0; n < N; ++n) hb[n] = 0;
+    for (int64_t k = k1 - 1; k >= k0; --k) {
+      const int64_t t = s.pos(k);
+      const acc_t* __restrict c = Ct + t * N;
+      const acc_t* __restrict ak = abuf + (k - k0) * N;
+      const acc_t* __restrict bk = bbuf + (k - k0) * N;
+      acc_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t n = 0; n < N; ++n) {
+        const acc_t rr = ak[n] * hb[n];
+        hb[n] = rr + bk[n];
+        acc += rr * c[n];
+      }
+      y[t] += acc;
+    }
+  }
+}
+
+template <typename acc_t>
+void scan_row_fwd_any(const Shape& s, const acc_t* A, const acc_t* Bt, const acc_t* Ct, const acc_t* dt,
+                      const acc_t* dtu, acc_t* y, acc_t* work) {
+  if (s.N == 16) {
+    scan_row_fwd<16>(s, A, Bt, Ct, dt, dtu, y, work);
+  } else {
+    scan_row_fwd<0>(s, A, Bt, Ct, dt, dtu, y, work);
+  }
+}
+
+// Row buffers for the forward pass.
+template <typename acc_t>
+struct FwdBuffers {
+  std::vector<acc_t> work, dt, dtu, uf, y, zs;
+  FwdBuffers(int64_t L, int64_t N, int64_t W) : work(2 * N + 2 * W * N + 1), dt(L), dtu(L), uf(L), y(L), zs(L) {}
+};
+
+// y (un-gated, with D·u) of one direction for row (bi, di).
+template <typename in_t, typename acc_t>
+void row_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                 const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& bias, bool softplus_, const Shape& s,
+                 int64_t bi, int64_t di, FwdBuffers<acc_t>& buf, acc_t* y) {
+  const int64_t Dm = u.size(1), L = s.L, N = s.N;
+  const int64_t row = bi * Dm + di;
+  const acc_t bv = bias.has_value() ? bias->data_ptr<acc_t>()[di] : acc_t(0);
+  const acc_t Dv = D.has_value() ? D->data_ptr<acc_t>()[di] : acc_t(0);
+  token_prepass(u.data_ptr<in_t>() + row * L, delta.data_ptr<in_t>() + row * L, bv, softplus_, L, buf.dt.data(),
+                buf.dtu.data(), buf.uf.data());
+  scan_row_fwd_any(s, A.data_ptr<acc_t>() + di * N, Bt.data_ptr<acc_t>() + bi * L * N,
+                   Ct.data_ptr<acc_t>() + bi * L * N, buf.dt.data(), buf.dtu.data(), y, buf.work.data());
+  const acc_t* uf = buf.uf.data();
+#pragma omp simd
+  for (int64_t t = 0; t < L; ++t) y[t] += Dv * uf[t];
+}
+
+template <typename in_t, typename acc_t>
+void gate_store(const acc_t* __restrict y, const in_t* z, int64_t L, acc_t* __restrict zs, in_t* out) {
+  if (z != nullptr) {
+    for (int64_t t = 0; t < L; ++t) zs[t] = static_cast<acc_t>(z[t]);
+#pragma omp simd
+    for (int64_t t = 0; t < L; ++t) zs[t] = y[t] * silu_c(zs[t]);
+    for (int64_t t = 0; t < L; ++t) out[t] = static_cast<in_t>(zs[t]);
+  } else {
+    for (int64_t t = 0; t < L; ++t) out[t] = static_cast<in_t>(y[t]);
+  }
+}
+
+void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                  const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias) {
+  TORCH_CHECK(u.device().is_cpu(), "vimzoo scan_cpu: tensors must be on the CPU");
+  TORCH_CHECK(u.dim() == 3 && u.is_contiguous() && delta.is_contiguous() && delta.sizes() == u.sizes(),
+              "vimzoo scan_cpu: u/delta must be contiguous (b, d, l) of equal shape");
+  TORCH_CHECK(delta.scalar_type() == u.scalar_type(), "vimzoo scan_cpu: delta dtype must equal u dtype");
+  const auto acc = u.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t B = u.size(0), Dm = u.size(1), L = u.size(2);
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == Dm && A.is_contiguous() && A.scalar_type() == acc,
+              "vimzoo scan_cpu: A must be (d, n) contiguous in the compute dtype");
+  const int64_t N = A.size(1);
+  for (const at::Tensor* t : {&Bt, &Ct}) {
+    TORCH_CHECK(t->dim() == 3 && t->size(0) == B && t->size(1) == L && t->size(2) == N && t->is_contiguous() &&
+                    t->scalar_type() == acc,
+                "vimzoo scan_cpu: B/C must be (b, l, n) contiguous in the compute dtype");
+  }
+  for (const opt_tensor* t : {&D, &bias}) {
+    if (t->has_value()) {
+      TORCH_CHECK((*t)->numel() == Dm && (*t)->is_contiguous() && (*t)->scalar_type() == acc,
+                  "vimzoo scan_cpu: D/delta_bias must be (d,) contiguous in the compute dtype");
+    }
+  }
+  if (z.has_value()) {
+    TORCH_CHECK(z->sizes() == u.sizes() && z->is_contiguous() && z->scalar_type() == u.scalar_type(),
+                "vimzoo scan_cpu: z must match u");
+  }
+}
+
+at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                    const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias,
+                    bool softplus_, bool reverse, int64_t W) {
+  check_inputs(u, delta, A, Bt, Ct, D, z, bias);
+  auto out = at::empty_like(u);
+  const int64_t Bsz = u.size(0), Dm = u.size(1), L = u.size(2), N = A.size(1);
+  const Shape s{L, N, std::min(std::max<int64_t>(W, 1), L), reverse};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, u.scalar_type(), "vimzoo_scan_fwd", [&] {
+    using acc_t = acc_of<scalar_t>;
+    at::parallel_for(0, Bsz * Dm, 1, [&](int64_t begin, int64_t end) {
+      FwdBuffers<acc_t> buf(L, N, s.W);
+      for (int64_t row = begin; row < end; ++row) {
+        row_forward<scalar_t, acc_t>(u, delta, A, Bt, Ct, D, bias, softplus_, s, row / Dm, row % Dm, buf,
+                                     buf.y.data());
+        gate_store(buf.y.data(), z.has_value() ? z->data_ptr<scalar_t>() + row * L : nullptr, L, buf.zs.data(),
+                   out.data_ptr<scalar_t>() + row * L);
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor bidir_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                     const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& bias, const at::Tensor& u_b,
+                     const at::Tensor& delta_b, const at::Tensor& A_b, const at::Tensor& Bt_b, const at::Tensor& Ct_b,
+                     const opt_tensor& D_b, const opt_tensor& bias_b, const opt_tensor& z, bool softplus_) {
+  check_inputs(u, delta, A, Bt, Ct, D, z, bias);
+  check_inputs(u_b, delta_b, A_b, Bt_b, Ct_b, D_b, z, bias_b);
+  TORCH_CHECK(u_b.sizes() == u.sizes() && u_b.scalar_type() == u.scalar_type() && A_b.sizes() == A.sizes(),
+              "vimzoo bidir_fwd: both directions must have equal shapes/dtypes");
+  auto out = at::empty_like(u);
+  const int64_t Bsz = u.size(0), Dm = u.size(1), L = u.size(2), N = A.size(1);
+  const Shape sf{L, N, 1, false}, sb{L, N, 1, true};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, u.scalar_type(), "vimzoo_bidir_fwd", [&] {
+    using acc_t = acc_of<scalar_t>;
+    at::parallel_for(0, Bsz * Dm, 1, [&](int64_t begin, int64_t end) {
+      FwdBuffers<acc_t> buf(L, N, 1);
+      std::vector<acc_t> yb(L);
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t bi = row / Dm, di = row % Dm;
+        row_forward<scalar_t, acc_t>(u, delta, A, Bt, Ct, D, bias, softplus_, sf, bi, di, buf, buf.y.data());
+        row_forward<scalar_t, acc_t>(u_b, delta_b, A_b, Bt_b, Ct_b, D_b, bias_b, softplus_, sb, bi, di, buf,
+                                     yb.data());
+        for (int64_t t = 0; t < L; ++t) buf.y[t] += yb[t];
+        gate_store(buf.y.data(), z.has_value() ? z->data_ptr<scalar_t>() + row * L : nullptr, L, buf.zs.data(),
+                   out.data_ptr<scalar_t>() + row * L);
+      }
+    });
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Backward. Per row: recompute (a, b, hf) for the whole row in scan order, then walk the windows last to first:
+// a reverse pass rebuilds the local state hb and the global adjoint dxl; a forward pass runs the window-local
+// adjoint dxr and accumulates every gradient (research §3.3; W = 1 is the plain Mamba backward).
+// ---------------------------------------------------------------------------------------------------------------
+template <typename acc_t>
+struct BwdBuffers {
+  // abuf keeps a_k at row k+1 with zero rows before and after, so a_{k-1} / a_{k+1} loads stay in bounds.
+  std::vector<acc_t> abuf, bbuf, hf, hbw, dxlw, carry, dxr, dA_acc, dt, dtu, uf, g, zf, sig, y;
+  BwdBuffers(int64_t L, int64_t N, int64_t W)
+      : abuf((L + 2) * N), bbuf(L * N), hf(L * N), hbw((W + 1) * N), dxlw(W * N), carry(N), dxr(N), dA_acc(N),
+        dt(L), dtu(L), uf(L), g(L), zf(L), sig(L), y(L) {}
+};
+
+template <int NC, typename acc_t>
+void scan_row_bwd(const Shape& s, const acc_t* __restrict A, const acc_t* __restrict Bt,
+                  const acc_t* __restrict Ct, BwdBuffers<acc_t>& bf, acc_t* __restrict dB, acc_t* __restrict dC,
+                  acc_t* __restrict du_acc, acc_t* __restrict ddt_acc, acc_t* __restrict y) {
+  const int64_t L = s.L, N = NC > 0 ? NC : s.N, W = s.W;
+  const acc_t* __restrict dt = bf.dt.data();
+  const acc_t* __restrict dtu = bf.dtu.data();
+  const acc_t* __restrict g = bf.g.data();
+  acc_t* __restrict abuf = bf.abuf.data();
+  acc_t* __restrict bbuf = bf.bbuf.data();
+  acc_t* __restrict hf = bf.hf.data();
+  acc_t* __restrict hbw = bf.hbw.data();
+  acc_t* __restrict dxlw = bf.dxlw.data();
+  acc_t* __restrict cr = bf.carry.data();
+  acc_t* __restrict xr = bf.dxr.data();
+  acc_t* __restrict dAa = bf.dA_acc.data();
+  // 1) forward recompute.
+  for (int64_t n = 0; n < N; ++n) cr[n] = 0;
+  for (int64_t k = 0; k < L; ++k) {
+    const int64_t t = s.pos(k);
+    const acc_t d = dt[t], du = dtu[t];
+    const acc_t* __restrict b = Bt + t * N;
+    acc_t* __restrict ak = abuf + (k + 1) * N;
+    acc_t* __restrict bk = bbuf + k * N;
+    acc_t* __restrict hk = hf + k * N;
+#pragma omp simd
+    for (int64_t n = 0; n < N; ++n) {
+      const acc_t a = exp_c(d * A[n]);
+      const acc_t bv = du * b[n];
+      ak[n] = a;
+      bk[n] = bv;
+      cr[n] = a * cr[n] + bv;
+      hk[n] = cr[n];
+    }
+  }
+  // 2) windows, last to first.
+  for (int64_t n = 0; n < N; ++n) {
+    cr[n] = 0;  // dxl_{k+1}
+    dAa[n] = 0;
+  }
+  const int64_t nwin = (L + W - 1) / W;
+  for (int64_t w = nwin - 1; w >= 0; --w) {
+    const int64_t k0 = w * W, k1 = std::min(k0 + W, L);
+    for (int64_t k = k1 - 1; k >= k0; --k) {  // 2a) reverse: hb (local) and dxl (global adjoint)
+      const int64_t t = s.pos(k);
+      const acc_t gt = g[t];
+      const acc_t* __restrict c = Ct + t * N;
+      const acc_t* __restrict ak = abuf + (k + 1) * N;
+      const acc_t* __restrict anext = abuf + (k + 2) * N;
+      const acc_t* __restrict bk = bbuf + k * N;
+      acc_t* __restrict hbk = hbw + (k - k0) * N;
+      const acc_t* __restrict hbnext = hbw + (k + 1 - k0) * N;
+      acc_t* __restrict dxl = dxlw + (k - k0) * N;
+      const bool wend = (k + 1 == k1);
+#pragma omp simd
+      for (int64_t n = 0; n < N; ++n) {
+        hbk[n] = wend ? bk[n] : ak[n] * hbnext[n] + bk[n];
+        cr[n] = gt * c[n] + anext[n] * cr[n];
+        dxl[n] = cr[n];
+      }
+    }
+    for (int64_t k = k0; k < k1; ++k) {  // 2b) forward: dxr (restarted at the window start) and gradients
+      const int64_t t = s.pos(k);
+      const acc_t d = dt[t], du = dtu[t], gt = g[t];
+      const acc_t* __restrict b = Bt + t * N;
+      const acc_t* __restrict c = Ct + t * N;
+      const acc_t* __restrict aprev = abuf + k * N;
+      const acc_t* __restrict bk = bbuf + k * N;
+      const acc_t* __restrict hk = hf + k * N;
+      const acc_t* __restrict hbk = hbw + (k - k0) * N;
+      const acc_t* __restrict dxl = dxlw + (k - k0) * N;
+      acc_t* __restrict dBk = dB + t * N;
+      acc_t* __restrict dCk = dC + t * N;
+      const bool wstart = (k == k0);
+      acc_t s_dbB = 0, s_gAA = 0, s_y = 0;
+#pragma omp simd reduction(+ : s_dbB, s_gAA, s_y)
+      for (int64_t n = 0; n < N; ++n) {
+        const acc_t G = gt * c[n];
+        xr[n] = wstart ? G : G + aprev[n] * xr[n];
+        const acc_t db = dxl[n] + xr[n] - G;
+        const acc_t gA = dxl[n] * (hk[n] - bk[n]) + xr[n] * (hbk[n] - bk[n]);
+        const acc_t h = hk[n] + hbk[n] - bk[n];
+        s_dbB += db * b[n];
+        s_gAA += gA * A[n];
+        s_y += h * c[n];
+        dAa[n] += d * gA;
+        dBk[n] += db * du;
+        dCk[n] += gt * h;
+      }
+      du_acc[t] = s_dbB;   // Σ_n db·B: the caller multiplies by Δ (for du) and by u (for dΔ)
+      ddt_acc[t] = s_gAA;  // Σ_n A·gA
+      y[t] = s_y;          // Σ_n C·h (for dz)
+    }
+  }
+}
+
+template <typename in_t>
+void scan_bwd_rows(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                   const at::Tensor& Bt, const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z,
+                   const opt_tensor& bias, bool softplus_, const Shape& s, int64_t nthreads, at::Tensor& du,
+                   at::Tensor& ddelta, at::Tensor& dz, at::Tensor& dA_rows, at::Tensor& dD_rows,
+                   at::Tensor& dbias_rows, at::Tensor& dBt_thr, at::Tensor& dCt_thr) {
+  using acc_t = acc_of<in_t>;
+  const int64_t Bsz = u.size(0), Dm = u.size(1), L = s.L, N = s.N;
+  at::parallel_for(0, Bsz * Dm, 1, [&](int64_t begin, int64_t end) {
+    const int64_t tid = at::get_thread_num();
+    TORCH_CHECK(tid >= 0 && tid < nthreads, "vimzoo scan_bwd: unexpected thread id");
+    BwdBuffers<acc_t> bf(L, N, s.W);
+    std::vector<acc_t> sdbB(L), sgAA(L);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bi = row / Dm, di = row % Dm;
+      const acc_t bv = bias.has_value() ? bias->data_ptr<acc_t>()[di] : acc_t(0);
+      const acc_t Dv = D.has_value() ? D->data_ptr<acc_t>()[di] : acc_t(0);
+      token_prepass(u.data_ptr<in_t>() + row * L, delta.data_ptr<in_t>() + row * L, bv, softplus_, L, bf.dt.data(),
+                    bf.dtu.data(), bf.uf.data());
+      // g = dout · silu(z); sig = dsoftplus = sigmoid(δ + bias).
+      const in_t* go = dout.data_ptr<in_t>() + row * L;
+      acc_t* __restrict gg = bf.g.data();
+      acc_t* __restrict zf = bf.zf.data();
+      for (int64_t t = 0; t < L; ++t) gg[t] = static_cast<acc_t>(go[t]);
+      if (z.has_value()) {
+        const in_t* zz = z->data_ptr<in_t>() + row * L;
+        for (int64_t t = 0; t < L; ++t) zf[t] = static_cast<acc_t>(zz[t]);
+#pragma omp simd
+        for (int64_t t = 0; t < L; ++t) gg[t] *= silu_c(zf[t]);
+      }
+      acc_t* __restrict sig = bf.sig.data();
+      if (softplus_) {
+        const in_t* dl = delta.data_ptr<in_t>() + row * L;
+        for (int64_t t = 0; t < L; ++t) sig[t] = static_cast<acc_t>(dl[t]) + bv;
+#pragma omp simd
+        for (int64_t t = 0; t < L; ++t) sig[t] = sigmoid_c(sig[t]);
+      }
+      acc_t* dB = dBt_thr.data_ptr<acc_t>() + (tid * Bsz + bi) * L * N;
+      acc_t* dC = dCt_thr.data_ptr<acc_t>() + (tid * Bsz + bi) * L * N;
+      const acc_t* Ar = A.data_ptr<acc_t>() + di * N;
+      const acc_t* Btr = Bt.data_ptr<acc_t>() + bi * L * N;
+      const acc_t* Ctr = Ct.data_ptr<acc_t>() + bi * L * N;
+      if (N == 16) {
+        scan_row_bwd<16>(s, Ar, Btr, Ctr, bf, dB, dC, sdbB.data(), sgAA.data(), bf.y.data());
+      } else {
+        scan_row_bwd<0>(s, Ar, Btr, Ctr, bf, dB, dC, sdbB.data(), sgAA.data(), bf.y.data());
+      }
+      // Per-token outputs (original order).
+      const acc_t* uf = bf.uf.data();
+      const acc_t* dt = bf.dt.data();
+      in_t* du_r = du.data_ptr<in_t>() + row * L;
+      in_t* dd_r = ddelta.data_ptr<in_t>() + row * L;
+      acc_t dD_acc = 0, dbias_acc = 0;
+      const in_t* gout = dout.data_ptr<in_t>() + row * L;
+      in_t* dz_r = z.has_value() ? dz.data_ptr<in_t>() + row * L : nullptr;
+      for (int64_t t = 0; t < L; ++t) {
+        du_r[t] = static_cast<in_t>(sdbB[t] * dt[t] + Dv * gg[t]);
+        acc_t ddt = sdbB[t] * uf[t] + sgAA[t];
+        if (softplus_) ddt *= sig[t];
+        dd_r[t] = static_cast<in_t>(ddt);
+        dbias_acc += ddt;
+        dD_acc += gg[t] * uf[t];
+        if (dz_r) dz_r[t] = static_cast<in_t>(static_cast<acc_t>(gout[t]) * (bf.y[t] + Dv * uf[t]) * dsilu_c(zf[t]));
+      }
+      acc_t* dAr = dA_rows.data_ptr<acc_t>() + row * N;
+      for (int64_t n = 0; n < N; ++n) dAr[n] = bf.dA_acc[n];
+      dD_rows.data_ptr<acc_t>()[row] = dD_acc;
+      dbias_rows.data_ptr<acc_t>()[row] = dbias_acc;
+    }
+  });
+}
+
+std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& delta,
+                                 const at::Tensor& A, const at::Tensor& Bt, const at::Tensor& Ct, const opt_tensor& D,
+                                 const opt_tensor& z, const opt_tensor& bias, bool softplus_, bool reverse,
+                                 int64_t W) {
+  check_inputs(u, delta, A, Bt, Ct, D, z, bias);
+  TORCH_CHECK(dout.sizes() == u.sizes() && dout.is_contiguous() && dout.scalar_type() == u.scalar_type(),
+              "vimzoo scan_bwd: dout must match u");
+  const int64_t Bsz = u.size(0), Dm = u.size(1), L = u.size(2), N = A.size(1);
+  const Shape s{L, N, std::min(std::max<int64_t>(W, 1), L), reverse};
+  const int64_t nthreads = at::get_num_threads();
+  auto fopts = A.options();
+  auto du = at::empty_like(u), ddelta = at::empty_like(delta);
+  auto dz = z.has_value() ? at::empty_like(*z) : at::empty({0}, u.options());
+  auto dA_rows = at::zeros({Bsz, Dm, N}, fopts);
+  auto dD_rows = at::zeros({Bsz, Dm}, fopts), dbias_rows = at::zeros({Bsz, Dm}, fopts);
+  auto dBt_thr = at::zeros({nthreads, Bsz, L, N}, fopts), dCt_thr = at::zeros({nthreads, Bsz, L, N}, fopts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, u.scalar_type(), "vimzoo_scan_bwd", [&] {
+    scan_bwd_rows<scalar_t>(dout, u, delta, A, Bt, Ct, D, z, bias, softplus_, s, nthreads, du, ddelta, dz, dA_rows,
+                            dD_rows, dbias_rows, dBt_thr, dCt_thr);
+  });
+  auto dA = dA_rows.sum(0);
+  auto dD = D.has_value() ? dD_rows.sum(0) : at::empty({0}, fopts);
+  auto dbias = bias.has_value() ? dbias_rows.sum(0) : at::empty({0}, fopts);
+  auto dBt = nthreads == 1 ? dBt_thr[0] : dBt_thr.sum(0);
+  auto dCt = nthreads == 1 ? dCt_thr[0] : dCt_thr.sum(0);
+  return {du, ddelta, dA, dBt, dCt, dD, dz, dbias};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "vimzoo CPU selective-scan kernels (plain / reverse / LB / bidirectional; forward + backward)";
+  m.def("scan_fwd", &scan_fwd, "selective scan forward (gated by silu(z) when given)");
+  m.def("scan_bwd", &scan_bwd, "selective scan backward (recomputes states): du, ddelta, dA, dBt, dCt, dD, dz, dbias");
+  m.def("bidir_fwd", &bidir_fwd, "fused forward + reverse scan, gated by silu(z)");
+}
