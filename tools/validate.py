@@ -1,0 +1,15 @@
+#!/usr/bin/env python3
+"""Evaluate a checkpoint: `python tools/validate.py --checkpoint output/train/<run>/best.pth [--data-dir DIR]`.
+
+Accepts our checkpoints, `.safetensors` exports and (with --official-weights) official release files; uses the
+model's eval preprocessing (timm resolve_data_config + create_transform). Code: `vimzoo.train.evaluate`.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a source checkout
+
+from vimzoo.train.evaluate import main  # noqa: E402
+
+if __name__ == '__main__':
+    sys.exit(main())
