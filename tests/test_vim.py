@@ -219,6 +219,9 @@ def _lb_scan_independent(u, delta, A, B, C, D, z, bias, window):
 def test_lbvim_mixer_matches_independent_local_bidirectional_scan(reverse):
     model = _make('test_lbvim', seed=5)
     mixer = model.layers[1].mixer
+    with torch.no_grad():  # long memory and O(1) steps, so that the window visibly matters
+        mixer.A_log.copy_(torch.log(0.05 + torch.rand(mixer.A_log.shape)))
+        mixer.dt_proj.bias.copy_(0.5 + 0.5 * torch.randn(mixer.dt_proj.bias.shape))
     x = torch.randn(2, 17, 32)                     # 17 tokens -> W = 4, last window partial
     assert lb_window(17) == 4 and lb_window(196) == 8 and lb_window(257) == 16
     with torch.no_grad():
@@ -228,11 +231,15 @@ def test_lbvim_mixer_matches_independent_local_bidirectional_scan(reverse):
         u, z = xz.chunk(2, 1)
         u = F.silu(mixer.conv1d(u)[..., :17])
         dt, b_mat, c_mat = mixer.x_proj(u.transpose(1, 2)).split([mixer.dt_rank, 8, 8], -1)
-        y = _lb_scan_independent(u, (dt @ mixer.dt_proj.weight.T).transpose(1, 2), -torch.exp(mixer.A_log),
-                                 b_mat.transpose(1, 2), c_mat.transpose(1, 2), mixer.D, z, mixer.dt_proj.bias, 4)
-        want = mixer.out_proj(y.transpose(1, 2))
-        want = want.flip(1) if reverse else want
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        outs = {}
+        for window in (4, 8):
+            y = _lb_scan_independent(u, (dt @ mixer.dt_proj.weight.T).transpose(1, 2), -torch.exp(mixer.A_log),
+                                     b_mat.transpose(1, 2), c_mat.transpose(1, 2), mixer.D, z, mixer.dt_proj.bias,
+                                     window)
+            outs[window] = mixer.out_proj(y.transpose(1, 2))
+            outs[window] = outs[window].flip(1) if reverse else outs[window]
+    torch.testing.assert_close(got, outs[4], rtol=1e-4, atol=1e-5)
+    assert (got - outs[8]).abs().max() > 1e-3, (got - outs[8]).abs().max()  # the check tells the windows apart
 
 
 def test_lbvim_equals_official_flip_every_layer_formulation():

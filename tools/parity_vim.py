@@ -19,7 +19,12 @@ and the script reports max |delta| of logits (and, with --grads, of every parame
 Requirements: the official checkout (`git clone https://github.com/hustvl/Vim`) and `einops` (imported by the
 official files; `pip install einops`, or `--extra-path DIR` pointing at a directory that has it).
 
-    python tools/parity_vim.py --official-repo /tmp/Vim --variants test tiny --grads
+    python tools/parity_vim.py --official-repo /tmp/Vim --variants test tiny lbvim_test lbvim_tiny --grads --controls
+
+LBVim: the LBMamba repository (cvlab-stonybrook/LBMamba) could not be checked out here, so the LBVim variants run
+the official *Vim* code configured as LBMamba's BiVisionMamba is (read in its `classification/models_mamba_bi.py`
+and `mamba_ssm/modules/mamba_simple.py`: same Block / init / mixer wiring with `bimamba_type='none'`, no class
+token, mean pool), plus the per-layer flip of hidden and residual, with the stand-in kernel running the LB scan.
 """
 from __future__ import annotations
 
@@ -41,8 +46,21 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _scan_fp32(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """Sequential selective scan. u, delta, z: (b, d, l); A: (d, n); B, C: (b, n, l); D, delta_bias: (d,)."""
+# LBVim mode: when set, the stand-in kernels run LBMamba's locally bi-directional scan with the official kernel's
+# window for the sequence length (4 up to 128 tokens, 8 up to 256, else 16; research notes section 3.2).
+LB_MODE = {'on': False}
+
+
+def _kernel_window(length: int) -> int:
+    window = 4 if length <= 128 else 8 if length <= 256 else 16
+    return 2 * window if CONTROL['name'] == 'double_window' else window
+
+
+def _scan_fp32(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, **_):
+    """Sequential selective scan. u, delta, z: (b, d, l); A: (d, n); B, C: (b, n, l); D, delta_bias: (d,).
+
+    In LB mode every state also gets the local backward term a_t * hb_{t+1}, hb reset at each window end.
+    """
     dtype = u.dtype
     u, delta = u.float(), delta.float()
     if delta_bias is not None:
@@ -52,12 +70,21 @@ def _scan_fp32(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
     decay = torch.exp(delta.unsqueeze(-1) * A.float()[None, :, None, :])          # (b, d, l, n)
     drive = (delta * u).unsqueeze(-1) * B.float().transpose(1, 2)[:, None]       # (b, d, l, n)
     c = C.float().transpose(1, 2)                                                # (b, l, n)
+    length = u.shape[-1]
     h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
-    ys = []
-    for t in range(u.shape[-1]):
+    states = []
+    for t in range(length):
         h = decay[:, :, t] * h + drive[:, :, t]
-        ys.append(torch.einsum('bdn,bn->bd', h, c[:, t]))
-    y = torch.stack(ys, dim=-1)
+        states.append(h)
+    if LB_MODE['on']:
+        window, hb = _kernel_window(length), torch.zeros_like(h)
+        for t in range(length - 1, -1, -1):
+            if (t + 1) % window == 0 or t == length - 1:
+                hb = torch.zeros_like(h)
+            local = decay[:, :, t] * hb
+            hb = local + drive[:, :, t]
+            states[t] = states[t] + local
+    y = torch.stack([torch.einsum('bdn,bn->bd', states[t], c[:, t]) for t in range(length)], dim=-1)
     if D is not None:
         y = y + u * D.float()[:, None]
     if z is not None:
@@ -149,22 +176,54 @@ def install_stubs(official_repo: str) -> None:
 OFFICIAL_ARGS = dict(rms_norm=True, residual_in_fp32=True, fused_add_norm=True, final_pool_type='mean',
                      if_abs_pos_embed=True, if_rope=False, if_rope_residual=False, bimamba_type='v2',
                      if_cls_token=True, if_divide_out=True, use_middle_cls_token=True)
+# LBVim = LBMamba's BiVisionMamba: the Vim skeleton with `bimamba_type='none'` (one Mamba per layer, whose
+# `mamba_inner_fn` is the LB kernel), no class token, mean pooling, and `hidden`/`residual` flipped after every layer.
+LBVIM_ARGS = dict(OFFICIAL_ARGS, bimamba_type='none', if_cls_token=False)
 VARIANTS = {
-    # ours, official constructor kwargs (on top of OFFICIAL_ARGS), input size
+    # ours, official constructor kwargs (on top of OFFICIAL_ARGS / LBVIM_ARGS), input size
     'test': ('test_vim', dict(img_size=64, patch_size=16, stride=16, embed_dim=32, depth=4, d_state=8), 64),
     'tiny': ('vim_tiny_patch16_224', dict(patch_size=16, stride=16, embed_dim=192, depth=24), 224),
     'tiny_stride8': ('vim_tiny_patch16_stride8_224', dict(patch_size=16, stride=8, embed_dim=192, depth=24), 224),
     'small': ('vim_small_patch16_224', dict(patch_size=16, stride=16, embed_dim=384, depth=24), 224),
+    'lbvim_test': ('test_lbvim', dict(img_size=64, patch_size=16, stride=16, embed_dim=32, depth=4, d_state=8), 64),
+    'lbvim_tiny': ('lbvim_tiny_patch16_224', dict(patch_size=16, stride=16, embed_dim=192, depth=24), 224),
 }
 
 
+def _flip_after_every_layer(model: nn.Module) -> None:
+    """BiVisionMamba's `layerwise_reverse_sq=True` (no class token): reverse hidden and residual after each layer."""
+    for layer in model.layers:
+        def forward(hidden_states, residual=None, inference_params=None, _inner=layer.forward):
+            hidden_states, residual = _inner(hidden_states, residual, inference_params=inference_params)
+            return hidden_states.flip([1]), residual.flip([1])
+        layer.forward = forward
+
+
 def _perturb(model: nn.Module, seed: int) -> None:
-    """Random weights everywhere (incl. A_log, D, zero-initialised biases), so every parameter matters."""
+    """Random weights everywhere (incl. A_log, D, zero-initialised biases), so every parameter matters.
+
+    The dt biases are raised to softplus(dt) ~ 1 and |A| drawn from [0.05, 2] (the init's tiny steps and fast decays
+    make every token's contribution to far tokens' states tiny, which would hide scan-direction or window mistakes).
+    """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            scale = 0.1 if name.endswith(('A_log', 'A_b_log', 'D', 'D_b', 'norm.weight', 'norm_f.weight')) else 0.02
+            if name.endswith(('dt_proj.bias', 'dt_proj_b.bias')):
+                p.copy_(0.5 + 0.5 * torch.randn(p.shape, generator=gen))
+                continue
+            if name.endswith(('A_log', 'A_b_log')):  # |A| in [0.05, 2]: long memory, so far tokens matter
+                p.copy_(torch.log(0.05 + 1.95 * torch.rand(p.shape, generator=gen)))
+                continue
+            if name.endswith('out_proj.weight'):  # undo the 1/sqrt(depth) init so every mixer moves the logits
+                scale = 0.2
+            elif name.endswith(('A_log', 'A_b_log', 'D', 'D_b', 'norm.weight', 'norm_f.weight')):
+                scale = 0.1
+            else:
+                scale = 0.02
             p.add_(torch.randn(p.shape, generator=gen) * scale)
+
+
+CONTROL = {'name': None}  # negative controls: deliberately wrong official-side settings that parity must catch
 
 
 def compare(variant: str, backends: List[str], grads: bool, batch: int, seed: int) -> Dict[str, object]:
@@ -176,7 +235,14 @@ def compare(variant: str, backends: List[str], grads: bool, batch: int, seed: in
     torch.manual_seed(seed)
     ours = timm.create_model(ours_name, drop_path_rate=0.0).eval()
     _perturb(ours, seed)
-    official = models_mamba.VisionMamba(**official_kwargs, **OFFICIAL_ARGS, drop_path_rate=0.0).eval()
+    lbvim = variant.startswith('lbvim')
+    LB_MODE['on'] = lbvim
+    official_args = dict(LBVIM_ARGS if lbvim else OFFICIAL_ARGS)
+    if CONTROL['name'] == 'cls_at_head':
+        official_args['use_middle_cls_token'] = False
+    official = models_mamba.VisionMamba(**official_kwargs, **official_args, drop_path_rate=0.0).eval()
+    if lbvim and CONTROL['name'] != 'no_flip':
+        _flip_after_every_layer(official)
     missing = official.load_state_dict(ours.state_dict(), strict=True)
     assert not missing.missing_keys and not missing.unexpected_keys
     assert list(official.state_dict()) == list(ours.state_dict()), 'state_dict key order differs'
@@ -202,7 +268,7 @@ def compare(variant: str, backends: List[str], grads: bool, batch: int, seed: in
         entry: Dict[str, object] = dict(seconds=round(time.perf_counter() - start, 2),
                                         logits_max_abs_diff=(out - ref).abs().max().item())
         with torch.no_grad():
-            entry['features_max_abs_diff'] = (
+            entry['features_max_abs_diff'] = (  # official forward_features: class token / mean-pooled features
                 ours.forward_head(ours.forward_features(x), pre_logits=True) - official.forward_features(x)
             ).abs().max().item()
         if grads:
@@ -228,6 +294,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--tol', type=float, default=1e-4, help='max |delta logits| allowed')
     parser.add_argument('--extra-path', action='append', default=[], help='extra sys.path entry (e.g. for einops)')
     parser.add_argument('--threads', type=int, default=0)
+    parser.add_argument('--controls', action='store_true',
+                        help='also run negative controls (class token at the head; LB window doubled; no per-layer '
+                             'flip) and require each to exceed the tolerance')
     args = parser.parse_args(argv)
     for path in args.extra_path:
         sys.path.insert(0, path)
@@ -241,6 +310,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         for backend in args.backends:
             ok &= result[backend]['logits_max_abs_diff'] < args.tol
     print('PARITY', 'OK' if ok else 'FAILED', f'(tolerance {args.tol:g} on logits)')
+    if args.controls:
+        caught = True
+        for variant in args.variants:
+            names = ['double_window', 'no_flip'] if variant.startswith('lbvim') else ['cls_at_head']
+            for name in names:
+                CONTROL['name'] = name
+                diff = compare(variant, ['auto'], False, args.batch, args.seed)['auto']['logits_max_abs_diff']
+                CONTROL['name'] = None
+                caught &= diff > args.tol
+                print(f'control {variant}/{name}: max |delta logits| = {diff:.3g} '
+                      f'({"caught" if diff > args.tol else "NOT caught"})')
+        print('CONTROLS', 'OK (every deliberate mismatch exceeds the tolerance)' if caught else 'FAILED')
+        ok &= caught
     return 0 if ok else 1
 
 

@@ -172,12 +172,12 @@ class MambaMixer(nn.Module):
         u = causal_conv1d(x, weight, bias, activation='silu', reverse=reverse, backend=self.scan_backend)
         x_dbl = F.linear(u.transpose(1, 2), x_proj.weight)  # (b, l, R + 2N)
         dt, b_mat, c_mat = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (b, d_inner, l); the bias goes to the scan
+        delta = torch.matmul(dt_proj.weight, dt.transpose(1, 2))  # (b, d_inner, l); the bias goes to the scan
         return u, delta, b_mat.transpose(1, 2), c_mat.transpose(1, 2)
 
     def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         """x: (B, L, dim). reverse=True runs the whole mixer right-to-left (equals flip -> mixer -> flip)."""
-        xz = self.in_proj(x).transpose(1, 2)  # (b, 2 * d_inner, l)
+        xz = torch.matmul(self.in_proj.weight, x.transpose(1, 2))  # (b, 2 * d_inner, l), as the official mixer
         xs, z = xz.chunk(2, dim=1)
         A = -torch.exp(self.A_log.float())
         u, delta, b_mat, c_mat = self._branch(xs, self.conv1d, self.x_proj, self.dt_proj, reverse)
