@@ -96,9 +96,25 @@ def cpu_extension(required: bool = True):
 CUDA_SOURCES = ('scan_cuda.cpp', 'scan_cuda_kernel.cu')
 
 
+def cuda_root() -> Optional[Path]:
+    """A CUDA toolkit root that really has headers (an `nvcc` wrapper script on PATH can point torch elsewhere)."""
+    cands = [os.environ.get('CUDA_HOME'), os.environ.get('CUDA_PATH'), '/usr/local/cuda']
+    nvcc = shutil.which('nvcc')
+    if nvcc:
+        cands.append(str(Path(nvcc).resolve().parent.parent))
+    for c in cands:
+        if c and (Path(c) / 'include' / 'cuda_runtime_api.h').exists() and (Path(c) / 'bin' / 'nvcc').exists():
+            return Path(c)
+    return None
+
+
 def build_cuda_extension(arch_list: str, build_directory: Optional[str] = None, verbose: bool = False,
                          name: str = 'vimzoo_scan_cuda'):
     """Compile (and import) the CUDA extension for an explicit TORCH_CUDA_ARCH_LIST; needs nvcc, not a GPU."""
+    root = cuda_root()
+    if root is None:
+        raise RuntimeError('no CUDA toolkit (nvcc + headers) found; set CUDA_HOME.')
+    os.environ.setdefault('CUDA_HOME', str(root))
     from torch.utils.cpp_extension import load
     _ensure_ninja()
     if not arch_list:
@@ -107,8 +123,10 @@ def build_cuda_extension(arch_list: str, build_directory: Optional[str] = None, 
     if build_directory is not None:
         os.makedirs(build_directory, exist_ok=True)
     srcs = [str(csrc_dir() / s) for s in CUDA_SOURCES]
+    lib = root / ('lib64' if (root / 'lib64').exists() else 'lib')
     return load(name=name, sources=srcs, extra_cflags=['-O3', '-std=c++20'],
                 extra_cuda_cflags=['-O3', '-std=c++20', '--use_fast_math', '-lineinfo'],
+                extra_include_paths=[str(root / 'include')], extra_ldflags=[f'-L{lib}'],
                 build_directory=build_directory, verbose=verbose, with_cuda=True)
 
 

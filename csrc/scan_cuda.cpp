@@ -1,0 +1,161 @@
+// Torch bindings for the vimzoo CUDA selective-scan kernels (scan_cuda_kernel.cu). Same Python interface as the
+// CPU extension (scan_cpu.cpp): scan_fwd, scan_bwd, bidir_fwd.
+#include <torch/extension.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime.h>
+
+#include <optional>
+#include <vector>
+
+namespace vimzoo_cuda {
+struct ScanParams {
+  int64_t batch, dim, len, nstate, window;
+  bool reverse, softplus;
+  const void* u;
+  const void* delta;
+  const void* z;
+  const void* dout;
+  const float* A;
+  const float* Bt;
+  const float* Ct;
+  const float* D;
+  const float* bias;
+};
+cudaError_t launch_scan_fwd(const ScanParams& p, int dtype, float* y, void* out, cudaStream_t stream);
+cudaError_t launch_bidir_fwd(const ScanParams& pf, const ScanParams& pb, int dtype, float* y, void* out,
+                             cudaStream_t stream);
+cudaError_t launch_scan_bwd(const ScanParams& p, int dtype, float* hf, float* hb, float* dxl, void* du,
+                            void* ddelta, void* dz, float* dA_rows, float* dD_rows, float* dbias_rows, float* dBt,
+                            float* dCt, cudaStream_t stream);
+}  // namespace vimzoo_cuda
+
+namespace {
+
+using opt_tensor = std::optional<at::Tensor>;
+using vimzoo_cuda::ScanParams;
+
+int dtype_code(const at::Tensor& u) {
+  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kBFloat16,
+              "vimzoo scan_cuda: input dtype must be float32 or bfloat16 (got ", u.scalar_type(), ")");
+  return u.scalar_type() == at::kFloat ? 0 : 1;
+}
+
+void check_f32(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == at::kFloat, "vimzoo scan_cuda: ", name,
+              " must be a contiguous float32 CUDA tensor");
+}
+
+ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                       const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias,
+                       bool softplus, bool reverse, int64_t W) {
+  TORCH_CHECK(u.is_cuda() && u.dim() == 3 && u.is_contiguous(), "vimzoo scan_cuda: u must be contiguous (b, d, l)");
+  TORCH_CHECK(delta.sizes() == u.sizes() && delta.is_contiguous() && delta.scalar_type() == u.scalar_type(),
+              "vimzoo scan_cuda: delta must match u");
+  check_f32(A, "A");
+  check_f32(Bt, "Bt");
+  check_f32(Ct, "Ct");
+  const int64_t B = u.size(0), Dm = u.size(1), L = u.size(2), N = A.size(1);
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == Dm, "vimzoo scan_cuda: A must be (d, n)");
+  TORCH_CHECK(N <= 256, "vimzoo scan_cuda: d_state must be <= 256");
+  TORCH_CHECK(Bt.dim() == 3 && Bt.size(0) == B && Bt.size(1) == L && Bt.size(2) == N && Ct.sizes() == Bt.sizes(),
+              "vimzoo scan_cuda: B/C must be (b, l, n)");
+  if (D.has_value()) check_f32(*D, "D");
+  if (bias.has_value()) check_f32(*bias, "delta_bias");
+  if (z.has_value()) {
+    TORCH_CHECK(z->sizes() == u.sizes() && z->is_contiguous() && z->scalar_type() == u.scalar_type(),
+                "vimzoo scan_cuda: z must match u");
+  }
+  ScanParams p;
+  p.batch = B;
+  p.dim = Dm;
+  p.len = L;
+  p.nstate = N;
+  p.window = std::max<int64_t>(1, std::min<int64_t>(W, L));
+  p.reverse = reverse;
+  p.softplus = softplus;
+  p.u = u.data_ptr();
+  p.delta = delta.data_ptr();
+  p.z = z.has_value() ? z->data_ptr() : nullptr;
+  p.dout = nullptr;
+  p.A = A.data_ptr<float>();
+  p.Bt = Bt.data_ptr<float>();
+  p.Ct = Ct.data_ptr<float>();
+  p.D = D.has_value() ? D->data_ptr<float>() : nullptr;
+  p.bias = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  return p;
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, "vimzoo scan_cuda: ", what, " launch failed: ", cudaGetErrorString(err));
+}
+
+at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                    const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias,
+                    bool softplus, bool reverse, int64_t W) {
+  const c10::cuda::CUDAGuard guard(u.device());
+  const int code = dtype_code(u);
+  auto p = make_params(u, delta, A, Bt, Ct, D, z, bias, softplus, reverse, W);
+  auto y = at::empty(u.sizes(), u.options().dtype(at::kFloat));
+  auto out = at::empty_like(u);
+  check_launch(vimzoo_cuda::launch_scan_fwd(p, code, y.data_ptr<float>(), out.data_ptr(),
+                                            c10::cuda::getCurrentCUDAStream().stream()),
+               "scan_fwd");
+  return out;
+}
+
+at::Tensor bidir_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                     const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& bias, const at::Tensor& u_b,
+                     const at::Tensor& delta_b, const at::Tensor& A_b, const at::Tensor& Bt_b, const at::Tensor& Ct_b,
+                     const opt_tensor& D_b, const opt_tensor& bias_b, const opt_tensor& z, bool softplus) {
+  const c10::cuda::CUDAGuard guard(u.device());
+  const int code = dtype_code(u);
+  TORCH_CHECK(u_b.sizes() == u.sizes() && u_b.scalar_type() == u.scalar_type() && A_b.sizes() == A.sizes(),
+              "vimzoo bidir_fwd: both directions must have equal shapes/dtypes");
+  auto pf = make_params(u, delta, A, Bt, Ct, D, z, bias, softplus, false, 1);
+  auto pb = make_params(u_b, delta_b, A_b, Bt_b, Ct_b, D_b, z, bias_b, softplus, true, 1);
+  auto y = at::empty(u.sizes(), u.options().dtype(at::kFloat));
+  auto out = at::empty_like(u);
+  check_launch(vimzoo_cuda::launch_bidir_fwd(pf, pb, code, y.data_ptr<float>(), out.data_ptr(),
+                                             c10::cuda::getCurrentCUDAStream().stream()),
+               "bidir_fwd");
+  return out;
+}
+
+std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& delta,
+                                 const at::Tensor& A, const at::Tensor& Bt, const at::Tensor& Ct, const opt_tensor& D,
+                                 const opt_tensor& z, const opt_tensor& bias, bool softplus, bool reverse,
+                                 int64_t W) {
+  const c10::cuda::CUDAGuard guard(u.device());
+  const int code = dtype_code(u);
+  TORCH_CHECK(dout.sizes() == u.sizes() && dout.is_contiguous() && dout.scalar_type() == u.scalar_type(),
+              "vimzoo scan_cuda: dout must match u");
+  auto p = make_params(u, delta, A, Bt, Ct, D, z, bias, softplus, reverse, W);
+  p.dout = dout.data_ptr();
+  const int64_t B = u.size(0), Dm = u.size(1), L = u.size(2), N = A.size(1);
+  auto f32 = u.options().dtype(at::kFloat);
+  auto hf = at::empty({B, Dm, L, N}, f32), hb = at::empty({B, Dm, L, N}, f32), dxl = at::empty({B, Dm, L, N}, f32);
+  auto du = at::empty_like(u), ddelta = at::empty_like(delta);
+  auto dz = z.has_value() ? at::empty_like(*z) : at::empty({0}, u.options());
+  auto dA_rows = at::zeros({B, Dm, N}, f32), dD_rows = at::zeros({B, Dm}, f32), dbias_rows = at::zeros({B, Dm}, f32);
+  auto dBt = at::zeros({B, L, N}, f32), dCt = at::zeros({B, L, N}, f32);
+  check_launch(vimzoo_cuda::launch_scan_bwd(p, code, hf.data_ptr<float>(), hb.data_ptr<float>(),
+                                            dxl.data_ptr<float>(), du.data_ptr(), ddelta.data_ptr(),
+                                            z.has_value() ? dz.data_ptr() : nullptr, dA_rows.data_ptr<float>(),
+                                            dD_rows.data_ptr<float>(), dbias_rows.data_ptr<float>(),
+                                            dBt.data_ptr<float>(), dCt.data_ptr<float>(),
+                                            c10::cuda::getCurrentCUDAStream().stream()),
+               "scan_bwd");
+  auto dD = D.has_value() ? dD_rows.sum(0) : at::empty({0}, f32);
+  auto dbias = bias.has_value() ? dbias_rows.sum(0) : at::empty({0}, f32);
+  return {du, ddelta, dA_rows.sum(0), dBt, dCt, dD, dz, dbias};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "vimzoo CUDA selective-scan kernels (plain / reverse / LB / bidirectional; forward + backward)";
+  m.def("scan_fwd", &scan_fwd, "selective scan forward (gated by silu(z) when given)");
+  m.def("scan_bwd", &scan_bwd, "selective scan backward (recomputes states): du, ddelta, dA, dBt, dCt, dD, dz, dbias");
+  m.def("bidir_fwd", &bidir_fwd, "fused forward + reverse scan, gated by silu(z)");
+}
