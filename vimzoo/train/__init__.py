@@ -8,10 +8,12 @@ from .checkpoint import (
     atomic_save, capture_rng_state, export_safetensors, load_checkpoint, load_model_weights, restore_rng_state,
     save_checkpoint,
 )
-from .datasets import BUILTIN_DATASETS, default_cache_dir, ensure_builtin_dataset, check_image_folder
+from .datasets import (
+    BUILTIN_DATASETS, DatasetError, check_image_folder, default_cache_dir, ensure_builtin_dataset,
+)
 
 __all__ = [
     'atomic_save', 'capture_rng_state', 'export_safetensors', 'load_checkpoint', 'load_model_weights',
-    'restore_rng_state', 'save_checkpoint', 'BUILTIN_DATASETS', 'default_cache_dir', 'ensure_builtin_dataset',
-    'check_image_folder',
+    'restore_rng_state', 'save_checkpoint', 'BUILTIN_DATASETS', 'DatasetError', 'default_cache_dir',
+    'ensure_builtin_dataset', 'check_image_folder',
 ]

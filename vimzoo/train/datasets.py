@@ -17,13 +17,17 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ['BUILTIN_DATASETS', 'BuiltinDataset', 'default_cache_dir', 'ensure_builtin_dataset',
+__all__ = ['BUILTIN_DATASETS', 'BuiltinDataset', 'DatasetError', 'default_cache_dir', 'ensure_builtin_dataset',
            'check_image_folder', 'IMAGE_EXTENSIONS']
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp', '.gif')
 _MARKER = 'VIMZOO_DATASET_COMPLETE'
 
 Color = Tuple[int, int, int]
+
+
+class DatasetError(ValueError):
+    """A dataset folder is missing, empty or not in ImageFolder layout (the CLIs turn it into a usage error)."""
 
 
 def default_cache_dir() -> Path:
@@ -248,23 +252,23 @@ def check_image_folder(root: os.PathLike, splits: List[str], what: str = 'datase
     """Resolve `root/<split>` ImageFolder folders with errors that say what is wrong and what layout is expected.
 
     `splits` lists accepted folder names in order of preference (e.g. ['val', 'validation']); returns
-    {'<found split>': path}. Raises FileNotFoundError / ValueError with a message naming the folder.
+    {'<found split>': path}. Raises DatasetError with a message naming the folder and the expected layout.
     """
     root = Path(root).expanduser()
     layout = f'expected ImageFolder layout {root}/{splits[0]}/<class_name>/<image>.jpg'
     if not root.exists():
-        raise FileNotFoundError(f'{what} folder {root} does not exist ({layout}).')
+        raise DatasetError(f'{what} folder {root} does not exist ({layout}).')
     if not root.is_dir():
-        raise NotADirectoryError(f'{what} path {root} is not a folder ({layout}).')
+        raise DatasetError(f'{what} path {root} is not a folder ({layout}).')
     for split in splits:
         folder = root / split
         if folder.is_dir():
             classes = [p for p in folder.iterdir() if p.is_dir()]
             if not classes:
-                raise ValueError(f'{what} folder {folder} has no class sub-folders ({layout}).')
+                raise DatasetError(f'{what} folder {folder} has no class sub-folders ({layout}).')
             if _count_images(folder) == 0:
-                raise ValueError(f'{what} folder {folder} contains no images with extensions '
+                raise DatasetError(f'{what} folder {folder} contains no images with extensions '
                                  f'{", ".join(IMAGE_EXTENSIONS)} ({layout}).')
             return {split: folder}
-    raise FileNotFoundError(f'{what} folder {root} has no {" or ".join(repr(s) for s in splits)} sub-folder '
+    raise DatasetError(f'{what} folder {root} has no {" or ".join(repr(s) for s in splits)} sub-folder '
                             f'({layout}).')

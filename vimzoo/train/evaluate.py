@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import _atomic_write, load_model_weights, to_plain
-from .datasets import BUILTIN_DATASETS, check_image_folder, ensure_builtin_dataset
+from .datasets import BUILTIN_DATASETS, DatasetError, check_image_folder, ensure_builtin_dataset
 
 __all__ = ['build_parser', 'main', 'validate']
 
@@ -64,7 +64,7 @@ def _model_from_sources(args, parser) -> Dict[str, Any]:
     """Work out model name, num_classes, class map and weights from the checkpoint, then build the model."""
     import timm
     import vimzoo
-    info: Dict[str, Any] = {'class_to_idx': None, 'state_dict': None}
+    info: Dict[str, Any] = {'class_to_idx': None, 'state_dict': None, 'data_config': None}
     model_name, num_classes = args.model, args.num_classes
     if args.checkpoint:
         path = Path(args.checkpoint).expanduser()
@@ -79,12 +79,15 @@ def _model_from_sources(args, parser) -> Dict[str, Any]:
                 num_classes = int(meta['num_classes'])
             if meta.get('class_to_idx'):
                 info['class_to_idx'] = json.loads(meta['class_to_idx'])
+            if meta.get('data_config'):
+                info['data_config'] = json.loads(meta['data_config'])
         else:
             ckpt = torch.load(path, map_location='cpu', weights_only=True)
             if isinstance(ckpt, dict) and ckpt.get('format') == 'vimzoo-train-v1':
                 model_name = model_name or ckpt['model_name']
                 num_classes = num_classes or ckpt['num_classes']
                 info['class_to_idx'] = ckpt.get('class_to_idx')
+                info['data_config'] = ckpt.get('data_config')
             del ckpt
         try:
             info['state_dict'] = load_model_weights(path, use_ema=args.use_ema)
@@ -135,12 +138,15 @@ def validate(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser]
 
     info = _model_from_sources(args, parser)
     model = info['model']
-    data_config = resolve_data_config(vars(args), model=model)
+    if info['data_config']:
+        info['data_config'] = {k: tuple(v) if isinstance(v, list) else v for k, v in info['data_config'].items()}
+    # our checkpoints carry the eval preprocessing they were trained/evaluated with; otherwise the model's cfg
+    data_config = resolve_data_config(vars(args), pretrained_cfg=info['data_config'], model=model)
     transform = create_transform(**data_config, is_training=False)
     dataset = create_dataset('', root=str(val_dir), split='', search_split=False, class_map=info['class_to_idx'],
                              transform=transform)
     if len(dataset) == 0:
-        raise SystemExit(f'error: no images of the model\'s classes in {val_dir}.')
+        raise DatasetError(f'no images of the model\'s classes in {val_dir}.')
     if info['class_to_idx'] is None and len(dataset.reader.class_to_idx) != info['num_classes']:
         print(f'warning: {val_dir} has {len(dataset.reader.class_to_idx)} class folders but the model has '
               f'{info["num_classes"]} outputs; labels are the sorted folder indices.', file=sys.stderr)
@@ -189,7 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f'--{name.replace("_", "-")} must be positive.')
     try:
         results = validate(args, parser)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+    except DatasetError as e:
         parser.error(str(e))
     print(f'{results["model"]}: top-1 {results["top1"]:.2f}%  top-5 {results["top5"]:.2f}%  loss '
           f'{results["loss"]:.4f}  ({results["count"]} images, {results["img_per_s"]} img/s)', flush=True)

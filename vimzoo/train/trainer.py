@@ -27,7 +27,7 @@ import torch.nn as nn
 from .checkpoint import (atomic_copy, capture_rng_state, export_safetensors, load_checkpoint, load_model_weights,
                          restore_rng_state, save_checkpoint, to_plain)
 from .config import explicit_options, load_recipe, merge_defaults
-from .datasets import BUILTIN_DATASETS, check_image_folder, default_cache_dir, ensure_builtin_dataset
+from .datasets import BUILTIN_DATASETS, DatasetError, check_image_folder, default_cache_dir, ensure_builtin_dataset
 from .runlog import RunLog
 
 __all__ = ['DEFAULT_MODEL', 'BUILTIN_PRESET', 'build_parser', 'parse_args', 'main']
@@ -371,7 +371,7 @@ def _build_data(args, dist_ctx: _Dist):
     class_map = None
     if not args.dataset:
         if root is None:
-            raise SystemExit('error: give --data-dir (ImageFolder root) or --dataset.')
+            raise DatasetError('give --data-dir (ImageFolder root) or --dataset.')
         train_dir = check_image_folder(root, [args.train_split], 'training data')
         val_dir = check_image_folder(root, list(dict.fromkeys([args.val_split] + VAL_SPLITS)), 'validation data')
         ds_train = create_dataset('', root=str(next(iter(train_dir.values()))), split=args.train_split,
@@ -380,15 +380,15 @@ def _build_data(args, dist_ctx: _Dist):
         ds_val = create_dataset('', root=str(next(iter(val_dir.values()))), split=args.val_split,
                                 search_split=False, class_map=class_map)
         if len(ds_val) == 0:
-            raise SystemExit(f'error: validation data {next(iter(val_dir.values()))} has no images for the '
-                             f'{len(class_map)} training classes.')
+            raise DatasetError(f'validation data {next(iter(val_dir.values()))} has no images for the '
+                               f'{len(class_map)} training classes.')
     else:
         ds_train = create_dataset(args.dataset, root=str(root) if root else None, split=args.train_split,
                                   is_training=True, batch_size=args.batch_size, seed=args.seed)
         ds_val = create_dataset(args.dataset, root=str(root) if root else None, split=args.val_split,
                                 batch_size=args.batch_size)
     if len(ds_train) == 0:
-        raise SystemExit('error: the training dataset is empty.')
+        raise DatasetError('the training dataset is empty.')
     return ds_train, ds_val, class_map
 
 
@@ -409,8 +409,8 @@ def _make_loaders(args, data_config, ds_train, ds_val, dist_ctx: _Dist, use_pref
         is_training=False, interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'],
         crop_mode=data_config.get('crop_mode'), **common)
     if len(loader_train) == 0:
-        raise SystemExit(f'error: {len(ds_train)} training images give no full batch of {args.batch_size} per '
-                         f'process; lower --batch-size.')
+        raise DatasetError(f'{len(ds_train)} training images give no full batch of {args.batch_size} per '
+                           f'process; lower --batch-size.')
     return loader_train, loader_val
 
 
@@ -515,6 +515,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dist_ctx = _Dist(args)
     try:
         return _run(args, dist_ctx)
+    except DatasetError as e:
+        print(f'tools/train.py: error: {e}', file=sys.stderr, flush=True)
+        return 2
     finally:
         dist_ctx.close()
 
@@ -679,7 +682,7 @@ def _run(args: argparse.Namespace, dist_ctx: _Dist) -> int:  # noqa: C901 (one l
             mixup_fn.mixup_enabled = False
         train_model.train()
         loss_sum, loss_count = (partial_sums if skip_batches else [0.0, 0])
-        loss_sum_t = torch.zeros((), device=device, dtype=torch.float64)
+        loss_sum_t = torch.tensor(loss_sum, device=device, dtype=torch.float64)  # same summation order on resume
         last_idx = batches_per_epoch - 1
         last_accum = batches_per_epoch % accum or accum
         t_epoch = time.time()
@@ -745,12 +748,12 @@ def _run(args: argparse.Namespace, dist_ctx: _Dist) -> int:  # noqa: C901 (one l
                             lr=cur_lr, img_per_s=ips)
             if (args.checkpoint_every_steps and num_updates % args.checkpoint_every_steps == 0
                     and batch_idx != last_idx):
-                sums = [loss_sum + loss_sum_t.item(), loss_count]
+                sums = [loss_sum_t.item(), loss_count]
                 save_last(epoch, batch_idx + 1, sums)
         pbar.close()
         epoch_time = time.time() - t_epoch
         # epoch train loss = mean over this epoch's optimizer steps, averaged over ranks
-        total = torch.tensor([loss_sum + loss_sum_t.item(), float(loss_count)], dtype=torch.float64)
+        total = torch.tensor([loss_sum_t.item(), float(loss_count)], dtype=torch.float64)
         if dist_ctx.distributed:
             total = total.to(device)
             dist_ctx.all_reduce_sum(total)
@@ -796,7 +799,8 @@ def _run(args: argparse.Namespace, dist_ctx: _Dist) -> int:  # noqa: C901 (one l
     # ---- export
     if main_proc:
         meta = {'model': args.model, 'num_classes': num_classes, 'format': 'vimzoo-train-v1',
-                'class_to_idx': json.dumps(class_map) if class_map else ''}
+                'class_to_idx': json.dumps(class_map) if class_map else '',
+                'data_config': json.dumps(to_plain(data_config))}
         export_safetensors(model.state_dict(), out_dir / 'final.safetensors', metadata=meta)
         if model_ema is not None:
             export_safetensors(model_ema.module.state_dict(), out_dir / 'final_ema.safetensors', metadata=meta)
