@@ -82,7 +82,8 @@ def main() -> int:
         ratio = med['vimzoo'] / med['official']
         ratio_min = best['vimzoo'] / best['official']
         ratio_cpu = med_cpu['vimzoo'] / med_cpu['official']
-        print(f'{name}: wall median vimzoo {med["vimzoo"]:.1f} / official {med["official"]:.1f} ms (ratio {ratio:.3f}), '
+        print(f'{name}: wall median vimzoo {med["vimzoo"]:.1f} / official {med["official"]:.1f} ms '
+              f'(ratio {ratio:.3f}), '
               f'wall min {best["vimzoo"]:.1f} / {best["official"]:.1f} ms (ratio {ratio_min:.3f}), '
               f'thread-CPU median {med_cpu["vimzoo"]:.1f} / {med_cpu["official"]:.1f} ms (ratio {ratio_cpu:.3f}); '
               f'batch {args.batch_size}, {args.img_size}px, {args.threads} threads, max|diff| {max_diff:.2e}',

@@ -210,6 +210,7 @@ def test_bad_config_errors():
     with pytest.raises(ValueError, match='1-based'):
         DependencyViT(img_size=64, patch_size=8, embed_dim=32, depth=4, num_heads=4, prune_layers=(0,))
     with pytest.raises(ValueError, match='prune_ratio'):
-        DependencyViT(img_size=64, patch_size=8, embed_dim=32, depth=4, num_heads=4, prune_layers=(1, 2), prune_ratio=0.5)
+        DependencyViT(img_size=64, patch_size=8, embed_dim=32, depth=4, num_heads=4, prune_layers=(1, 2),
+                      prune_ratio=0.5)
     with pytest.raises(ValueError, match='divisible'):
         ReversedAttention(30, num_heads=4)

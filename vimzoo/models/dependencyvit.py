@@ -25,7 +25,6 @@ to ~0.5^depth that a raw multiplication by M would cause.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -200,7 +199,8 @@ class DependencyViT(nn.Module):
             if layers[0] < 1 or layers[-1] > depth:
                 raise ValueError(f'prune_layers are 1-based block numbers in [1, {depth}], got {list(prune_layers)}.')
             if not 0. < prune_ratio * len(layers) < 1.:
-                raise ValueError(f'prune_ratio * len(prune_layers) must be in (0, 1), got {prune_ratio} * {len(layers)}.')
+                raise ValueError(
+                    f'prune_ratio * len(prune_layers) must be in (0, 1), got {prune_ratio} * {len(layers)}.')
             keep = {layer - 1: 1. - k * prune_ratio for k, layer in enumerate(layers, 1)}
         self.prune_layers = tuple(sorted(i + 1 for i in keep))
         self.prune_ratio = prune_ratio
