@@ -14,6 +14,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -83,12 +84,144 @@ static inline double softplus_c(double x) { return x <= 20.0 ? std::log1p(std::e
 static inline float sigmoid_c(float x) { return sigmoid_f(x); }
 static inline double sigmoid_c(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
+// ---------------------------------------------------------------------------------------------------------------
+// SIMD abstraction for the state loops: V is a scalar (float/double: generic n) or an 8-wide GCC vector of float
+// or 16-wide GCC vector of float (n % 8 / n % 16 == 0; Mamba's n = 16 is one 16-wide vector). GCC vector extensions
+// map to AVX-512 / AVX2 when the build enables them (see vimzoo/ops/_loader.py) and to narrower pairs otherwise.
+// ---------------------------------------------------------------------------------------------------------------
+typedef float v4f __attribute__((vector_size(16)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+template <typename VF>
+static inline VF splatv(float x) {
+  return VF{} + x;
+}
+static inline v8f splat8(float x) { return splatv<v8f>(x); }
+
+static inline float hsum(v4f v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+static inline float hsum(v8f v) {
+  return hsum(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7));
+}
+static inline float hsum(v16f v) {
+  return hsum(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+              __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+}
+
+// Same algorithm as exp_approx, on 8 or 16 lanes (VI: the matching int32 vector).
+template <typename VF, typename VI>
+static inline VF expv(VF x) {
+  const VF lo = splatv<VF>(-87.0f), hi = splatv<VF>(88.0f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const VF t = x * splatv<VF>(1.44269504088896341f) + splatv<VF>(0.5f);
+  VI ti = __builtin_convertvector(t, VI);               // truncation ...
+  ti = ti + (t < __builtin_convertvector(ti, VF));      // ... corrected to floor (mask is -1)
+  const VF fx = __builtin_convertvector(ti, VF);
+  VF r = x - fx * splatv<VF>(0.693359375f);
+  r = r + fx * splatv<VF>(2.12194440e-4f);
+  const VF r2 = r * r;
+  VF p = splatv<VF>(1.9875691500e-4f);
+  p = p * r + splatv<VF>(1.3981999507e-3f);
+  p = p * r + splatv<VF>(8.3334519073e-3f);
+  p = p * r + splatv<VF>(4.1665795894e-2f);
+  p = p * r + splatv<VF>(1.6666665459e-1f);
+  p = p * r + splatv<VF>(5.0000001201e-1f);
+  p = p * r2 + r + splatv<VF>(1.0f);
+  const VI e = (ti + 127) << 23;
+  VF scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  return p * scale;
+}
+
+template <typename V>
+struct VecOps;
+template <typename T>
+struct ScalarOps {
+  using S = T;
+  static constexpr int W = 1;
+  static inline T load(const T* p) { return *p; }
+  static inline void store(T* p, T v) { *p = v; }
+  static inline T splat(T x) { return x; }
+  static inline T sum(T v) { return v; }
+  static inline T exp(T x) { return exp_c(x); }
+};
+template <>
+struct VecOps<float> : ScalarOps<float> {};
+template <>
+struct VecOps<double> : ScalarOps<double> {};
+template <typename VF, typename VI>
+struct FloatVecOps {
+  using S = float;
+  static constexpr int W = sizeof(VF) / sizeof(float);
+  static inline VF load(const float* p) {
+    VF v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static inline void store(float* p, VF v) { std::memcpy(p, &v, sizeof(v)); }
+  static inline VF splat(float x) { return splatv<VF>(x); }
+  static inline float sum(VF v) { return hsum(v); }
+  static inline VF exp(VF x) { return expv<VF, VI>(x); }
+};
+template <>
+struct VecOps<v8f> : FloatVecOps<v8f, v8i> {};
+template <>
+struct VecOps<v16f> : FloatVecOps<v16f, v16i> {};
+
+// Same algorithm as log_approx (x >= 1), 16 lanes.
+static inline v16f logv(v16f x) {
+  v16i bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  v16f e = __builtin_convertvector(((bits >> 23) & 0xff) - 126, v16f);
+  const v16i mb = (bits & 0x007fffff) | 0x3f000000;
+  v16f m;
+  std::memcpy(&m, &mb, sizeof(m));
+  const v16i small = m < splatv<v16f>(0.707106781186547524f);
+  e = small ? e - 1.0f : e;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  const v16f z = m * m;
+  v16f y = splatv<v16f>(7.0376836292e-2f);
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y += -2.12194440e-4f * e;
+  y += -0.5f * z;
+  return m + y + 0.693359375f * e;
+}
+static inline v16f softplusv(v16f x) {  // as softplus_f
+  const v16f twenty = splatv<v16f>(20.0f);
+  const v16f y = expv<v16f, v16i>(x < twenty ? x : twenty);
+  const v16f w = y + 1.0f;
+  const v16f l1p = (w == 1.0f) ? y : logv(w) * (y / (w - 1.0f));
+  return x > twenty ? x : l1p;
+}
+static inline v16f sigmoidv(v16f x) { return 1.0f / (expv<v16f, v16i>(-x) + 1.0f); }
+
+// In-place softplus / sigmoid over a token array (16 lanes at a time for fp32, libm-grade scalar for fp64).
 template <typename acc_t>
-static inline acc_t silu_c(acc_t x) { return x * sigmoid_c(x); }
+void softplus_array(acc_t* x, int64_t L) {
+  int64_t t = 0;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    for (; t + 16 <= L; t += 16) VecOps<v16f>::store(x + t, softplusv(VecOps<v16f>::load(x + t)));
+  }
+  for (; t < L; ++t) x[t] = softplus_c(x[t]);
+}
 template <typename acc_t>
-static inline acc_t dsilu_c(acc_t x) {
-  const acc_t s = sigmoid_c(x);
-  return s * (acc_t(1) + x * (acc_t(1) - s));
+void sigmoid_array(acc_t* x, int64_t L) {
+  int64_t t = 0;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    for (; t + 16 <= L; t += 16) VecOps<v16f>::store(x + t, sigmoidv(VecOps<v16f>::load(x + t)));
+  }
+  for (; t < L; ++t) x[t] = sigmoid_c(x[t]);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -99,10 +232,7 @@ void token_prepass(const in_t* __restrict u, const in_t* __restrict delta, acc_t
                    acc_t* __restrict dt, acc_t* __restrict dtu, acc_t* __restrict uf) {
   for (int64_t t = 0; t < L; ++t) uf[t] = static_cast<acc_t>(u[t]);
   for (int64_t t = 0; t < L; ++t) dt[t] = static_cast<acc_t>(delta[t]) + bias;
-  if (softplus_) {
-#pragma omp simd
-    for (int64_t t = 0; t < L; ++t) dt[t] = softplus_c(dt[t]);
-  }
+  if (softplus_) softplus_array(dt, L);
 #pragma omp simd
   for (int64_t t = 0; t < L; ++t) dtu[t] = dt[t] * uf[t];
 }
@@ -113,12 +243,16 @@ struct Shape {
   inline int64_t pos(int64_t k) const { return reverse ? L - 1 - k : k; }
 };
 
-// Forward scan of one row: y[t] += Σ_n C h (original order, un-gated, without D·u).
-// `work` >= 2*N + 2*W*N. NC > 0 fixes N at compile time.
-template <int NC, typename acc_t>
-void scan_row_fwd(const Shape& s, const acc_t* __restrict A, const acc_t* __restrict Bt,
-                  const acc_t* __restrict Ct, const acc_t* __restrict dt, const acc_t* __restrict dtu,
-                  acc_t* __restrict y, acc_t* __restrict work) {
+// Forward scan of one row: y[t] = Σ_n C h (original order, un-gated, without D·u).
+// `work` >= 2*N + 3*W*N. NC > 0 fixes N at compile time.
+template <typename V, int NC>
+void scan_row_fwd(const Shape& s, const typename VecOps<V>::S* __restrict A, const typename VecOps<V>::S* __restrict Bt,
+                  const typename VecOps<V>::S* __restrict Ct, const typename VecOps<V>::S* __restrict dt,
+                  const typename VecOps<V>::S* __restrict dtu, typename VecOps<V>::S* __restrict y,
+                  typename VecOps<V>::S* __restrict work) {
+  using O = VecOps<V>;
+  using acc_t = typename O::S;
+  constexpr int VW = O::W;
   const int64_t L = s.L, N = NC > 0 ? NC : s.N, W = s.W;
   acc_t* __restrict h = work;
   acc_t* __restrict hb = work + N;
@@ -126,43 +260,42 @@ void scan_row_fwd(const Shape& s, const acc_t* __restrict A, const acc_t* __rest
   if (W <= 1) {
     for (int64_t k = 0; k < L; ++k) {
       const int64_t t = s.pos(k);
-      const acc_t d = dt[t], du = dtu[t];
+      const V vd = O::splat(dt[t]), vdu = O::splat(dtu[t]);
       const acc_t* __restrict b = Bt + t * N;
       const acc_t* __restrict c = Ct + t * N;
-      acc_t acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t n = 0; n < N; ++n) {
-        h[n] = exp_c(d * A[n]) * h[n] + du * b[n];
-        acc += h[n] * c[n];
+      V acc = O::splat(0);
+      for (int64_t n = 0; n < N; n += VW) {
+        const V hv = O::exp(vd * O::load(A + n)) * O::load(h + n) + vdu * O::load(b + n);
+        O::store(h + n, hv);
+        acc += hv * O::load(c + n);
       }
-      y[t] = acc;
+      y[t] = O::sum(acc);
     }
     return;
   }
-  // LB: per window, pass 1 runs the global forward scan keeping (a, b); pass 2 adds the local backward term
-  // a_k · hb_{k+1} (hb restarted at each window end) in reverse scan order.
+  // LB: per window, pass 1 runs the global forward scan keeping (a, b, hf); pass 2 runs the local backward scan
+  // in reverse scan order (hb restarted at each window end) and emits y = C·(hf + a_k·hb_{k+1}) — one dot per token.
   acc_t* __restrict abuf = work + 2 * N;
   acc_t* __restrict bbuf = abuf + W * N;
+  acc_t* __restrict hbuf = bbuf + W * N;
   for (int64_t k0 = 0; k0 < L; k0 += W) {
     const int64_t k1 = std::min(k0 + W, L);
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t t = s.pos(k);
-      const acc_t d = dt[t], du = dtu[t];
+      const V vd = O::splat(dt[t]), vdu = O::splat(dtu[t]);
       const acc_t* __restrict b = Bt + t * N;
-      const acc_t* __restrict c = Ct + t * N;
       acc_t* __restrict ak = abuf + (k - k0) * N;
       acc_t* __restrict bk = bbuf + (k - k0) * N;
-      acc_t acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t n = 0; n < N; ++n) {
-        const acc_t a = exp_c(d * A[n]);
-        const acc_t bv = du * b[n];
-        ak[n] = a;
-        bk[n] = bv;
-        h[n] = a * h[n] + bv;
-        acc += h[n] * c[n];
+      acc_t* __restrict hk = hbuf + (k - k0) * N;
+      for (int64_t n = 0; n < N; n += VW) {
+        const V a = O::exp(vd * O::load(A + n));
+        const V bv = vdu * O::load(b + n);
+        O::store(ak + n, a);
+        O::store(bk + n, bv);
+        const V hv = a * O::load(h + n) + bv;
+        O::store(h + n, hv);
+        O::store(hk + n, hv);
       }
-      y[t] = acc;
     }
     for (int64_t n = 0; n < N; ++n) hb[n] = 0;
     for (int64_t k = k1 - 1; k >= k0; --k) {
@@ -170,14 +303,14 @@ void scan_row_fwd(const Shape& s, const acc_t* __restrict A, const acc_t* __rest
       const acc_t* __restrict c = Ct + t * N;
       const acc_t* __restrict ak = abuf + (k - k0) * N;
       const acc_t* __restrict bk = bbuf + (k - k0) * N;
-      acc_t acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t n = 0; n < N; ++n) {
-        const acc_t rr = ak[n] * hb[n];
-        hb[n] = rr + bk[n];
-        acc += rr * c[n];
+      const acc_t* __restrict hk = hbuf + (k - k0) * N;
+      V acc = O::splat(0);
+      for (int64_t n = 0; n < N; n += VW) {
+        const V rr = O::load(ak + n) * O::load(hb + n);
+        O::store(hb + n, rr + O::load(bk + n));
+        acc += (O::load(hk + n) + rr) * O::load(c + n);
       }
-      y[t] += acc;
+      y[t] = O::sum(acc);
     }
   }
 }
@@ -185,18 +318,20 @@ void scan_row_fwd(const Shape& s, const acc_t* __restrict A, const acc_t* __rest
 template <typename acc_t>
 void scan_row_fwd_any(const Shape& s, const acc_t* A, const acc_t* Bt, const acc_t* Ct, const acc_t* dt,
                       const acc_t* dtu, acc_t* y, acc_t* work) {
-  if (s.N == 16) {
-    scan_row_fwd<16>(s, A, Bt, Ct, dt, dtu, y, work);
-  } else {
-    scan_row_fwd<0>(s, A, Bt, Ct, dt, dtu, y, work);
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (s.N == 16) return scan_row_fwd<v16f, 16>(s, A, Bt, Ct, dt, dtu, y, work);
+    if (s.N % 16 == 0) return scan_row_fwd<v16f, 0>(s, A, Bt, Ct, dt, dtu, y, work);
+    if (s.N % 8 == 0) return scan_row_fwd<v8f, 0>(s, A, Bt, Ct, dt, dtu, y, work);
   }
+  scan_row_fwd<acc_t, 0>(s, A, Bt, Ct, dt, dtu, y, work);
 }
 
 // Row buffers for the forward pass.
 template <typename acc_t>
 struct FwdBuffers {
-  std::vector<acc_t> work, dt, dtu, uf, y, zs;
-  FwdBuffers(int64_t L, int64_t N, int64_t W) : work(2 * N + 2 * W * N + 1), dt(L), dtu(L), uf(L), y(L), zs(L) {}
+  std::vector<acc_t> work, dt, dtu, uf, y, zs, sg;
+  FwdBuffers(int64_t L, int64_t N, int64_t W)
+      : work(2 * N + 3 * W * N + 1), dt(L), dtu(L), uf(L), y(L), zs(L), sg(L) {}
 };
 
 // y (un-gated, with D·u) of one direction for row (bi, di).
@@ -218,11 +353,12 @@ void row_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor&
 }
 
 template <typename in_t, typename acc_t>
-void gate_store(const acc_t* __restrict y, const in_t* z, int64_t L, acc_t* __restrict zs, in_t* out) {
+void gate_store(const acc_t* __restrict y, const in_t* z, int64_t L, acc_t* __restrict zs, acc_t* __restrict sg,
+                in_t* out) {
   if (z != nullptr) {
-    for (int64_t t = 0; t < L; ++t) zs[t] = static_cast<acc_t>(z[t]);
-#pragma omp simd
-    for (int64_t t = 0; t < L; ++t) zs[t] = y[t] * silu_c(zs[t]);
+    for (int64_t t = 0; t < L; ++t) zs[t] = sg[t] = static_cast<acc_t>(z[t]);
+    sigmoid_array(sg, L);
+    for (int64_t t = 0; t < L; ++t) zs[t] = y[t] * zs[t] * sg[t];  // y · silu(z)
     for (int64_t t = 0; t < L; ++t) out[t] = static_cast<in_t>(zs[t]);
   } else {
     for (int64_t t = 0; t < L; ++t) out[t] = static_cast<in_t>(y[t]);
@@ -271,7 +407,7 @@ at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tens
       for (int64_t row = begin; row < end; ++row) {
         row_forward<scalar_t, acc_t>(u, delta, A, Bt, Ct, D, bias, softplus_, s, row / Dm, row % Dm, buf,
                                      buf.y.data());
-        gate_store(buf.y.data(), z.has_value() ? z->data_ptr<scalar_t>() + row * L : nullptr, L, buf.zs.data(),
+        gate_store(buf.y.data(), z.has_value() ? z->data_ptr<scalar_t>() + row * L : nullptr, L, buf.zs.data(), buf.sg.data(),
                    out.data_ptr<scalar_t>() + row * L);
       }
     });
@@ -301,7 +437,7 @@ at::Tensor bidir_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Ten
         row_forward<scalar_t, acc_t>(u_b, delta_b, A_b, Bt_b, Ct_b, D_b, bias_b, softplus_, sb, bi, di, buf,
                                      yb.data());
         for (int64_t t = 0; t < L; ++t) buf.y[t] += yb[t];
-        gate_store(buf.y.data(), z.has_value() ? z->data_ptr<scalar_t>() + row * L : nullptr, L, buf.zs.data(),
+        gate_store(buf.y.data(), z.has_value() ? z->data_ptr<scalar_t>() + row * L : nullptr, L, buf.zs.data(), buf.sg.data(),
                    out.data_ptr<scalar_t>() + row * L);
       }
     });
@@ -317,16 +453,21 @@ at::Tensor bidir_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Ten
 template <typename acc_t>
 struct BwdBuffers {
   // abuf keeps a_k at row k+1 with zero rows before and after, so a_{k-1} / a_{k+1} loads stay in bounds.
-  std::vector<acc_t> abuf, bbuf, hf, hbw, dxlw, carry, dxr, dA_acc, dt, dtu, uf, g, zf, sig, y;
+  std::vector<acc_t> abuf, bbuf, hf, hbw, dxlw, carry, dxr, dA_acc, dt, dtu, uf, g, zf, sz, sig, y;
   BwdBuffers(int64_t L, int64_t N, int64_t W)
       : abuf((L + 2) * N), bbuf(L * N), hf(L * N), hbw((W + 1) * N), dxlw(W * N), carry(N), dxr(N), dA_acc(N),
-        dt(L), dtu(L), uf(L), g(L), zf(L), sig(L), y(L) {}
+        dt(L), dtu(L), uf(L), g(L), zf(L), sz(L), sig(L), y(L) {}
 };
 
-template <int NC, typename acc_t>
-void scan_row_bwd(const Shape& s, const acc_t* __restrict A, const acc_t* __restrict Bt,
-                  const acc_t* __restrict Ct, BwdBuffers<acc_t>& bf, acc_t* __restrict dB, acc_t* __restrict dC,
-                  acc_t* __restrict du_acc, acc_t* __restrict ddt_acc, acc_t* __restrict y) {
+template <typename V, int NC>
+void scan_row_bwd(const Shape& s, const typename VecOps<V>::S* __restrict A,
+                  const typename VecOps<V>::S* __restrict Bt, const typename VecOps<V>::S* __restrict Ct,
+                  BwdBuffers<typename VecOps<V>::S>& bf, typename VecOps<V>::S* __restrict dB,
+                  typename VecOps<V>::S* __restrict dC, typename VecOps<V>::S* __restrict du_acc,
+                  typename VecOps<V>::S* __restrict ddt_acc, typename VecOps<V>::S* __restrict y) {
+  using O = VecOps<V>;
+  using acc_t = typename O::S;
+  constexpr int VW = O::W;
   const int64_t L = s.L, N = NC > 0 ? NC : s.N, W = s.W;
   const acc_t* __restrict dt = bf.dt.data();
   const acc_t* __restrict dtu = bf.dtu.data();
@@ -343,19 +484,19 @@ void scan_row_bwd(const Shape& s, const acc_t* __restrict A, const acc_t* __rest
   for (int64_t n = 0; n < N; ++n) cr[n] = 0;
   for (int64_t k = 0; k < L; ++k) {
     const int64_t t = s.pos(k);
-    const acc_t d = dt[t], du = dtu[t];
+    const V vd = O::splat(dt[t]), vdu = O::splat(dtu[t]);
     const acc_t* __restrict b = Bt + t * N;
     acc_t* __restrict ak = abuf + (k + 1) * N;
     acc_t* __restrict bk = bbuf + k * N;
     acc_t* __restrict hk = hf + k * N;
-#pragma omp simd
-    for (int64_t n = 0; n < N; ++n) {
-      const acc_t a = exp_c(d * A[n]);
-      const acc_t bv = du * b[n];
-      ak[n] = a;
-      bk[n] = bv;
-      cr[n] = a * cr[n] + bv;
-      hk[n] = cr[n];
+    for (int64_t n = 0; n < N; n += VW) {
+      const V a = O::exp(vd * O::load(A + n));
+      const V bv = vdu * O::load(b + n);
+      O::store(ak + n, a);
+      O::store(bk + n, bv);
+      const V h = a * O::load(cr + n) + bv;
+      O::store(cr + n, h);
+      O::store(hk + n, h);
     }
   }
   // 2) windows, last to first.
@@ -368,28 +509,29 @@ void scan_row_bwd(const Shape& s, const acc_t* __restrict A, const acc_t* __rest
     const int64_t k0 = w * W, k1 = std::min(k0 + W, L);
     for (int64_t k = k1 - 1; k >= k0; --k) {  // 2a) reverse: hb (local) and dxl (global adjoint)
       const int64_t t = s.pos(k);
-      const acc_t gt = g[t];
+      const V vg = O::splat(g[t]);
       const acc_t* __restrict c = Ct + t * N;
       const acc_t* __restrict ak = abuf + (k + 1) * N;
-      const acc_t* __restrict anext = abuf + (k + 2) * N;
+      const acc_t* __restrict anext = abuf + (k + 2) * N;  // zero row past the end
       const acc_t* __restrict bk = bbuf + k * N;
       acc_t* __restrict hbk = hbw + (k - k0) * N;
       const acc_t* __restrict hbnext = hbw + (k + 1 - k0) * N;
       acc_t* __restrict dxl = dxlw + (k - k0) * N;
       const bool wend = (k + 1 == k1);
-#pragma omp simd
-      for (int64_t n = 0; n < N; ++n) {
-        hbk[n] = wend ? bk[n] : ak[n] * hbnext[n] + bk[n];
-        cr[n] = gt * c[n] + anext[n] * cr[n];
-        dxl[n] = cr[n];
+      for (int64_t n = 0; n < N; n += VW) {
+        const V bv = O::load(bk + n);
+        O::store(hbk + n, wend ? bv : O::load(ak + n) * O::load(hbnext + n) + bv);
+        const V x = vg * O::load(c + n) + O::load(anext + n) * O::load(cr + n);
+        O::store(cr + n, x);
+        O::store(dxl + n, x);
       }
     }
     for (int64_t k = k0; k < k1; ++k) {  // 2b) forward: dxr (restarted at the window start) and gradients
       const int64_t t = s.pos(k);
-      const acc_t d = dt[t], du = dtu[t], gt = g[t];
+      const V vd = O::splat(dt[t]), vdu = O::splat(dtu[t]), vg = O::splat(g[t]);
       const acc_t* __restrict b = Bt + t * N;
       const acc_t* __restrict c = Ct + t * N;
-      const acc_t* __restrict aprev = abuf + k * N;
+      const acc_t* __restrict aprev = abuf + k * N;  // a_{k-1}
       const acc_t* __restrict bk = bbuf + k * N;
       const acc_t* __restrict hk = hf + k * N;
       const acc_t* __restrict hbk = hbw + (k - k0) * N;
@@ -397,24 +539,26 @@ void scan_row_bwd(const Shape& s, const acc_t* __restrict A, const acc_t* __rest
       acc_t* __restrict dBk = dB + t * N;
       acc_t* __restrict dCk = dC + t * N;
       const bool wstart = (k == k0);
-      acc_t s_dbB = 0, s_gAA = 0, s_y = 0;
-#pragma omp simd reduction(+ : s_dbB, s_gAA, s_y)
-      for (int64_t n = 0; n < N; ++n) {
-        const acc_t G = gt * c[n];
-        xr[n] = wstart ? G : G + aprev[n] * xr[n];
-        const acc_t db = dxl[n] + xr[n] - G;
-        const acc_t gA = dxl[n] * (hk[n] - bk[n]) + xr[n] * (hbk[n] - bk[n]);
-        const acc_t h = hk[n] + hbk[n] - bk[n];
-        s_dbB += db * b[n];
-        s_gAA += gA * A[n];
-        s_y += h * c[n];
-        dAa[n] += d * gA;
-        dBk[n] += db * du;
-        dCk[n] += gt * h;
+      V s_dbB = O::splat(0), s_gAA = O::splat(0), s_y = O::splat(0);
+      for (int64_t n = 0; n < N; n += VW) {
+        const V cv = O::load(c + n);
+        const V G = vg * cv;
+        const V x = wstart ? G : G + O::load(aprev + n) * O::load(xr + n);
+        O::store(xr + n, x);
+        const V xl = O::load(dxl + n), bv = O::load(bk + n), hfk = O::load(hk + n), hbv = O::load(hbk + n);
+        const V db = xl + x - G;
+        const V gA = xl * (hfk - bv) + x * (hbv - bv);
+        const V h = hfk + hbv - bv;
+        s_dbB += db * O::load(b + n);
+        s_gAA += gA * O::load(A + n);
+        s_y += h * cv;
+        O::store(dAa + n, O::load(dAa + n) + vd * gA);
+        O::store(dBk + n, O::load(dBk + n) + db * vdu);
+        O::store(dCk + n, O::load(dCk + n) + vg * h);
       }
-      du_acc[t] = s_dbB;   // Σ_n db·B: the caller multiplies by Δ (for du) and by u (for dΔ)
-      ddt_acc[t] = s_gAA;  // Σ_n A·gA
-      y[t] = s_y;          // Σ_n C·h (for dz)
+      du_acc[t] = O::sum(s_dbB);   // Σ_n db·B: the caller multiplies by Δ (for du) and by u (for dΔ)
+      ddt_acc[t] = O::sum(s_gAA);  // Σ_n A·gA
+      y[t] = O::sum(s_y);          // Σ_n C·h (for dz)
     }
   }
 }
@@ -445,27 +589,36 @@ void scan_bwd_rows(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
       for (int64_t t = 0; t < L; ++t) gg[t] = static_cast<acc_t>(go[t]);
       if (z.has_value()) {
         const in_t* zz = z->data_ptr<in_t>() + row * L;
-        for (int64_t t = 0; t < L; ++t) zf[t] = static_cast<acc_t>(zz[t]);
-#pragma omp simd
-        for (int64_t t = 0; t < L; ++t) gg[t] *= silu_c(zf[t]);
+        acc_t* __restrict sz = bf.sz.data();
+        for (int64_t t = 0; t < L; ++t) zf[t] = sz[t] = static_cast<acc_t>(zz[t]);
+        sigmoid_array(sz, L);
+        for (int64_t t = 0; t < L; ++t) gg[t] *= zf[t] * sz[t];  // dout · silu(z)
       }
       acc_t* __restrict sig = bf.sig.data();
       if (softplus_) {
         const in_t* dl = delta.data_ptr<in_t>() + row * L;
         for (int64_t t = 0; t < L; ++t) sig[t] = static_cast<acc_t>(dl[t]) + bv;
-#pragma omp simd
-        for (int64_t t = 0; t < L; ++t) sig[t] = sigmoid_c(sig[t]);
+        sigmoid_array(sig, L);
       }
       acc_t* dB = dBt_thr.data_ptr<acc_t>() + (tid * Bsz + bi) * L * N;
       acc_t* dC = dCt_thr.data_ptr<acc_t>() + (tid * Bsz + bi) * L * N;
       const acc_t* Ar = A.data_ptr<acc_t>() + di * N;
       const acc_t* Btr = Bt.data_ptr<acc_t>() + bi * L * N;
       const acc_t* Ctr = Ct.data_ptr<acc_t>() + bi * L * N;
-      if (N == 16) {
-        scan_row_bwd<16>(s, Ar, Btr, Ctr, bf, dB, dC, sdbB.data(), sgAA.data(), bf.y.data());
-      } else {
-        scan_row_bwd<0>(s, Ar, Btr, Ctr, bf, dB, dC, sdbB.data(), sgAA.data(), bf.y.data());
+      bool done = false;
+      if constexpr (std::is_same_v<acc_t, float>) {
+        if (N == 16) {
+          scan_row_bwd<v16f, 16>(s, Ar, Btr, Ctr, bf, dB, dC, sdbB.data(), sgAA.data(), bf.y.data());
+          done = true;
+        } else if (N % 16 == 0) {
+          scan_row_bwd<v16f, 0>(s, Ar, Btr, Ctr, bf, dB, dC, sdbB.data(), sgAA.data(), bf.y.data());
+          done = true;
+        } else if (N % 8 == 0) {
+          scan_row_bwd<v8f, 0>(s, Ar, Btr, Ctr, bf, dB, dC, sdbB.data(), sgAA.data(), bf.y.data());
+          done = true;
+        }
       }
+      if (!done) scan_row_bwd<acc_t, 0>(s, Ar, Btr, Ctr, bf, dB, dC, sdbB.data(), sgAA.data(), bf.y.data());
       // Per-token outputs (original order).
       const acc_t* uf = bf.uf.data();
       const acc_t* dt = bf.dt.data();
@@ -481,7 +634,11 @@ void scan_bwd_rows(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
         dd_r[t] = static_cast<in_t>(ddt);
         dbias_acc += ddt;
         dD_acc += gg[t] * uf[t];
-        if (dz_r) dz_r[t] = static_cast<in_t>(static_cast<acc_t>(gout[t]) * (bf.y[t] + Dv * uf[t]) * dsilu_c(zf[t]));
+        if (dz_r) {
+          const acc_t sgm = bf.sz[t];  // dsilu(z) = σ(z)(1 + z(1 - σ(z)))
+          dz_r[t] = static_cast<in_t>(static_cast<acc_t>(gout[t]) * (bf.y[t] + Dv * uf[t]) * sgm *
+                                      (acc_t(1) + zf[t] * (acc_t(1) - sgm)));
+        }
       }
       acc_t* dAr = dA_rows.data_ptr<acc_t>() + row * N;
       for (int64_t n = 0; n < N; ++n) dAr[n] = bf.dA_acc[n];

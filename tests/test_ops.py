@@ -206,7 +206,8 @@ def _grads_close(backend, b, d, l, n, window, reverse, opt, dtype=torch.float32,
         assert err < rtol, f'{backend} {name} l={l} n={n} W={window} reverse={reverse} opt={opt}: rel err {err:.2e}'
 
 
-SHAPES = [(1, 1, 1, 1), (2, 3, 7, 4), (1, 4, 33, 16), (2, 2, 197, 16), (1, 2, 300, 1), (1, 2, 2049, 4)]
+SHAPES = [(1, 1, 1, 1), (2, 3, 7, 4), (1, 4, 33, 16), (2, 2, 197, 16), (1, 2, 300, 1), (1, 3, 40, 8), (1, 2, 37, 32),
+          (1, 2, 2049, 16)]
 
 
 @pytest.mark.parametrize('shape', SHAPES, ids=lambda s: 'b{}d{}l{}n{}'.format(*s))

@@ -51,10 +51,13 @@ def _cpu_has(*flags: str) -> bool:
 
 
 def cpu_build_flags() -> List[str]:
-    """-O3, C++20 (torch 2.14 headers), and AVX2/FMA only when this CPU has them (the extension name says so)."""
-    flags = ['-O3', '-std=c++20', '-fno-math-errno', '-fopenmp-simd']
+    """-O3, C++20 (torch 2.14 headers), FMA contraction, and AVX2/FMA/AVX-512 only when this CPU has them (the
+    extension name says which, so a cached build is never loaded on a CPU without those instructions)."""
+    flags = ['-O3', '-std=c++20', '-fno-math-errno', '-ffp-contract=fast', '-fopenmp-simd']
     if _cpu_has('avx2', 'fma'):
         flags += ['-mavx2', '-mfma']
+        if _cpu_has('avx512f', 'avx512dq', 'avx512vl'):
+            flags += ['-mavx512f', '-mavx512dq', '-mavx512vl']
     return flags
 
 
@@ -67,7 +70,7 @@ def _load_cpu():
     from torch.utils.cpp_extension import load
     _ensure_ninja()
     flags = cpu_build_flags()
-    name = 'vimzoo_scan_cpu' + ('_avx2' if '-mavx2' in flags else '')
+    name = 'vimzoo_scan_cpu' + ('_avx512' if '-mavx512f' in flags else '_avx2' if '-mavx2' in flags else '')
     src = csrc_dir() / 'scan_cpu.cpp'
     if not src.exists():
         raise FileNotFoundError(f'{src} not found')
