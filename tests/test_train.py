@@ -118,6 +118,19 @@ def test_validate_reproduces_training_eval(tiny_run: Path, cache_dir):
     assert res_ema['top1'] == pytest.approx(float(rows[0]['ema_eval_top1']), abs=1e-6)
 
 
+def test_validate_official_weights_file(tiny_run: Path, cache_dir):
+    """A release-style file ({'model': state_dict}) goes through timm pretrained loading (file overlay)."""
+    rows = list(csv.DictReader((tiny_run / 'summary.csv').open()))
+    official = tiny_run / 'official_release.pth'
+    torch.save({'model': load_checkpoint(tiny_run / 'last.pth')['model']}, official)
+    proc = _run([VALIDATE, '--model', MODEL, '--official-weights', official, '--num-classes', '10',
+                 '--crop-pct', '1.0', '--interpolation', 'bilinear', '--builtin-dataset', 'shapes10-mini',
+                 '--workers', '0'], cache_dir)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res['weights'] == str(official) and res['crop_pct'] == 1.0
+    assert res['top1'] == pytest.approx(float(rows[0]['eval_top1']), abs=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # DDP (2 CPU processes, gloo) == 1 process with the same global batch == 1 process with grad accumulation
 # ----------------------------------------------------------------------------------------------------------------
@@ -321,3 +334,16 @@ def test_recipe_loads_and_names_exist(family, tmp_path):
     assert args.lr_base == expected['lr_base'] and args.drop_path == expected.get('drop_path')
     lr = trainer._resolve_lr(args, world_size=8)
     assert lr == pytest.approx(expected['lr_base'] * args.batch_size * 8 / expected['lr_base_size'])
+
+
+def test_amp_grad_checkpointing_layer_decay_accum_run(cache_dir, tmp_path):
+    """bf16 autocast + activation checkpointing + layer-wise lr decay + accumulation run end to end on CPU."""
+    out = tmp_path / 'amp'
+    _run([TRAIN, *MINI, '--epochs', '1', '--batch-size', '8', '--grad-accum-steps', '2', '--limit-train-batches', '4',
+          '--limit-val-batches', '1', '--amp', '--amp-dtype', 'bfloat16', '--grad-checkpointing', '--layer-decay',
+          '0.5', '--lr', '1e-3', '--clip-grad', '1.0', '--no-plot', '--output', out], cache_dir)
+    state = load_checkpoint(out / 'last.pth')
+    assert state['num_updates'] == 2
+    scales = sorted({g['lr_scale'] for g in state['optimizer']['param_groups']})
+    assert len(scales) > 2 and scales[-1] == 1.0 and scales[0] < 0.5  # deeper groups get geometrically smaller lr
+    assert state['args']['amp'] is True and state['args']['grad_checkpointing'] is True

@@ -44,7 +44,7 @@ def default_cache_dir() -> Path:
 # --------------------------------------------------------------------------------------------------------------
 
 def _shape_box(rng: np.random.RandomState, size: int) -> Tuple[float, float, float]:
-    radius = rng.uniform(0.18, 0.36) * size
+    radius = rng.uniform(0.26, 0.42) * size
     cx = rng.uniform(radius, size - radius)
     cy = rng.uniform(radius, size - radius)
     return cx, cy, radius
@@ -202,7 +202,7 @@ class BuiltinDataset:
 
 BUILTIN_DATASETS: Dict[str, BuiltinDataset] = {
     'shapes10': BuiltinDataset(
-        name='shapes10', classes=tuple(_PAINTERS), train_per_class=50, val_per_class=20, image_size=64),
+        name='shapes10', classes=tuple(_PAINTERS), train_per_class=100, val_per_class=30, image_size=64),
     'shapes10-mini': BuiltinDataset(
         name='shapes10-mini', classes=tuple(_PAINTERS), train_per_class=16, val_per_class=8, image_size=32),
 }

@@ -109,7 +109,10 @@ def _model_from_sources(args, parser) -> Dict[str, Any]:
         path = Path(args.official_weights).expanduser()
         if not path.is_file():
             parser.error(f'--official-weights {path}: file not found.')
-        model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        overlay = dict(file=str(path))
+        if num_classes is not None:
+            overlay['num_classes'] = num_classes  # else timm drops a classifier that differs from the cfg's
+        model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     else:
         model = timm.create_model(model_name, pretrained=args.pretrained, **kwargs)
     if info['state_dict'] is not None:

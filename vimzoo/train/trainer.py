@@ -33,14 +33,14 @@ from .runlog import RunLog
 __all__ = ['DEFAULT_MODEL', 'BUILTIN_PRESET', 'build_parser', 'parse_args', 'main']
 
 #: The model `python tools/train.py` trains when no --model is given (a tiny zoo variant, fast on CPU).
-DEFAULT_MODEL = 'test_van'
+DEFAULT_MODEL = 'test_dependencyvit'
 
 #: Defaults used when no --data-dir/--dataset is given: hyper-parameters for the built-in shapes dataset, tuned so
 #: the no-argument run finishes in a few CPU minutes. ImageNet recipes live in configs/train/*.yaml.
 BUILTIN_PRESET: Dict[str, Any] = dict(
-    epochs=12, batch_size=32, lr_base=1e-3, lr_base_size=32, weight_decay=0.05, warmup_epochs=1, min_lr=1e-5,
+    epochs=12, batch_size=32, lr_base=2e-3, lr_base_size=32, weight_decay=0.05, warmup_epochs=1, min_lr=1e-5,
     warmup_lr=1e-5, img_size=64, scale=[0.6, 1.0], ratio=[0.75, 1.3333], color_jitter=0.2, smoothing=0.1,
-    hflip=0.5, interpolation='bilinear', crop_pct=1.0, workers=2,
+    hflip=0.5, interpolation='bilinear', crop_pct=1.0, workers=2, log_interval=5,
 )
 
 TRAIN_SPLITS = ['train']
@@ -212,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if any(a in ('-h', '--help') for a in argv):
+        parser.parse_args(['--help'])  # before defaults are suppressed for explicit_options
     explicit = explicit_options(parser, argv)
     uses_builtin = not explicit.get('data_dir') and not explicit.get('dataset')
     recipe = load_recipe(explicit['config'], parser) if explicit.get('config') else {'base': {}, 'variants': {}}
@@ -281,6 +283,8 @@ class _Dist:
                 raise SystemExit('error: --device cuda requested but no CUDA device is available.')
             if self.distributed:
                 device = torch.device('cuda', self.local_rank)
+            elif device.index is None:
+                device = torch.device('cuda', torch.cuda.current_device())
             torch.cuda.set_device(device)
         self.device = device
         if self.distributed:
@@ -543,11 +547,11 @@ def _run(args: argparse.Namespace, dist_ctx: _Dist) -> int:  # noqa: C901 (one l
     elif args.resume:
         resume_path = Path(args.resume).expanduser()
     out_dir = Path(args.output) if args.output else (resume_path.parent if resume_path else _default_output(args))
-    if main_proc:
-        out_dir.mkdir(parents=True, exist_ok=True)
 
     # ---- data + model
     ds_train, ds_val, class_map = _build_data(args, dist_ctx)
+    if main_proc:
+        out_dir.mkdir(parents=True, exist_ok=True)
     num_classes = args.num_classes or (len(class_map) if class_map else None)
     if num_classes is None:
         raise SystemExit('error: cannot infer the number of classes for this dataset; pass --num-classes.')
@@ -634,6 +638,12 @@ def _run(args: argparse.Namespace, dist_ctx: _Dist) -> int:  # noqa: C901 (one l
         best = dict(ckpt.get('best') or best)
         partial_sums = list(ckpt.get('partial_epoch') or partial_sums)
         rng_states = ckpt.get('rng')
+        if start_batch and int(ckpt.get('world_size', 1)) != dist_ctx.world_size:
+            if main_proc:
+                print(f'warning: {resume_path} was written mid-epoch by {ckpt.get("world_size")} processes; with '
+                      f'{dist_ctx.world_size} the data order differs, so epoch {start_epoch} restarts from its first '
+                      f'batch.', file=sys.stderr, flush=True)
+            start_batch, partial_sums = 0, [0.0, 0]
         log.load(start_epoch, num_updates)
         if main_proc:
             where = f'epoch {start_epoch}, batch {start_batch}' if start_batch else f'start of epoch {start_epoch}'
@@ -809,8 +819,8 @@ def _run(args: argparse.Namespace, dist_ctx: _Dist) -> int:  # noqa: C901 (one l
                        world_size=dist_ctx.world_size, output=str(out_dir),
                        files=sorted(p.name for p in out_dir.iterdir() if not p.name.startswith('.')))
         (out_dir / 'results.json').write_text(json.dumps(to_plain(results), indent=2))
+        best_txt = f'{best["metric"]:.4g}' if best.get('metric') is not None else 'n/a'
         print(f'Done in {time.time() - t_start:.1f}s: final top1 {eval_metrics.get("top1", float("nan")):.2f}, '
-              f'best {best.get("name")} {best.get("metric")} at epoch {best.get("epoch")}. Files in {out_dir}.',
-              flush=True)
+              f'best {best.get("name")} {best_txt} (epoch {best.get("epoch")}). Files in {out_dir}.', flush=True)
     dist_ctx.barrier()
     return 0
