@@ -2,7 +2,7 @@
 //
 // Layout contract (prepared by vimzoo/ops/_ops.py): u, delta, z, dout (b, d, l) contiguous in the input dtype;
 // A (d, n), D, delta_bias (d,) and Bt, Ct (b, l, n) contiguous in the compute dtype (fp32; fp64 for fp64 input).
-// One (batch, channel) row per task (at::parallel_for over b*d). Per row, a vectorised pre-pass over tokens
+// One (batch, channel) row per task (at::parallel_for over b*d, rows handed out dynamically). Per row, a vectorised pre-pass over tokens
 // computes Δ = softplus(δ + bias), Δu and silu(z); the scan then walks "scan order" k = 0..l-1 (position t = k, or
 // l-1-k when reverse: no flips are materialised) with inner loops over the state dim n, contiguous in Bt/Ct and
 // in the work buffers, so they vectorise (omp simd + a branch-free polynomial expf). n = 16 (Mamba's d_state)
@@ -11,11 +11,14 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <string>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -227,14 +230,30 @@ void sigmoid_array(acc_t* x, int64_t L) {
 // ---------------------------------------------------------------------------------------------------------------
 // Per-row token pre-pass (vectorised over tokens, original order).
 // ---------------------------------------------------------------------------------------------------------------
+// Σ x·0 is 0 for finite x and NaN as soon as one x is NaN/inf: a vectorisable finiteness check.
+template <typename acc_t>
+bool all_finite(const acc_t* __restrict x, int64_t n) {
+  acc_t chk = 0;
+#pragma omp simd reduction(+ : chk)
+  for (int64_t i = 0; i < n; ++i) chk += x[i] * acc_t(0);
+  return chk == acc_t(0);
+}
+
+enum NonFinite : int { kBadU = 1, kBadDelta = 2, kBadZ = 4 };
+
+// Returns NonFinite bits for u / delta (delta checked before the bias and softplus).
 template <typename in_t, typename acc_t>
-void token_prepass(const in_t* __restrict u, const in_t* __restrict delta, acc_t bias, bool softplus_, int64_t L,
-                   acc_t* __restrict dt, acc_t* __restrict dtu, acc_t* __restrict uf) {
+int token_prepass(const in_t* __restrict u, const in_t* __restrict delta, acc_t bias, bool softplus_, int64_t L,
+                  acc_t* __restrict dt, acc_t* __restrict dtu, acc_t* __restrict uf) {
   for (int64_t t = 0; t < L; ++t) uf[t] = static_cast<acc_t>(u[t]);
-  for (int64_t t = 0; t < L; ++t) dt[t] = static_cast<acc_t>(delta[t]) + bias;
+  for (int64_t t = 0; t < L; ++t) dt[t] = static_cast<acc_t>(delta[t]);
+  const int bad = (all_finite(uf, L) ? 0 : kBadU) | (all_finite(dt, L) ? 0 : kBadDelta);
+#pragma omp simd
+  for (int64_t t = 0; t < L; ++t) dt[t] += bias;
   if (softplus_) softplus_array(dt, L);
 #pragma omp simd
   for (int64_t t = 0; t < L; ++t) dtu[t] = dt[t] * uf[t];
+  return bad;
 }
 
 struct Shape {
@@ -336,33 +355,77 @@ struct FwdBuffers {
 
 // y (un-gated, with D·u) of one direction for row (bi, di).
 template <typename in_t, typename acc_t>
-void row_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+int row_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
                  const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& bias, bool softplus_, const Shape& s,
                  int64_t bi, int64_t di, FwdBuffers<acc_t>& buf, acc_t* y) {
   const int64_t Dm = u.size(1), L = s.L, N = s.N;
   const int64_t row = bi * Dm + di;
   const acc_t bv = bias.has_value() ? bias->data_ptr<acc_t>()[di] : acc_t(0);
   const acc_t Dv = D.has_value() ? D->data_ptr<acc_t>()[di] : acc_t(0);
-  token_prepass(u.data_ptr<in_t>() + row * L, delta.data_ptr<in_t>() + row * L, bv, softplus_, L, buf.dt.data(),
-                buf.dtu.data(), buf.uf.data());
+  const int bad = token_prepass(u.data_ptr<in_t>() + row * L, delta.data_ptr<in_t>() + row * L, bv, softplus_, L,
+                                buf.dt.data(), buf.dtu.data(), buf.uf.data());
   scan_row_fwd_any(s, A.data_ptr<acc_t>() + di * N, Bt.data_ptr<acc_t>() + bi * L * N,
                    Ct.data_ptr<acc_t>() + bi * L * N, buf.dt.data(), buf.dtu.data(), y, buf.work.data());
   const acc_t* uf = buf.uf.data();
 #pragma omp simd
   for (int64_t t = 0; t < L; ++t) y[t] += Dv * uf[t];
+  return bad;
 }
 
 template <typename in_t, typename acc_t>
-void gate_store(const acc_t* __restrict y, const in_t* z, int64_t L, acc_t* __restrict zs, acc_t* __restrict sg,
-                in_t* out) {
+int gate_store(const acc_t* __restrict y, const in_t* z, int64_t L, acc_t* __restrict zs, acc_t* __restrict sg,
+               in_t* out) {
   if (z != nullptr) {
     for (int64_t t = 0; t < L; ++t) zs[t] = sg[t] = static_cast<acc_t>(z[t]);
+    const int bad = all_finite(zs, L) ? 0 : kBadZ;
     sigmoid_array(sg, L);
     for (int64_t t = 0; t < L; ++t) zs[t] = y[t] * zs[t] * sg[t];  // y · silu(z)
     for (int64_t t = 0; t < L; ++t) out[t] = static_cast<in_t>(zs[t]);
-  } else {
-    for (int64_t t = 0; t < L; ++t) out[t] = static_cast<in_t>(y[t]);
+    return bad;
   }
+  for (int64_t t = 0; t < L; ++t) out[t] = static_cast<in_t>(y[t]);
+  return 0;
+}
+
+// NaN/inf checks with the same messages (and Python ValueError) as vimzoo/ops/_check.py.
+void raise_nonfinite(const char* op, const std::string& name) {
+  TORCH_CHECK_VALUE(false, op, ": ", name, " contains NaN or inf values.");
+}
+void check_params_finite(const char* op, const std::string& sfx, const at::Tensor& A, const at::Tensor& Bt,
+                         const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& bias) {
+  const std::pair<const char*, const at::Tensor*> items[] = {{"A", &A}, {"B", &Bt}, {"C", &Ct},
+                                                             {"D", D ? &*D : nullptr},
+                                                             {"delta_bias", bias ? &*bias : nullptr}};
+  for (const auto& [name, t] : items) {
+    if (t == nullptr) continue;
+    const bool ok = t->scalar_type() == at::kDouble ? all_finite(t->data_ptr<double>(), t->numel())
+                                                     : all_finite(t->data_ptr<float>(), t->numel());
+    if (!ok) raise_nonfinite(op, name + sfx);
+  }
+}
+void check_rows_finite(const char* op, int bad, const std::string& sfx) {
+  if (bad & kBadU) raise_nonfinite(op, "u" + sfx);
+  if (bad & kBadDelta) raise_nonfinite(op, "delta" + sfx);
+  if (bad & kBadZ) raise_nonfinite(op, "z");
+}
+
+// Rows are handed out dynamically (threads pull small chunks from a shared counter) so that a thread that is
+// descheduled on a busy machine does not hold a fixed share of the work; each thread keeps its own buffers.
+template <typename Setup, typename Body>
+void parallel_rows(int64_t total, Setup&& setup, Body&& body) {
+  if (total <= 0) return;
+  const int64_t nthreads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total));
+  const int64_t chunk = std::max<int64_t>(1, total / (16 * nthreads));
+  std::atomic<int64_t> next{0}, slots{0};
+  at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
+    auto state = setup(slots.fetch_add(1));  // slot < nthreads: indexes per-worker accumulation buffers
+    for (;;) {
+      const int64_t r0 = next.fetch_add(chunk);
+      if (r0 >= total) break;
+      const int64_t r1 = std::min(r0 + chunk, total);
+      for (int64_t row = r0; row < r1; ++row) body(state, row);
+    }
+  });
 }
 
 void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
@@ -395,32 +458,42 @@ void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
 
 at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
                     const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias,
-                    bool softplus_, bool reverse, int64_t W) {
+                    bool softplus_, bool reverse, int64_t W, bool check_finite) {
   check_inputs(u, delta, A, Bt, Ct, D, z, bias);
+  if (check_finite) check_params_finite("selective_scan", "", A, Bt, Ct, D, bias);
+  std::atomic<int> bad{0};
   auto out = at::empty_like(u);
   const int64_t Bsz = u.size(0), Dm = u.size(1), L = u.size(2), N = A.size(1);
   const Shape s{L, N, std::min(std::max<int64_t>(W, 1), L), reverse};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, u.scalar_type(), "vimzoo_scan_fwd", [&] {
     using acc_t = acc_of<scalar_t>;
-    at::parallel_for(0, Bsz * Dm, 1, [&](int64_t begin, int64_t end) {
-      FwdBuffers<acc_t> buf(L, N, s.W);
-      for (int64_t row = begin; row < end; ++row) {
-        row_forward<scalar_t, acc_t>(u, delta, A, Bt, Ct, D, bias, softplus_, s, row / Dm, row % Dm, buf,
-                                     buf.y.data());
-        gate_store(buf.y.data(), z.has_value() ? z->data_ptr<scalar_t>() + row * L : nullptr, L, buf.zs.data(), buf.sg.data(),
-                   out.data_ptr<scalar_t>() + row * L);
-      }
-    });
+    parallel_rows(
+        Bsz * Dm, [&](int64_t) { return FwdBuffers<acc_t>(L, N, s.W); },
+        [&](FwdBuffers<acc_t>& buf, int64_t row) {
+          int f = row_forward<scalar_t, acc_t>(u, delta, A, Bt, Ct, D, bias, softplus_, s, row / Dm, row % Dm, buf,
+                                               buf.y.data());
+          f |= gate_store(buf.y.data(), z.has_value() ? z->data_ptr<scalar_t>() + row * L : nullptr, L,
+                          buf.zs.data(), buf.sg.data(), out.data_ptr<scalar_t>() + row * L);
+          if (f) bad.fetch_or(f);
+        });
   });
+  if (check_finite) check_rows_finite("selective_scan", bad.load(), "");
   return out;
 }
 
 at::Tensor bidir_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
                      const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& bias, const at::Tensor& u_b,
                      const at::Tensor& delta_b, const at::Tensor& A_b, const at::Tensor& Bt_b, const at::Tensor& Ct_b,
-                     const opt_tensor& D_b, const opt_tensor& bias_b, const opt_tensor& z, bool softplus_) {
+                     const opt_tensor& D_b, const opt_tensor& bias_b, const opt_tensor& z, bool softplus_,
+                     bool check_finite) {
   check_inputs(u, delta, A, Bt, Ct, D, z, bias);
   check_inputs(u_b, delta_b, A_b, Bt_b, Ct_b, D_b, z, bias_b);
+  const char* op = "bidirectional_selective_scan";
+  if (check_finite) {
+    check_params_finite(op, "", A, Bt, Ct, D, bias);
+    check_params_finite(op, "_b", A_b, Bt_b, Ct_b, D_b, bias_b);
+  }
+  std::atomic<int> bad{0}, bad_b{0};
   TORCH_CHECK(u_b.sizes() == u.sizes() && u_b.scalar_type() == u.scalar_type() && A_b.sizes() == A.sizes(),
               "vimzoo bidir_fwd: both directions must have equal shapes/dtypes");
   auto out = at::empty_like(u);
@@ -428,20 +501,27 @@ at::Tensor bidir_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Ten
   const Shape sf{L, N, 1, false}, sb{L, N, 1, true};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, u.scalar_type(), "vimzoo_bidir_fwd", [&] {
     using acc_t = acc_of<scalar_t>;
-    at::parallel_for(0, Bsz * Dm, 1, [&](int64_t begin, int64_t end) {
-      FwdBuffers<acc_t> buf(L, N, 1);
-      std::vector<acc_t> yb(L);
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t bi = row / Dm, di = row % Dm;
-        row_forward<scalar_t, acc_t>(u, delta, A, Bt, Ct, D, bias, softplus_, sf, bi, di, buf, buf.y.data());
-        row_forward<scalar_t, acc_t>(u_b, delta_b, A_b, Bt_b, Ct_b, D_b, bias_b, softplus_, sb, bi, di, buf,
-                                     yb.data());
-        for (int64_t t = 0; t < L; ++t) buf.y[t] += yb[t];
-        gate_store(buf.y.data(), z.has_value() ? z->data_ptr<scalar_t>() + row * L : nullptr, L, buf.zs.data(), buf.sg.data(),
-                   out.data_ptr<scalar_t>() + row * L);
-      }
-    });
+    parallel_rows(
+        Bsz * Dm, [&](int64_t) { return std::make_pair(FwdBuffers<acc_t>(L, N, 1), std::vector<acc_t>(L)); },
+        [&](auto& st, int64_t row) {
+          auto& buf = st.first;
+          auto& yb = st.second;
+          const int64_t bi = row / Dm, di = row % Dm;
+          int f = row_forward<scalar_t, acc_t>(u, delta, A, Bt, Ct, D, bias, softplus_, sf, bi, di, buf,
+                                               buf.y.data());
+          const int fb = row_forward<scalar_t, acc_t>(u_b, delta_b, A_b, Bt_b, Ct_b, D_b, bias_b, softplus_, sb, bi,
+                                                      di, buf, yb.data());
+          for (int64_t t = 0; t < L; ++t) buf.y[t] += yb[t];
+          f |= gate_store(buf.y.data(), z.has_value() ? z->data_ptr<scalar_t>() + row * L : nullptr, L,
+                          buf.zs.data(), buf.sg.data(), out.data_ptr<scalar_t>() + row * L);
+          if (f) bad.fetch_or(f);
+          if (fb) bad_b.fetch_or(fb);
+        });
   });
+  if (check_finite) {
+    check_rows_finite(op, bad.load(), "");
+    check_rows_finite(op, bad_b.load(), "_b");
+  }
   return out;
 }
 
@@ -571,17 +651,25 @@ void scan_bwd_rows(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
                    at::Tensor& dbias_rows, at::Tensor& dBt_thr, at::Tensor& dCt_thr) {
   using acc_t = acc_of<in_t>;
   const int64_t Bsz = u.size(0), Dm = u.size(1), L = s.L, N = s.N;
-  at::parallel_for(0, Bsz * Dm, 1, [&](int64_t begin, int64_t end) {
-    const int64_t tid = at::get_thread_num();
-    TORCH_CHECK(tid >= 0 && tid < nthreads, "vimzoo scan_bwd: unexpected thread id");
-    BwdBuffers<acc_t> bf(L, N, s.W);
-    std::vector<acc_t> sdbB(L), sgAA(L);
-    for (int64_t row = begin; row < end; ++row) {
+  struct State {
+    int64_t tid;
+    BwdBuffers<acc_t> bf;
+    std::vector<acc_t> sdbB, sgAA;
+  };
+  auto setup = [&](int64_t tid) {
+    TORCH_CHECK(tid >= 0 && tid < nthreads, "vimzoo scan_bwd: more workers than accumulation slots");
+    return State{tid, BwdBuffers<acc_t>(L, N, s.W), std::vector<acc_t>(L), std::vector<acc_t>(L)};
+  };
+  parallel_rows(Bsz * Dm, setup, [&](State& st, int64_t row) {
+      const int64_t tid = st.tid;
+      auto& bf = st.bf;
+      auto& sdbB = st.sdbB;
+      auto& sgAA = st.sgAA;
       const int64_t bi = row / Dm, di = row % Dm;
       const acc_t bv = bias.has_value() ? bias->data_ptr<acc_t>()[di] : acc_t(0);
       const acc_t Dv = D.has_value() ? D->data_ptr<acc_t>()[di] : acc_t(0);
-      token_prepass(u.data_ptr<in_t>() + row * L, delta.data_ptr<in_t>() + row * L, bv, softplus_, L, bf.dt.data(),
-                    bf.dtu.data(), bf.uf.data());
+      (void)token_prepass(u.data_ptr<in_t>() + row * L, delta.data_ptr<in_t>() + row * L, bv, softplus_, L,
+                          bf.dt.data(), bf.dtu.data(), bf.uf.data());
       // g = dout · silu(z); sig = dsoftplus = sigmoid(δ + bias).
       const in_t* go = dout.data_ptr<in_t>() + row * L;
       acc_t* __restrict gg = bf.g.data();
@@ -644,7 +732,6 @@ void scan_bwd_rows(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
       for (int64_t n = 0; n < N; ++n) dAr[n] = bf.dA_acc[n];
       dD_rows.data_ptr<acc_t>()[row] = dD_acc;
       dbias_rows.data_ptr<acc_t>()[row] = dbias_acc;
-    }
   });
 }
 
@@ -680,7 +767,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, co
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "vimzoo CPU selective-scan kernels (plain / reverse / LB / bidirectional; forward + backward)";
-  m.def("scan_fwd", &scan_fwd, "selective scan forward (gated by silu(z) when given)");
+  m.def("scan_fwd", &scan_fwd, "selective scan forward (gated by silu(z) when given); ValueError on NaN/inf input");
   m.def("scan_bwd", &scan_bwd, "selective scan backward (recomputes states): du, ddelta, dA, dBt, dCt, dD, dz, dbias");
-  m.def("bidir_fwd", &bidir_fwd, "fused forward + reverse scan, gated by silu(z)");
+  m.def("bidir_fwd", &bidir_fwd, "fused forward + reverse scan, gated by silu(z); ValueError on NaN/inf input");
 }

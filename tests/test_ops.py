@@ -341,6 +341,36 @@ def test_errors_are_clear():
         ops.set_backend('nope')
 
 
+@pytest.mark.parametrize('backend', ['reference', 'auto'])
+def test_nonfinite_inputs_raise_value_error(backend):
+    """Checked inside each implementation: Python for the reference (and CUDA), in-kernel for the CPU kernel."""
+    u, delta, A, B, C, D, z, bias = _make(2, 3, 8, 16)
+    cases = {'u': 0, 'delta': 1, 'A': 2, 'B': 3, 'C': 4, 'D': 5, 'z': 6, 'delta_bias': 7}
+    for name, idx in cases.items():
+        args = [u, delta, A, B, C, D, z, bias]
+        bad = args[idx].clone()
+        bad.view(-1)[bad.numel() // 2] = float('nan') if idx % 2 else float('-inf')
+        args[idx] = bad
+        with pytest.raises(ValueError, match=f'selective_scan: {name} contains NaN or inf'):
+            ops.selective_scan(*args[:5], D=args[5], z=args[6], delta_bias=args[7], delta_softplus=True,
+                               local_window=4, backend=backend)
+    bad = u.clone()
+    bad[1, 2, 7] = float('inf')
+    with pytest.raises(ValueError, match='u_b contains NaN or inf'):
+        ops.bidirectional_selective_scan(u, delta, A, B, C, D, bias, bad, delta, A, B, C, D, bias, z=z, backend=backend)
+    with pytest.raises(ValueError, match='z contains NaN or inf'):
+        ops.bidirectional_selective_scan(u, delta, A, B, C, D, bias, u, delta, A, B, C, D, bias, z=bad,
+                                         backend=backend)
+    with pytest.raises(ValueError, match='x contains NaN or inf'):
+        ops.causal_conv1d(bad, torch.randn(3, 4), backend=backend)
+    ops.set_check_finite(False)
+    try:   # opt-out: no check, the NaN simply propagates
+        out = ops.selective_scan(bad, delta, A, B, C, backend=backend)
+        assert not torch.isfinite(out).all()
+    finally:
+        ops.set_check_finite(True)
+
+
 def test_use_backend_context_restores():
     assert ops.get_backend() == 'auto'
     with ops.use_backend('reference'):

@@ -40,8 +40,17 @@ def check_tensor(op: str, name: str, t, shape: tuple, dtypes: tuple, device: Opt
     if device is not None and t.device != device:
         raise ValueError(f'{op}: all tensors must be on the same device; u is on {device} but {name} is on '
                          f'{t.device}.')
-    if check_finite_enabled() and _is_concrete(t) and t.numel() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f'{op}: {name} contains NaN or inf values.')
+
+
+def check_finite(op: str, named: dict) -> None:
+    """NaN/inf check run inside the op implementations (eager, real tensors; the CPU kernel checks in-kernel).
+
+    Costs one reduction + host sync per tensor; disable with vimzoo.ops.set_check_finite(False)."""
+    if not check_finite_enabled():
+        return
+    for name, t in named.items():
+        if t is not None and _is_concrete(t) and t.numel() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f'{op}: {name} contains NaN or inf values.')
 
 
 def check_scan_inputs(op: str, u, delta, A, B, C, D, z, delta_bias, local_window=None, suffix: str = ''):

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from ._backend import resolve_backend
+from ._backend import check_finite_enabled, resolve_backend
+from ._check import check_finite
 from .reference import (bidirectional_selective_scan_ref, causal_conv1d_bwd_ref, causal_conv1d_ref,
                         compute_dtype, selective_scan_bwd_ref, selective_scan_ref)
 
@@ -47,9 +48,18 @@ def _prep(impl, u, delta, A, B, C, D, z, delta_bias):
     return act(u), act(delta), par(A), bt, ct, par(D), act(z), par(delta_bias)
 
 
+def _scan_named(u, delta, A, B, C, D, z, delta_bias, sfx=''):
+    return {f'u{sfx}': u, f'delta{sfx}': delta, f'A{sfx}': A, f'B{sfx}': B, f'C{sfx}': C, f'D{sfx}': D, 'z': z,
+            f'delta_bias{sfx}': delta_bias}
+
+
 def _kernel_fwd(impl, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, window):
     args = _prep(impl, u, delta, A, B, C, D, z, delta_bias)
-    out = _ext(impl).scan_fwd(*args, softplus, reverse, window)
+    if impl == 'cpu':   # the CPU kernel checks NaN/inf while it reads the inputs (no extra pass)
+        out = _ext(impl).scan_fwd(*args, softplus, reverse, window, check_finite_enabled())
+    else:
+        check_finite('selective_scan', _scan_named(u, delta, A, B, C, D, z, delta_bias))
+        out = _ext(impl).scan_fwd(*args, softplus, reverse, window)
     return out.to(u.dtype)
 
 
@@ -88,6 +98,7 @@ def selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                       window: int, backend: str) -> Tensor:
     impl = resolve_backend(backend, u.device)
     if impl == 'reference':
+        check_finite('selective_scan', _scan_named(u, delta, A, B, C, D, z, delta_bias))
         lw = None if window <= 1 else window
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, lw).contiguous()
     return _kernel_fwd(impl, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, window)
@@ -145,13 +156,18 @@ def bidirectional_selective_scan_op(
         D_b: Optional[Tensor], delta_bias_b: Optional[Tensor], z: Optional[Tensor], delta_softplus: bool,
         backend: str) -> Tensor:
     impl = resolve_backend(backend, u.device)
+    op = 'bidirectional_selective_scan'
+    if impl != 'cpu':
+        check_finite(op, _scan_named(u, delta, A, B, C, D, z, delta_bias))
+        check_finite(op, _scan_named(u_b, delta_b, A_b, B_b, C_b, D_b, None, delta_bias_b, '_b'))
     if impl == 'reference':
         return bidirectional_selective_scan_ref(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b,
                                                 D_b, delta_bias_b, z, delta_softplus).contiguous()
     f = _prep(impl, u, delta, A, B, C, D, None, delta_bias)
     r = _prep(impl, u_b, delta_b, A_b, B_b, C_b, D_b, None, delta_bias_b)
     zk = None if z is None else z.to(f[0].dtype).contiguous()
-    out = _ext(impl).bidir_fwd(*f[:6], f[7], *r[:6], r[7], zk, delta_softplus)
+    extra = (check_finite_enabled(),) if impl == 'cpu' else ()
+    out = _ext(impl).bidir_fwd(*f[:6], f[7], *r[:6], r[7], zk, delta_softplus, *extra)
     return out.to(u.dtype)
 
 
@@ -193,6 +209,7 @@ bidirectional_selective_scan_op.register_autograd(_bidir_backward, setup_context
 def causal_conv1d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str, reverse: bool,
                      backend: str) -> Tensor:
     resolve_backend(backend, x.device)
+    check_finite('causal_conv1d', {'x': x, 'weight': weight, 'bias': bias})
     return causal_conv1d_ref(x, weight, bias, activation or None, reverse).contiguous()
 
 
