@@ -1,0 +1,143 @@
+"""ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases (d'Ascoli et al., ICML 2021,
+arXiv 2103.10697) -- timm-backed family.
+
+timm ships ConViT (`timm/models/convit.py`, adapted from facebookresearch/convit whose code and weights are
+CC-BY-NC 4.0; the official ImageNet-1k weights are re-hosted as `timm/convit_{tiny,small,base}.fb_in1k`). The zoo
+*adopts* timm's entrypoints unchanged and adds a tiny `test_convit` built through timm's own `_create_convit`.
+
+What timm's `ConVit` lacks and the zoo adds, in the subclass `ZooConVit` (used only by `test_convit`; timm's own
+`convit_*` models are never replaced -- build a full-size model with the additions via `create_zoo_convit`):
+* gradient checkpointing -- timm's `set_grad_checkpointing(True)` raises ("not supported"); `ZooConVit`
+  checkpoints every block (outputs and gradients identical, see tests);
+* `no_weight_decay()` is inherited ({'pos_embed', 'cls_token'}); `forward_intermediates` and the `getter`
+  feature wrapper are timm's.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs
+from timm.models._features import feature_take_indices
+from timm.models.convit import ConVit
+
+from vimzoo.zoo import adopt_timm_models, register_zoo_model
+
+__all__ = ['ZooConVit', 'create_zoo_convit', 'TIMM_CONVIT_MODELS']
+
+TIMM_CONVIT_MODELS = ('convit_tiny', 'convit_small', 'convit_base')
+adopt_timm_models('convit', TIMM_CONVIT_MODELS)
+
+# The three official sizes (timm's entrypoint arguments; embed_dim is per head, ConVit multiplies it by num_heads).
+CONVIT_ARGS = {
+    'convit_tiny': dict(local_up_to_layer=10, locality_strength=1.0, embed_dim=48, num_heads=4),
+    'convit_small': dict(local_up_to_layer=10, locality_strength=1.0, embed_dim=48, num_heads=9),
+    'convit_base': dict(local_up_to_layer=10, locality_strength=1.0, embed_dim=48, num_heads=16),
+}
+
+
+class ZooConVit(ConVit):
+    """timm's `ConVit` plus real gradient checkpointing (per block, `torch.utils.checkpoint`, non-reentrant)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.grad_checkpointing = False
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def _block(self, blk: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(blk, x)
+        return blk(x)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        if self.use_pos_embed:
+            x = x + self.pos_embed
+        return self.pos_drop(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._embed(x)
+        for i, blk in enumerate(self.blocks):
+            if i == self.local_up_to_layer and self.cls_token is not None:
+                # class token joins after the GPSA (local) blocks, as in timm/official ConViT
+                x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+            x = self._block(blk, x)
+        return self.norm(x)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """timm's ConViT intermediates (patch tokens of each block, class token dropped), with checkpointing."""
+        assert output_fmt in ('NCHW', 'NLC'), 'Output format must be one of NCHW or NLC.'
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        B, _, height, width = x.shape
+        x = self._embed(x)
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
+        intermediates = []
+        for i, blk in enumerate(blocks):
+            if i == self.local_up_to_layer and self.cls_token is not None:
+                x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)
+            x = self._block(blk, x)
+            if i in take_indices:
+                y = self.norm(x) if norm else x
+                intermediates.append(y[:, 1:] if i >= self.local_up_to_layer and self.cls_token is not None else y)
+        if output_fmt == 'NCHW':
+            H, W = self.patch_embed.dynamic_feat_size((height, width))
+            intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+
+def _create_zoo_convit(variant: str, pretrained: bool = False, **kwargs: Any) -> ZooConVit:
+    """timm's `_create_convit` with the `ZooConVit` class (isometric: `getter` features, last 3 blocks)."""
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_model_with_cfg(
+        ZooConVit,
+        variant,
+        pretrained,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def create_zoo_convit(variant: str, pretrained: bool = False, **kwargs: Any) -> ZooConVit:
+    """Build one of timm's ConViTs (`convit_tiny/small/base`, timm's pretrained cfg and weights) as a `ZooConVit`.
+
+    Same architecture, weights and state_dict keys as `timm.create_model(variant)`; only the zoo additions differ.
+    """
+    if variant not in CONVIT_ARGS:
+        raise ValueError(f'Unknown ConViT variant {variant!r}; choose one of {sorted(CONVIT_ARGS)}.')
+    return _create_zoo_convit(variant, pretrained=pretrained, **dict(CONVIT_ARGS[variant], **kwargs))
+
+
+def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
+    return {
+        'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD, 'fixed_input_size': True,
+        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'cc-by-nc-4.0',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'test_convit': _cfg(input_size=(3, 64, 64), crop_pct=1.0),
+})
+
+
+@register_zoo_model('convit')
+def test_convit(pretrained: bool = False, **kwargs: Any) -> ZooConVit:
+    """Tiny ConViT: 2 GPSA blocks then 2 MHSA blocks (class token joins in between), 8x8 patches on 64x64."""
+    model_args = dict(
+        img_size=64, patch_size=8, embed_dim=16, num_heads=4, depth=4, local_up_to_layer=2, locality_strength=1.0)
+    return _create_zoo_convit('test_convit', pretrained=pretrained, **dict(model_args, **kwargs))
