@@ -41,6 +41,7 @@ def make(b, d, l, n, seed=0):
 
 
 def median_time(fn, warmup, repeats):
+    """(median, min) wall seconds over `repeats` timed calls after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -48,7 +49,7 @@ def median_time(fn, warmup, repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def run_case(kind, b, d, l, n, backend, warmup, repeats):
@@ -76,12 +77,13 @@ def run_case(kind, b, d, l, n, backend, warmup, repeats):
         y = call(leaves, leaves2)
         torch.autograd.grad(y, all_leaves, gy)
 
-    return median_time(fwd, warmup, repeats) * 1e3, median_time(fwd_bwd, warmup, repeats) * 1e3
+    (f_med, f_min), (fb_med, fb_min) = median_time(fwd, warmup, repeats), median_time(fwd_bwd, warmup, repeats)
+    return f_med * 1e3, fb_med * 1e3, f_min * 1e3, fb_min * 1e3
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--threads', default='2', help='comma-separated thread counts, e.g. "1,2"')
     ap.add_argument('--warmup', type=int, default=2)
     ap.add_argument('--repeats', type=int, default=15)
     ap.add_argument('--ref-repeats', type=int, default=3)
@@ -91,7 +93,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.repeats, args.ref_repeats, args.warmup = 5, 1, 1
-    torch.set_num_threads(args.threads)
     from vimzoo.ops._loader import cpu_extension
     t0 = time.time()
     cpu_extension(required=True)
@@ -102,32 +103,37 @@ def main(argv=None):
              ('lb', 8, 384, 197, 16), ('bidir', 8, 384, 197, 16), ('plain', 1, 384, 4096, 16),
              ('lb', 1, 384, 4096, 16)]
     rows = []
-    for kind, b, d, l, n in cases:
-        res = {}
-        for backend in ('cpu', 'reference'):
-            if backend == 'reference' and l > 1000 and args.no_long_ref:
-                continue
-            reps = args.repeats if backend == 'cpu' else args.ref_repeats
-            warm = args.warmup if backend == 'cpu' else min(args.warmup, 1)
-            res[backend] = run_case(kind, b, d, l, n, backend, warm, reps)
-        row = dict(scan=kind, b=b, d=d, l=l, n=n, window=ops.lb_window(l) if kind == 'lb' else 1,
-                   threads=args.threads, cpu_fwd_ms=round(res['cpu'][0], 3), cpu_fwd_bwd_ms=round(res['cpu'][1], 3))
-        if 'reference' in res:
-            row.update(ref_fwd_ms=round(res['reference'][0], 2), ref_fwd_bwd_ms=round(res['reference'][1], 2),
-                       speedup_fwd=round(res['reference'][0] / res['cpu'][0], 1),
-                       speedup_fwd_bwd=round(res['reference'][1] / res['cpu'][1], 1))
-        rows.append(row)
-        print(row, flush=True)
-    # LB cost relative to the one-direction scan at the same shape (kernel).
-    plain = {(r['b'], r['l']): r for r in rows if r['scan'] == 'plain'}
+    for threads in [int(t) for t in str(args.threads).split(',')]:
+        torch.set_num_threads(threads)
+        for kind, b, d, l, n in cases:
+            res = {}
+            for backend in ('cpu', 'reference'):
+                if backend == 'reference' and l > 1000 and args.no_long_ref:
+                    continue
+                reps = args.repeats if backend == 'cpu' else args.ref_repeats
+                warm = args.warmup if backend == 'cpu' else min(args.warmup, 1)
+                res[backend] = run_case(kind, b, d, l, n, backend, warm, reps)
+            c = res['cpu']
+            row = dict(scan=kind, b=b, d=d, l=l, n=n, window=ops.lb_window(l) if kind == 'lb' else 1,
+                       threads=threads, cpu_fwd_ms=round(c[0], 3), cpu_fwd_bwd_ms=round(c[1], 3),
+                       cpu_fwd_min_ms=round(c[2], 3), cpu_fwd_bwd_min_ms=round(c[3], 3))
+            if 'reference' in res:
+                r = res['reference']
+                row.update(ref_fwd_ms=round(r[0], 2), ref_fwd_bwd_ms=round(r[1], 2),
+                           speedup_fwd=round(r[0] / c[0], 1), speedup_fwd_bwd=round(r[1] / c[1], 1))
+            rows.append(row)
+            print(row, flush=True)
+    # LB / bidirectional cost relative to the one-direction scan at the same shape and threads (kernel, medians).
+    plain = {(r['b'], r['l'], r['threads']): r for r in rows if r['scan'] == 'plain'}
     for r in rows:
-        p = plain.get((r['b'], r['l']))
+        p = plain.get((r['b'], r['l'], r['threads']))
         if p is not None and r['scan'] in ('lb', 'bidir'):
             r['cpu_fwd_vs_plain'] = round(r['cpu_fwd_ms'] / p['cpu_fwd_ms'], 2)
             r['cpu_fwd_bwd_vs_plain'] = round(r['cpu_fwd_bwd_ms'] / p['cpu_fwd_bwd_ms'], 2)
     load_after = os.getloadavg()[0]
-    fields = ['scan', 'b', 'd', 'l', 'n', 'window', 'threads', 'cpu_fwd_ms', 'cpu_fwd_bwd_ms', 'ref_fwd_ms',
-              'ref_fwd_bwd_ms', 'speedup_fwd', 'speedup_fwd_bwd', 'cpu_fwd_vs_plain', 'cpu_fwd_bwd_vs_plain']
+    fields = ['scan', 'b', 'd', 'l', 'n', 'window', 'threads', 'cpu_fwd_ms', 'cpu_fwd_bwd_ms', 'cpu_fwd_min_ms',
+              'cpu_fwd_bwd_min_ms', 'ref_fwd_ms', 'ref_fwd_bwd_ms', 'speedup_fwd', 'speedup_fwd_bwd',
+              'cpu_fwd_vs_plain', 'cpu_fwd_bwd_vs_plain']
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix('.csv'), 'w', newline='') as fh:
@@ -140,16 +146,17 @@ def main(argv=None):
            f'kernel build/load {build_s:.1f}s (not timed), warmup {args.warmup}, median of {args.repeats} '
            f'(kernel) / {args.ref_repeats} (reference) runs, {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}')
     lines = ['# CPU selective-scan benchmark (fp32)', '', env, '',
-             '| scan | b | l | W | kernel fwd ms | kernel fwd+bwd ms | ref fwd ms | ref fwd+bwd ms | speedup fwd | '
-             'speedup fwd+bwd | kernel vs plain (fwd / fwd+bwd) |',
-             '|---|---|---|---|---|---|---|---|---|---|---|']
+             '| threads | scan | b | l | W | kernel fwd ms | kernel fwd+bwd ms | ref fwd ms | ref fwd+bwd ms | '
+             'speedup fwd | speedup fwd+bwd | kernel vs plain (fwd / fwd+bwd) |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         vs = f"{r['cpu_fwd_vs_plain']} / {r['cpu_fwd_bwd_vs_plain']}" if 'cpu_fwd_vs_plain' in r else ''
-        lines.append(f"| {r['scan']} | {r['b']} | {r['l']} | {r['window']} | {r['cpu_fwd_ms']} | "
+        lines.append(f"| {r['threads']} | {r['scan']} | {r['b']} | {r['l']} | {r['window']} | {r['cpu_fwd_ms']} | "
                      f"{r['cpu_fwd_bwd_ms']} | {r.get('ref_fwd_ms', '')} | {r.get('ref_fwd_bwd_ms', '')} | "
                      f"{r.get('speedup_fwd', '')} | {r.get('speedup_fwd_bwd', '')} | {vs} |")
     lines += ['', 'd=384, n=16 (Vim-T d_inner, d_state). bidir = fused forward + reverse scan (two parameter sets); '
-              'ref = sequential PyTorch reference backend (Python loop over tokens, explicit backward formulas).']
+              'ref = sequential PyTorch reference backend (Python loop over tokens, explicit backward formulas). '
+              'Times are medians; the CSV also has the kernel minima.']
     out.with_suffix('.md').write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines))
 

@@ -7,7 +7,9 @@
 // atomicAdd. Layout contract as the CPU kernel: u, delta, z, dout (b, d, l); A (d, n); Bt, Ct (b, l, n) fp32;
 // D, delta_bias (d,) fp32. Input dtypes: fp32 and bf16 (compute in fp32). Only plain C++/CUDA headers are
 // included here so nvcc compiles quickly; the torch-facing code lives in scan_cuda.cpp.
+#ifndef VIMZOO_CUDA_EMULATION  // tests/cuda_emu compiles this file as C++ with a warp emulator
 #include <cuda_runtime.h>
+#endif
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
@@ -274,6 +276,7 @@ __global__ void scan_bwd_kernel(ScanParams p, float* __restrict__ hf, float* __r
   }
 }
 
+#ifndef VIMZOO_CUDA_EMULATION
 inline unsigned grid_for(const ScanParams& p) {
   return static_cast<unsigned>((p.batch * p.dim + kWarpsPerBlock - 1) / kWarpsPerBlock);
 }
@@ -318,5 +321,7 @@ cudaError_t launch_scan_bwd(const ScanParams& p, int dtype, float* hf, float* hb
   }
   return cudaGetLastError();
 }
+
+#endif  // VIMZOO_CUDA_EMULATION
 
 }  // namespace vimzoo_cuda

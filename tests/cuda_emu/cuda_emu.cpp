@@ -1,0 +1,178 @@
+// CPU emulation harness for csrc/scan_cuda_kernel.cu (test-only; there is no GPU on the CI machine).
+//
+// Compiles the REAL kernel source as C++ with a tiny shim: every CUDA thread becomes a std::thread, each warp of
+// 32 threads shares a std::barrier that implements __shfl_xor_sync / __syncwarp in lock-step, atomicAdd maps to
+// std::atomic_ref. Blocks run one after another. This checks the kernels' indexing, recurrences and reductions
+// against the PyTorch reference; it says nothing about GPU-specific behaviour (memory model, occupancy, speed).
+#include <torch/extension.h>
+
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <memory>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#define VIMZOO_CUDA_EMULATION 1
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+thread_local dim3 threadIdx, blockIdx;
+
+struct WarpCtx {
+  std::barrier<> bar{32};
+  float buf[32];
+};
+thread_local WarpCtx* tl_warp = nullptr;
+thread_local int tl_lane = 0;
+
+inline float __shfl_xor_sync(unsigned, float v, int off) {
+  tl_warp->buf[tl_lane] = v;
+  tl_warp->bar.arrive_and_wait();
+  const float r = tl_warp->buf[tl_lane ^ off];
+  tl_warp->bar.arrive_and_wait();
+  return r;
+}
+inline void __syncwarp(unsigned = 0xffffffffu) { tl_warp->bar.arrive_and_wait(); }
+inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+
+#include "../../csrc/scan_cuda_kernel.cu"
+
+namespace {
+
+using opt_tensor = std::optional<at::Tensor>;
+using vimzoo_cuda::ScanParams;
+constexpr int kWarps = vimzoo_cuda::kWarpsPerBlock;
+
+template <typename F>
+void launch(int64_t rows, F&& kernel) {  // grid = ceil(rows / warps per block), block = 32 * warps
+  const int64_t grid = (rows + kWarps - 1) / kWarps;
+  for (int64_t b = 0; b < grid; ++b) {
+    std::vector<std::unique_ptr<WarpCtx>> warps;
+    for (int w = 0; w < kWarps; ++w) warps.push_back(std::make_unique<WarpCtx>());
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 32 * kWarps; ++t) {
+      threads.emplace_back([&, t, b] {
+        blockIdx = dim3(static_cast<unsigned>(b));
+        threadIdx = dim3(static_cast<unsigned>(t));
+        tl_warp = warps[t / 32].get();
+        tl_lane = t % 32;
+        kernel();
+      });
+    }
+    for (auto& th : threads) th.join();
+  }
+}
+
+// Same parameter packing as csrc/scan_cuda.cpp (CPU tensors instead of CUDA ones).
+ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                       const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias,
+                       bool softplus, bool reverse, int64_t W) {
+  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kBFloat16, "emu: fp32/bf16 only");
+  TORCH_CHECK(A.size(1) <= 256, "emu: d_state <= 256");
+  ScanParams p;
+  p.batch = u.size(0);
+  p.dim = u.size(1);
+  p.len = u.size(2);
+  p.nstate = A.size(1);
+  p.window = std::max<int64_t>(1, std::min<int64_t>(W, u.size(2)));
+  p.reverse = reverse;
+  p.softplus = softplus;
+  p.u = u.data_ptr();
+  p.delta = delta.data_ptr();
+  p.z = z.has_value() ? z->data_ptr() : nullptr;
+  p.dout = nullptr;
+  p.A = A.data_ptr<float>();
+  p.Bt = Bt.data_ptr<float>();
+  p.Ct = Ct.data_ptr<float>();
+  p.D = D.has_value() ? D->data_ptr<float>() : nullptr;
+  p.bias = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  return p;
+}
+
+template <typename T>
+void fwd_t(const ScanParams& p, float* y, void* out) {
+  launch(p.batch * p.dim, [&] { vimzoo_cuda::scan_fwd_kernel<T>(p, y, static_cast<T*>(out)); });
+}
+
+at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                    const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias,
+                    bool softplus, bool reverse, int64_t W) {
+  auto p = make_params(u, delta, A, Bt, Ct, D, z, bias, softplus, reverse, W);
+  auto y = at::empty(u.sizes(), u.options().dtype(at::kFloat));
+  auto out = at::empty_like(u);
+  if (u.scalar_type() == at::kFloat) {
+    fwd_t<float>(p, y.data_ptr<float>(), out.data_ptr());
+  } else {
+    fwd_t<c10::BFloat16>(p, y.data_ptr<float>(), out.data_ptr());
+  }
+  return out;
+}
+
+at::Tensor bidir_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                     const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& bias, const at::Tensor& u_b,
+                     const at::Tensor& delta_b, const at::Tensor& A_b, const at::Tensor& Bt_b, const at::Tensor& Ct_b,
+                     const opt_tensor& D_b, const opt_tensor& bias_b, const opt_tensor& z, bool softplus) {
+  auto pf = make_params(u, delta, A, Bt, Ct, D, z, bias, softplus, false, 1);
+  auto pb = make_params(u_b, delta_b, A_b, Bt_b, Ct_b, D_b, z, bias_b, softplus, true, 1);
+  auto y = at::empty(u.sizes(), u.options().dtype(at::kFloat));
+  auto out = at::empty_like(u);
+  float* yp = y.data_ptr<float>();
+  if (u.scalar_type() == at::kFloat) {
+    launch(pf.batch * pf.dim,
+           [&] { vimzoo_cuda::bidir_fwd_kernel<float>(pf, pb, yp, static_cast<float*>(out.data_ptr())); });
+  } else {
+    using bf = c10::BFloat16;
+    launch(pf.batch * pf.dim, [&] { vimzoo_cuda::bidir_fwd_kernel<bf>(pf, pb, yp, static_cast<bf*>(out.data_ptr())); });
+  }
+  return out;
+}
+
+std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& delta,
+                                 const at::Tensor& A, const at::Tensor& Bt, const at::Tensor& Ct, const opt_tensor& D,
+                                 const opt_tensor& z, const opt_tensor& bias, bool softplus, bool reverse,
+                                 int64_t W) {
+  auto p = make_params(u, delta, A, Bt, Ct, D, z, bias, softplus, reverse, W);
+  p.dout = dout.data_ptr();
+  const int64_t B = u.size(0), Dm = u.size(1), L = u.size(2), N = A.size(1);
+  auto f32 = u.options().dtype(at::kFloat);
+  auto hf = at::empty({B, Dm, L, N}, f32), hb = at::empty({B, Dm, L, N}, f32), dxl = at::empty({B, Dm, L, N}, f32);
+  auto du = at::empty_like(u), ddelta = at::empty_like(delta);
+  auto dz = z.has_value() ? at::empty_like(*z) : at::empty({0}, u.options());
+  auto dA_rows = at::zeros({B, Dm, N}, f32), dD_rows = at::zeros({B, Dm}, f32), dbias_rows = at::zeros({B, Dm}, f32);
+  auto dBt = at::zeros({B, L, N}, f32), dCt = at::zeros({B, L, N}, f32);
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    launch(B * Dm, [&] {
+      vimzoo_cuda::scan_bwd_kernel<T>(p, hf.data_ptr<float>(), hb.data_ptr<float>(), dxl.data_ptr<float>(),
+                                      static_cast<T*>(du.data_ptr()), static_cast<T*>(ddelta.data_ptr()),
+                                      z.has_value() ? static_cast<T*>(dz.data_ptr()) : nullptr,
+                                      dA_rows.data_ptr<float>(), dD_rows.data_ptr<float>(),
+                                      dbias_rows.data_ptr<float>(), dBt.data_ptr<float>(), dCt.data_ptr<float>());
+    });
+  };
+  if (u.scalar_type() == at::kFloat) {
+    run(float{});
+  } else {
+    run(c10::BFloat16{});
+  }
+  auto dD = D.has_value() ? dD_rows.sum(0) : at::empty({0}, f32);
+  auto dbias = bias.has_value() ? dbias_rows.sum(0) : at::empty({0}, f32);
+  return {du, ddelta, dA_rows.sum(0), dBt, dCt, dD, dz, dbias};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "CPU emulation of the vimzoo CUDA scan kernels (test-only)";
+  m.def("scan_fwd", &scan_fwd);
+  m.def("scan_bwd", &scan_bwd);
+  m.def("bidir_fwd", &bidir_fwd);
+}
