@@ -187,3 +187,33 @@ def test_input_not_multiple_of_block_grid_is_a_clear_error():
         model(torch.randn(1, 3, 160, 160))
     cfg = timm.models.get_pretrained_cfg('halonet_h7')
     assert cfg.input_size == (3, 640, 640)
+
+
+def test_convit_grid_rel_indices_match_timm_for_square_grids():
+    from timm.models.convit import GPSA
+    from vimzoo.models.convit import grid_rel_indices
+    gpsa = GPSA(16, num_heads=4)
+    for side in (2, 5, 14):
+        assert torch.equal(gpsa.get_rel_indices(side * side), grid_rel_indices(side, side))
+    rel = grid_rel_indices(2, 3)  # token 1 = (y0, x1), token 5 = (y1, x2): dx 1, dy 1
+    assert rel[0, 1, 5].tolist() == [1.0, 1.0, 2.0] and rel[0, 5, 1].tolist() == [-1.0, -1.0, 2.0]
+
+
+def test_convit_dynamic_img_size_for_dense_prediction():
+    """Native size: bit-identical to timm's ConVit; other (non-square) sizes run and give NCHW maps."""
+    ref = timm.create_model('test_convit').eval()
+    dyn = timm.create_model('test_convit', dynamic_img_size=True).eval()
+    dyn.load_state_dict(ref.state_dict())
+    plain = ConVit(img_size=64, patch_size=8, embed_dim=16, num_heads=4, depth=4, local_up_to_layer=2).eval()
+    plain.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = plain(x)
+        assert torch.equal(ref(x), expected) and torch.equal(dyn(x), expected)
+        with pytest.raises(AssertionError):
+            ref(torch.randn(1, 3, 48, 96))  # timm's strict patch embed
+        out = dyn(torch.randn(1, 3, 48, 96))
+        feats = dyn.forward_intermediates(torch.randn(1, 3, 48, 96), intermediates_only=True)
+        assert torch.equal(dyn(x), expected)  # back at the native grid, GPSA positions are rebuilt
+    assert out.shape == (1, 1000) and torch.isfinite(out).all()
+    assert all(f.shape == (1, 64, 6, 12) for f in feats)

@@ -10,6 +10,11 @@ What timm's `ConVit` lacks and the zoo adds, in the subclass `ZooConVit` (used o
 `convit_*` models are never replaced -- build a full-size model with the additions via `create_zoo_convit`):
 * gradient checkpointing -- timm's `set_grad_checkpointing(True)` raises ("not supported"); `ZooConVit`
   checkpoints every block (outputs and gradients identical, see tests);
+* dense-prediction input sizes -- timm's ConViT only runs at its training size (strict patch embed, fixed
+  `pos_embed`, and GPSA rebuilds its relative positions from sqrt(N), i.e. square grids only). With
+  `dynamic_img_size=True` `ZooConVit` takes any H x W divisible by the patch size: `pos_embed` is resampled
+  (timm's `resample_abs_pos_embed`, bicubic) and every GPSA gets the relative positions of the real H x W grid
+  (same values as timm's for square grids, so outputs at the native size are unchanged);
 * `no_weight_decay()` is inherited ({'pos_embed', 'cls_token'}); `forward_intermediates` and the `getter`
   feature wrapper are timm's.
 """
@@ -19,13 +24,14 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import resample_abs_pos_embed
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs
 from timm.models._features import feature_take_indices
-from timm.models.convit import ConVit
+from timm.models.convit import GPSA, ConVit
 
 from vimzoo.zoo import adopt_timm_models, register_zoo_model
 
-__all__ = ['ZooConVit', 'create_zoo_convit', 'TIMM_CONVIT_MODELS']
+__all__ = ['ZooConVit', 'create_zoo_convit', 'grid_rel_indices', 'TIMM_CONVIT_MODELS']
 
 TIMM_CONVIT_MODELS = ('convit_tiny', 'convit_small', 'convit_base')
 adopt_timm_models('convit', TIMM_CONVIT_MODELS)
@@ -38,12 +44,41 @@ CONVIT_ARGS = {
 }
 
 
-class ZooConVit(ConVit):
-    """timm's `ConVit` plus real gradient checkpointing (per block, `torch.utils.checkpoint`, non-reentrant)."""
+def grid_rel_indices(height: int, width: int, device=None, dtype=None) -> torch.Tensor:
+    """GPSA relative positions (dx, dy, dx^2 + dy^2) between all tokens of a row-major H x W grid, (1, N, N, 3).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    Equals timm's `GPSA.get_rel_indices(N)` for H == W (which assumes a square grid).
+    """
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing='ij')
+    xs, ys = xs.reshape(-1), ys.reshape(-1)
+    dx = xs[None, :] - xs[:, None]
+    dy = ys[None, :] - ys[:, None]
+    rel = torch.stack((dx, dy, dx ** 2 + dy ** 2), dim=-1).unsqueeze(0)
+    return rel.to(device=device, dtype=dtype)
+
+
+class ZooConVit(ConVit):
+    """timm's `ConVit` plus real gradient checkpointing and (opt-in) arbitrary input sizes for dense prediction."""
+
+    def __init__(self, *args: Any, dynamic_img_size: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.grad_checkpointing = False
+        self.dynamic_img_size = dynamic_img_size
+        if dynamic_img_size:
+            self.patch_embed.strict_img_size = False
+        self._rel_grid: Optional[Tuple[int, int]] = None
+
+    def _set_grid(self, grid: Tuple[int, int]) -> None:
+        """Give every GPSA the relative positions of this token grid (cached; GPSA keeps them as a buffer)."""
+        gpsa = [blk.attn for blk in self.blocks if isinstance(blk.attn, GPSA)]
+        if not gpsa or (grid == self._rel_grid and gpsa[0].rel_indices.shape[1] == grid[0] * grid[1]):
+            return
+        weight = gpsa[0].pos_proj.weight
+        rel = grid_rel_indices(grid[0], grid[1], device=weight.device, dtype=weight.dtype)
+        for attn in gpsa:
+            attn.rel_indices = rel
+        self._rel_grid = grid
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -55,9 +90,16 @@ class ZooConVit(ConVit):
         return blk(x)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        grid = self.patch_embed.dynamic_feat_size(x.shape[-2:]) if self.dynamic_img_size else self.patch_embed.grid_size
+        grid = (int(grid[0]), int(grid[1]))
         x = self.patch_embed(x)
         if self.use_pos_embed:
-            x = x + self.pos_embed
+            pos_embed = self.pos_embed
+            if grid != tuple(self.patch_embed.grid_size):
+                pos_embed = resample_abs_pos_embed(
+                    pos_embed, list(grid), old_size=list(self.patch_embed.grid_size), num_prefix_tokens=0)
+            x = x + pos_embed
+        self._set_grid(grid)
         return self.pos_drop(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
