@@ -217,3 +217,13 @@ def test_convit_dynamic_img_size_for_dense_prediction():
         assert torch.equal(dyn(x), expected)  # back at the native grid, GPSA positions are rebuilt
     assert out.shape == (1, 1000) and torch.isfinite(out).all()
     assert all(f.shape == (1, 64, 6, 12) for f in feats)
+
+
+def test_halonet_features_only_default_is_four_stages():
+    model = timm.create_model('test_halonet', features_only=True).eval()
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 64, 64))
+    assert [f.shape[-1] for f in feats] == [16, 8, 4, 2]
+    with_stem = timm.create_model('test_halonet', features_only=True, out_indices=(0, 1, 2, 3, 4))
+    assert with_stem.feature_info.reduction() == [2, 4, 8, 16, 32]

@@ -163,14 +163,19 @@ _INPUT_MULTIPLE['test_halonet'] = 32 * _TEST_B
 
 
 def _create_halonet(variant: str, pretrained: bool = False, **kwargs: Any) -> ZooByobNet:
-    """timm's `_create_byoanet`, but with the zoo's config table and class (timm's `model_cfgs` stays untouched)."""
+    """timm's `_create_byoanet`, but with the zoo's config table and class (timm's `model_cfgs` stays untouched).
+
+    `features_only` defaults to the four stage outputs (strides 4-32) like the zoo's other hierarchical families;
+    `out_indices=(0, 1, 2, 3, 4)` adds the stride-2 stem output as in timm's own ByobNets.
+    """
+    out_indices = kwargs.pop('out_indices', (1, 2, 3, 4))
     return build_model_with_cfg(
         ZooByobNet,
         variant,
         pretrained,
         model_cfg=model_cfgs[variant],
         input_multiple=_INPUT_MULTIPLE[variant],
-        feature_cfg=dict(flatten_sequential=True),
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         **kwargs,
     )
 
