@@ -60,7 +60,8 @@ def test_lbvim_state_dict_is_vim_without_backward_params_and_cls():
         lb = timm.create_model('lbvim_tiny_patch16_224').state_dict()
         lb528 = timm.create_model('lbvim_528_patch16_224').state_dict()
     backward_only = ('A_b_log', 'D_b', 'conv1d_b.', 'x_proj_b.', 'dt_proj_b.')
-    expected = {k: tuple(v.shape) for k, v in vim.items() if k != 'cls_token' and not any(s in k for s in backward_only)}
+    expected = {k: tuple(v.shape) for k, v in vim.items()
+                if k != 'cls_token' and not any(s in k for s in backward_only)}
     expected['pos_embed'] = (1, 196, 192)
     assert {k: tuple(v.shape) for k, v in lb.items()} == expected
     assert {k for k in lb528 if k.startswith('head')} == {

@@ -93,6 +93,12 @@ class RmsNormF32(nn.Module):
         return normed.to(x.dtype), summed
 
 
+def _weight_bmm(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight (o, i) @ x (b, i, l) -> (b, o, l), channel-first like the scan wants; BLAS reads transposed views of
+    `x` in place, so no activation is copied (a Linear on (b, l, i) plus a transpose would copy)."""
+    return torch.bmm(weight.unsqueeze(0).expand(x.shape[0], -1, -1), x)
+
+
 class MambaMixer(nn.Module):
     """Mamba selective-SSM mixer with the official parameter names.
 
@@ -170,14 +176,14 @@ class MambaMixer(nn.Module):
         weight = conv.weight.squeeze(1).to(x.dtype)
         bias = conv.bias.to(x.dtype) if conv.bias is not None else None
         u = causal_conv1d(x, weight, bias, activation='silu', reverse=reverse, backend=self.scan_backend)
-        x_dbl = F.linear(u.transpose(1, 2), x_proj.weight)  # (b, l, R + 2N)
-        dt, b_mat, c_mat = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = torch.matmul(dt_proj.weight, dt.transpose(1, 2))  # (b, d_inner, l); the bias goes to the scan
-        return u, delta, b_mat.transpose(1, 2), c_mat.transpose(1, 2)
+        x_dbl = _weight_bmm(x_proj.weight, u)  # (b, R + 2N, l)
+        dt, b_mat, c_mat = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+        delta = _weight_bmm(dt_proj.weight, dt)  # (b, d_inner, l); the bias goes to the scan (delta_bias)
+        return u, delta, b_mat, c_mat
 
     def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         """x: (B, L, dim). reverse=True runs the whole mixer right-to-left (equals flip -> mixer -> flip)."""
-        xz = torch.matmul(self.in_proj.weight, x.transpose(1, 2))  # (b, 2 * d_inner, l), as the official mixer
+        xz = _weight_bmm(self.in_proj.weight, x.transpose(1, 2))  # (b, 2 * d_inner, l), as the official mixer
         xs, z = xz.chunk(2, dim=1)
         A = -torch.exp(self.A_log.float())
         u, delta, b_mat, c_mat = self._branch(xs, self.conv1d, self.x_proj, self.dt_proj, reverse)
@@ -189,8 +195,6 @@ class MambaMixer(nn.Module):
                 u, delta, A, b_mat, c_mat, self.D.float(), self.dt_proj.bias.float(),
                 u_b, delta_b, -torch.exp(self.A_b_log.float()), b_b, c_b, self.D_b.float(), self.dt_proj_b.bias.float(),
                 z=z, delta_softplus=True, backend=self.scan_backend)
-            if self.divide_out:
-                y = y / 2
         else:
             window = None
             if self.local_bidir:
@@ -198,7 +202,10 @@ class MambaMixer(nn.Module):
             y = selective_scan(
                 u, delta, A, b_mat, c_mat, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
                 delta_softplus=True, reverse=reverse, local_window=window, backend=self.scan_backend)
-        return self.out_proj(y.transpose(1, 2))
+        out = self.out_proj(y.transpose(1, 2))
+        # official: out_proj((y_f + y_b) / 2); halving after the projection is bit-identical (power-of-two scale)
+        # and touches d_model instead of d_inner channels
+        return out * 0.5 if self.bidirectional and self.divide_out else out
 
 
 class MambaBlock(nn.Module):
