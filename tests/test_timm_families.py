@@ -227,3 +227,27 @@ def test_halonet_features_only_default_is_four_stages():
     assert [f.shape[-1] for f in feats] == [16, 8, 4, 2]
     with_stem = timm.create_model('test_halonet', features_only=True, out_indices=(0, 1, 2, 3, 4))
     assert with_stem.feature_info.reduction() == [2, 4, 8, 16, 32]
+
+
+@pytest.mark.parametrize('family', ['davit', 'convit'])
+def test_timm_counts_equal_official_code_exactly(family):
+    """models/<family>.yml counts were measured on the official code; timm's implementation matches them exactly."""
+    for variant in vimzoo.model_index()[family]['variants']:
+        assert _count(_meta(variant['name'])) == variant['params'], variant['name']
+
+
+def test_halonet_table_discriminates_value_ratio_readings():
+    """Negative control for the r_v derivation: the alternative readings miss the paper's H5-H7 counts by >30%."""
+    for name in ('halonet_h5', 'halonet_h6', 'halonet_h7'):
+        paper = HALONET_PAPER[name]
+        official = paper['params_m'] * 1e6
+        with torch.device('meta'):
+            no_rv = _count(ZooByobNet(halonet_cfg(**dict(paper, rv=1.0))))
+            wide = dict(paper, rv=1.0)
+            cfg = halonet_cfg(**wide)
+            # whole bottleneck widened by r_v (1x1 reduction to w * r_v, q/k kept at w)
+            cfg = dataclasses.replace(
+                cfg, blocks=tuple(dataclasses.replace(b, br=paper['rv'] / paper['rb']) for b in cfg.blocks),
+                self_attn_kwargs=dict(cfg.self_attn_kwargs, qk_ratio=1.0 / paper['rv']))
+            widened = _count(ZooByobNet(cfg))
+        assert no_rv < 0.7 * official and widened > 1.3 * official, (name, no_rv, widened)
