@@ -41,15 +41,19 @@ def make(b, d, l, n, seed=0):
 
 
 def median_time(fn, warmup, repeats):
-    """(median, min) wall seconds over `repeats` timed calls after `warmup` untimed ones."""
+    """(median wall, min wall, median process CPU) seconds over `repeats` timed calls after `warmup` untimed ones.
+
+    Process CPU time (all threads) does not count time the process was descheduled, so with 1 thread it is a
+    load-robust measure of the work done; with more threads it also counts OpenMP spin-waiting."""
     for _ in range(warmup):
         fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), min(wall), statistics.median(cpu)
 
 
 def run_case(kind, b, d, l, n, backend, warmup, repeats):
@@ -77,8 +81,9 @@ def run_case(kind, b, d, l, n, backend, warmup, repeats):
         y = call(leaves, leaves2)
         torch.autograd.grad(y, all_leaves, gy)
 
-    (f_med, f_min), (fb_med, fb_min) = median_time(fwd, warmup, repeats), median_time(fwd_bwd, warmup, repeats)
-    return f_med * 1e3, fb_med * 1e3, f_min * 1e3, fb_min * 1e3
+    (f_med, f_min, f_cpu), (fb_med, fb_min, fb_cpu) = median_time(fwd, warmup, repeats), median_time(fwd_bwd, warmup,
+                                                                                                       repeats)
+    return tuple(x * 1e3 for x in (f_med, fb_med, f_min, fb_min, f_cpu, fb_cpu))
 
 
 def main(argv=None):
@@ -89,6 +94,8 @@ def main(argv=None):
     ap.add_argument('--ref-repeats', type=int, default=3)
     ap.add_argument('--quick', action='store_true', help='repeats 5 / ref-repeats 1')
     ap.add_argument('--no-long-ref', action='store_true', help='skip the (slow) reference at l=4096')
+    ap.add_argument('--ref-threads', default='1', help='thread counts at which the reference is also timed '
+                    '(default 1: with 2 threads on a loaded machine its many small parallel ops stall)')
     ap.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results' / 'scan_cpu'))
     args = ap.parse_args(argv)
     if args.quick:
@@ -108,7 +115,8 @@ def main(argv=None):
         for kind, b, d, l, n in cases:
             res = {}
             for backend in ('cpu', 'reference'):
-                if backend == 'reference' and l > 1000 and args.no_long_ref:
+                if backend == 'reference' and ((l > 1000 and args.no_long_ref) or
+                                               str(threads) not in args.ref_threads.split(',')):
                     continue
                 reps = args.repeats if backend == 'cpu' else args.ref_repeats
                 warm = args.warmup if backend == 'cpu' else min(args.warmup, 1)
@@ -116,11 +124,14 @@ def main(argv=None):
             c = res['cpu']
             row = dict(scan=kind, b=b, d=d, l=l, n=n, window=ops.lb_window(l) if kind == 'lb' else 1,
                        threads=threads, cpu_fwd_ms=round(c[0], 3), cpu_fwd_bwd_ms=round(c[1], 3),
-                       cpu_fwd_min_ms=round(c[2], 3), cpu_fwd_bwd_min_ms=round(c[3], 3))
+                       cpu_fwd_min_ms=round(c[2], 3), cpu_fwd_bwd_min_ms=round(c[3], 3),
+                       cpu_fwd_cputime_ms=round(c[4], 3), cpu_fwd_bwd_cputime_ms=round(c[5], 3))
             if 'reference' in res:
                 r = res['reference']
                 row.update(ref_fwd_ms=round(r[0], 2), ref_fwd_bwd_ms=round(r[1], 2),
-                           speedup_fwd=round(r[0] / c[0], 1), speedup_fwd_bwd=round(r[1] / c[1], 1))
+                           ref_fwd_cputime_ms=round(r[4], 2), ref_fwd_bwd_cputime_ms=round(r[5], 2),
+                           speedup_fwd=round(r[0] / c[0], 1), speedup_fwd_bwd=round(r[1] / c[1], 1),
+                           speedup_fwd_cputime=round(r[4] / c[4], 1), speedup_fwd_bwd_cputime=round(r[5] / c[5], 1))
             rows.append(row)
             print(row, flush=True)
     # LB / bidirectional cost relative to the one-direction scan at the same shape and threads (kernel, medians).
@@ -130,10 +141,14 @@ def main(argv=None):
         if p is not None and r['scan'] in ('lb', 'bidir'):
             r['cpu_fwd_vs_plain'] = round(r['cpu_fwd_ms'] / p['cpu_fwd_ms'], 2)
             r['cpu_fwd_bwd_vs_plain'] = round(r['cpu_fwd_bwd_ms'] / p['cpu_fwd_bwd_ms'], 2)
+            r['cpu_fwd_vs_plain_cputime'] = round(r['cpu_fwd_cputime_ms'] / p['cpu_fwd_cputime_ms'], 2)
+            r['cpu_fwd_bwd_vs_plain_cputime'] = round(r['cpu_fwd_bwd_cputime_ms'] / p['cpu_fwd_bwd_cputime_ms'], 2)
     load_after = os.getloadavg()[0]
     fields = ['scan', 'b', 'd', 'l', 'n', 'window', 'threads', 'cpu_fwd_ms', 'cpu_fwd_bwd_ms', 'cpu_fwd_min_ms',
-              'cpu_fwd_bwd_min_ms', 'ref_fwd_ms', 'ref_fwd_bwd_ms', 'speedup_fwd', 'speedup_fwd_bwd',
-              'cpu_fwd_vs_plain', 'cpu_fwd_bwd_vs_plain']
+              'cpu_fwd_bwd_min_ms', 'cpu_fwd_cputime_ms', 'cpu_fwd_bwd_cputime_ms', 'ref_fwd_ms', 'ref_fwd_bwd_ms',
+              'ref_fwd_cputime_ms', 'ref_fwd_bwd_cputime_ms', 'speedup_fwd', 'speedup_fwd_bwd', 'speedup_fwd_cputime',
+              'speedup_fwd_bwd_cputime', 'cpu_fwd_vs_plain', 'cpu_fwd_bwd_vs_plain', 'cpu_fwd_vs_plain_cputime',
+              'cpu_fwd_bwd_vs_plain_cputime']
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix('.csv'), 'w', newline='') as fh:
@@ -147,16 +162,22 @@ def main(argv=None):
            f'(kernel) / {args.ref_repeats} (reference) runs, {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}')
     lines = ['# CPU selective-scan benchmark (fp32)', '', env, '',
              '| threads | scan | b | l | W | kernel fwd ms | kernel fwd+bwd ms | ref fwd ms | ref fwd+bwd ms | '
-             'speedup fwd | speedup fwd+bwd | kernel vs plain (fwd / fwd+bwd) |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+             'speedup fwd (wall / cpu) | speedup fwd+bwd (wall / cpu) | kernel vs plain fwd (wall / cpu) | '
+             'kernel vs plain fwd+bwd (wall / cpu) |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
-        vs = f"{r['cpu_fwd_vs_plain']} / {r['cpu_fwd_bwd_vs_plain']}" if 'cpu_fwd_vs_plain' in r else ''
+        vs = (f"{r['cpu_fwd_vs_plain']} / {r['cpu_fwd_vs_plain_cputime']}" if 'cpu_fwd_vs_plain' in r else '')
+        vsb = (f"{r['cpu_fwd_bwd_vs_plain']} / {r['cpu_fwd_bwd_vs_plain_cputime']}" if 'cpu_fwd_vs_plain' in r
+               else '')
+        sp = (f"{r['speedup_fwd']} / {r['speedup_fwd_cputime']}" if 'speedup_fwd' in r else '')
+        spb = (f"{r['speedup_fwd_bwd']} / {r['speedup_fwd_bwd_cputime']}" if 'speedup_fwd' in r else '')
         lines.append(f"| {r['threads']} | {r['scan']} | {r['b']} | {r['l']} | {r['window']} | {r['cpu_fwd_ms']} | "
                      f"{r['cpu_fwd_bwd_ms']} | {r.get('ref_fwd_ms', '')} | {r.get('ref_fwd_bwd_ms', '')} | "
-                     f"{r.get('speedup_fwd', '')} | {r.get('speedup_fwd_bwd', '')} | {vs} |")
+                     f"{sp} | {spb} | {vs} | {vsb} |")
     lines += ['', 'd=384, n=16 (Vim-T d_inner, d_state). bidir = fused forward + reverse scan (two parameter sets); '
               'ref = sequential PyTorch reference backend (Python loop over tokens, explicit backward formulas). '
-              'Times are medians; the CSV also has the kernel minima.']
+              'Times are wall-clock medians; "cpu" ratios use the median process CPU time (load-robust with 1 '
+              'thread). The CSV also has the kernel minima.']
     out.with_suffix('.md').write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines))
 

@@ -1,4 +1,5 @@
-"""Input validation shared by the public op wrappers: clear TypeError/ValueError instead of kernel crashes."""
+"""Input validation for the public op wrappers (shape/dtype/device: TypeError/ValueError instead of kernel crashes)
+and the NaN/inf check the op implementations run."""
 from typing import Optional
 
 import torch
@@ -70,8 +71,7 @@ def check_scan_inputs(op: str, u, delta, A, B, C, D, z, delta_bias, local_window
     n = A.shape[1]
     dev = u.device
     act = (u.dtype,)
-    bc = tuple(sorted({u.dtype, torch.float32, torch.float64}, key=str)) if u.dtype == torch.float64 else \
-        (u.dtype, torch.float32)
+    bc = (u.dtype,) if u.dtype == torch.float32 else (u.dtype, torch.float32)   # B, C: dtype of u or fp32
     params = _PARAM_FLOATS
     check_tensor(op, f'u{suffix}', u, (b, d, l), act, dev)
     check_tensor(op, f'delta{suffix}', delta, (b, d, l), act, dev)

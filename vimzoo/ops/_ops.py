@@ -68,11 +68,11 @@ def _kernel_bwd(impl, dout, u, delta, A, B, C, D, z, delta_bias, softplus, rever
     dout_k = dout.to(args[0].dtype).contiguous()
     du, dd, dA, dBt, dCt, dD, dz, dbias = _ext(impl).scan_bwd(dout_k, *args, softplus, reverse, window)
     return (du.to(u.dtype), dd.to(delta.dtype), dA.to(A.dtype), dBt.transpose(1, 2).to(B.dtype).contiguous(),
-            dCt.transpose(1, 2).to(C.dtype).contiguous(), _none_grad(dD, D), _none_grad(dz, z, u),
+            dCt.transpose(1, 2).to(C.dtype).contiguous(), _none_grad(dD, D), _none_grad(dz, z),
             _none_grad(dbias, delta_bias))
 
 
-def _none_grad(g: Tensor, like: Optional[Tensor], fallback: Optional[Tensor] = None) -> Tensor:
+def _none_grad(g: Tensor, like: Optional[Tensor]) -> Tensor:
     if like is None:
         return torch.empty(0, dtype=_F32, device=g.device)
     return g.to(like.dtype).contiguous()
