@@ -148,13 +148,15 @@ def load_model_weights(path: os.PathLike, use_ema: bool = False) -> Dict[str, to
     if not path.is_file():
         raise FileNotFoundError(f'weights file {path} does not exist.')
     if path.suffix == '.safetensors':
+        if use_ema:
+            raise KeyError(f'{path} is a single set of weights; pass the *_ema.safetensors file without --use-ema.')
         from safetensors.torch import load_file
         state = load_file(str(path))
     else:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
         state = ckpt
         if isinstance(ckpt, dict):
-            keys = ('model_ema', 'state_dict_ema', 'model', 'state_dict') if use_ema else ('model', 'state_dict')
+            keys = ('model_ema', 'state_dict_ema') if use_ema else ('model', 'state_dict')
             for key in keys:
                 if isinstance(ckpt.get(key), dict) and ckpt[key]:
                     state = ckpt[key]

@@ -160,7 +160,8 @@ def validate(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser]
                                          num_workers=args.workers, pin_memory=device.type == 'cuda')
     amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
     autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if args.amp else nullcontext
-    top1, top5, losses = AverageMeter(), AverageMeter(), AverageMeter()
+    correct1 = correct5 = 0
+    losses = AverageMeter()
     loss_fn = nn.CrossEntropyLoss()
     k5 = min(5, info['num_classes'])
     t0 = time.time()
@@ -174,17 +175,18 @@ def validate(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser]
             out = out.float()
             acc1, acc5 = accuracy(out, target, topk=(1, k5))
             n = inp.shape[0]
-            top1.update(acc1.item(), n)
-            top5.update(acc5.item(), n)
+            correct1 += round(acc1.item() * n / 100)  # exact counts (timm returns float32 percentages)
+            correct5 += round(acc5.item() * n / 100)
             losses.update(loss_fn(out, target).item(), n)
     elapsed = time.time() - t0
     results = dict(model=info['model_name'], weights=args.checkpoint or args.official_weights or
                    ('pretrained' if args.pretrained else 'random init'), ema=bool(args.use_ema),
-                   data=str(val_dir), count=top1.count, top1=round(top1.avg, 4), top5=round(top5.avg, 4),
+                   data=str(val_dir), count=losses.count, top1=100 * correct1 / max(losses.count, 1),
+                   top5=100 * correct5 / max(losses.count, 1),
                    loss=round(losses.avg, 6), img_size=list(data_config['input_size']),
                    crop_pct=data_config['crop_pct'], interpolation=data_config['interpolation'],
                    mean=list(data_config['mean']), std=list(data_config['std']),
-                   img_per_s=round(top1.count / max(elapsed, 1e-9), 1))
+                   img_per_s=round(losses.count / max(elapsed, 1e-9), 1))
     return results
 
 

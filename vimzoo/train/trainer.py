@@ -38,7 +38,7 @@ DEFAULT_MODEL = 'test_dependencyvit'
 #: Defaults used when no --data-dir/--dataset is given: hyper-parameters for the built-in shapes dataset, tuned so
 #: the no-argument run finishes in a few CPU minutes. ImageNet recipes live in configs/train/*.yaml.
 BUILTIN_PRESET: Dict[str, Any] = dict(
-    epochs=12, batch_size=32, lr_base=2e-3, lr_base_size=32, weight_decay=0.05, warmup_epochs=1, min_lr=1e-5,
+    epochs=15, batch_size=32, lr_base=2e-3, lr_base_size=32, weight_decay=0.05, warmup_epochs=1, min_lr=1e-5,
     warmup_lr=1e-5, img_size=64, scale=[0.6, 1.0], ratio=[0.75, 1.3333], color_jitter=0.2, smoothing=0.1,
     hflip=0.5, interpolation='bilinear', crop_pct=1.0, workers=2, log_interval=5,
 )
@@ -494,8 +494,9 @@ def evaluate(model: nn.Module, loader, dist_ctx: _Dist, autocast, prefetcher: bo
             out = out.float()
             n = target.shape[0]
             acc1, acc5 = accuracy(out, target, topk=(1, k5))
-            sums += torch.tensor([loss_fn(out, target).item(), acc1.item() * n / 100, acc5.item() * n / 100, n],
-                                 dtype=torch.float64)
+            # timm's accuracy() gives float32 percentages; turn them back into exact correct-prediction counts
+            sums += torch.tensor([loss_fn(out, target).item(), round(acc1.item() * n / 100),
+                                  round(acc5.item() * n / 100), n], dtype=torch.float64)
     if dist_ctx.distributed:
         sums = sums.to(dist_ctx.device)
         dist_ctx.all_reduce_sum(sums)
