@@ -364,3 +364,20 @@ def test_amp_grad_checkpointing_layer_decay_accum_run(cache_dir, tmp_path):
     scales = sorted({g['lr_scale'] for g in state['optimizer']['param_groups']})
     assert len(scales) > 2 and scales[-1] == 1.0 and scales[0] < 0.5  # deeper groups get geometrically smaller lr
     assert state['args']['amp'] is True and state['args']['grad_checkpointing'] is True
+
+
+def test_imagenet_recipe_on_an_imagefolder_dir(cache_dir, tmp_path):
+    """--config + --data-dir: the ImageNet path with a full recipe (RandAugment, mixup/cutmix, random erasing, EMA)."""
+    data = ensure_builtin_dataset('shapes10-mini', cache_dir / 'datasets')
+    model = 'test_vim' if 'test_vim' in vimzoo.list_models(include_test=True) else MODEL
+    out = tmp_path / 'recipe'
+    proc = _run([TRAIN, '--config', 'vim', '--model', model, '--data-dir', data, '--epochs', '1', '--batch-size', '8',
+                 '--limit-train-batches', '2', '--limit-val-batches', '1', '--workers', '0', '--no-progress',
+                 '--no-plot', '--output', out], cache_dir)
+    assert 'built-in dataset' not in proc.stdout
+    args = json.loads((out / 'args.json').read_text())
+    assert args['aa'] == 'rand-m9-mstd0.5-inc1' and args['mixup'] == 0.8 and args['model_ema'] is True
+    assert args['recipe'].endswith('configs/train/vim.yaml') and args['uses_builtin'] is False
+    info = [json.loads(x) for x in (out / 'log.jsonl').read_text().splitlines()][0]
+    assert info['lr'] == pytest.approx(5e-4 * 8 / 512)  # DeiT scaling rule from the recipe
+    assert (out / 'final_ema.safetensors').is_file()
