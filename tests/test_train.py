@@ -353,14 +353,19 @@ def test_recipe_loads_and_names_exist(family, tmp_path):
     assert lr == pytest.approx(expected['lr_base'] * args.batch_size * 8 / expected['lr_base_size'])
 
 
-def test_amp_grad_checkpointing_layer_decay_accum_run(cache_dir, tmp_path):
-    """bf16 autocast + activation checkpointing + layer-wise lr decay + accumulation run end to end on CPU."""
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+def test_amp_grad_checkpointing_layer_decay_accum_run(dtype, cache_dir, tmp_path):
+    """autocast (+ GradScaler for fp16) + activation checkpointing + layer-wise lr decay + accumulation, on CPU."""
     out = tmp_path / 'amp'
     _run([TRAIN, *MINI, '--epochs', '1', '--batch-size', '8', '--grad-accum-steps', '2', '--limit-train-batches', '4',
-          '--limit-val-batches', '1', '--amp', '--amp-dtype', 'bfloat16', '--grad-checkpointing', '--layer-decay',
+          '--limit-val-batches', '1', '--amp', '--amp-dtype', dtype, '--grad-checkpointing', '--layer-decay',
           '0.5', '--lr', '1e-3', '--clip-grad', '1.0', '--no-plot', '--output', out], cache_dir)
     state = load_checkpoint(out / 'last.pth')
     assert state['num_updates'] == 2
+    if dtype == 'float16':
+        assert state['scaler']['scale'] > 0  # GradScaler state is checkpointed
+    else:
+        assert state['scaler'] is None
     scales = sorted({g['lr_scale'] for g in state['optimizer']['param_groups']})
     assert len(scales) > 2 and scales[-1] == 1.0 and scales[0] < 0.5  # deeper groups get geometrically smaller lr
     assert state['args']['amp'] is True and state['args']['grad_checkpointing'] is True

@@ -19,7 +19,12 @@ _RECIPE_META_KEYS = ('variants', 'notes', 'source', 'family')
 
 
 def recipe_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / 'configs' / 'train'
+    """`configs/train` of a source checkout, or `vimzoo/configs/train` inside a wheel that ships it."""
+    try:
+        from ..zoo import resource_path
+        return resource_path('configs') / 'train'
+    except FileNotFoundError:
+        return Path(__file__).resolve().parents[2] / 'configs' / 'train'
 
 
 def _actions(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
