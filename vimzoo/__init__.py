@@ -4,6 +4,7 @@
 """
 from .version import __version__
 from .zoo import FAMILIES, check_model_name, family_of, list_families, list_models, model_index
+from . import flops  # noqa: F401  (CPU SDPA FLOP formula for FlopCounterMode)
 from . import models  # noqa: F401  (registers the zoo with timm)
 from .factory import create_model
 

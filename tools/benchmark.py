@@ -1,0 +1,412 @@
+#!/usr/bin/env python3
+"""Benchmark zoo models: params, GMACs, inference latency/throughput and peak memory, always against a timm
+baseline (deit_tiny_patch16_224) measured in the same run, so every number is also reported as a ratio.
+
+Protocol (printed and saved next to the CSV as <out>.protocol.json):
+- every (model, resolution) is measured in a fresh subprocess, so peak memory is that model's alone;
+- MACs = FLOPs / 2 from torch.utils.flop_counter.FlopCounterMode at batch 1 (vimzoo's scan ops register a FLOP
+  formula; any non-aten op without a formula is listed in the `uncounted_ops` column instead of silently ignored);
+- `--warmup` untimed forwards, then `--iters` timed forwards (torch.inference_mode, eval mode); latency is the
+  median (and IQR) per batch, throughput = batch / median latency;
+- memory: CPU = peak RSS (VmHWM, reset just before the timed loop) minus RSS at that point (activations + workspace);
+  CUDA = torch.cuda.max_memory_allocated during the timed loop.
+
+    python tools/benchmark.py --models vim_tiny_patch16_224 van_b0 --resolutions 224 512
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+BASELINE = 'deit_tiny_patch16_224'
+# the smallest ImageNet variant of each family; a family whose preferred name is not registered (yet) falls back to
+# its first listed model, and a family with no models is skipped (families land independently)
+PREFERRED = {
+    'vim': 'vim_tiny_patch16_224', 'lbvim': 'lbvim_tiny_patch16_224', 'biformer': 'biformer_tiny',
+    'davit': 'davit_tiny', 'van': 'van_b0', 'convit': 'convit_tiny', 'halonet': 'halonet_h0',
+    'dependencyvit': 'dependencyvit_tiny_patch16_224',
+}
+
+
+def default_models() -> List[str]:
+    import vimzoo
+
+    chosen = []
+    for family in vimzoo.list_families():
+        names = vimzoo.list_models(family)
+        if names:
+            chosen.append(PREFERRED[family] if PREFERRED.get(family) in names else names[0])
+    return chosen
+COLUMNS = [
+    'model', 'family', 'resolution', 'batch_size', 'device', 'amp', 'threads', 'status', 'params_m', 'gmacs',
+    'latency_ms_median', 'latency_ms_iqr', 'throughput_img_s', 'peak_mem_mb', 'throughput_ratio_vs_baseline',
+    'latency_ratio_vs_baseline', 'memory_ratio_vs_baseline', 'gmacs_ratio_vs_baseline', 'uncounted_ops',
+    'created_with', 'error', 'peak_mem_total_mb', 'mem_method', 'warmup', 'iters', 'torch', 'cpu',
+]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown'
+
+
+def _proc_status_mb(field: str) -> float:
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float('nan')
+
+
+_PEAK_SOURCE = 'VmHWM'
+
+
+def _rss_mb() -> float:
+    rss = _proc_status_mb('VmRSS')
+    if rss == rss:  # not NaN
+        return rss
+    try:
+        import psutil
+        return psutil.Process().memory_info().rss / 2 ** 20
+    except ImportError:
+        return float('nan')
+
+
+def _peak_rss_mb() -> float:
+    if _PEAK_SOURCE == 'VmHWM':
+        return _proc_status_mb('VmHWM')
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _reset_peak_rss() -> Tuple[float, str]:
+    """Return freed heap to the OS and reset the kernel's peak-RSS mark (VmHWM, `echo 5 > /proc/self/clear_refs`),
+    so the next peak is this measurement's alone. Returns the RSS at that point (MB) and the method used; without a
+    resettable mark the peak is getrusage's lifetime maximum (an upper bound: it may include model creation)."""
+    import ctypes
+    import gc
+
+    global _PEAK_SOURCE
+    gc.collect()
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path('/proc/self/clear_refs').write_text('5')
+        _PEAK_SOURCE = 'VmHWM'
+        method = 'VmHWM (reset before warm-up) - VmRSS before warm-up'
+    except OSError:
+        _PEAK_SOURCE = 'getrusage'
+        method = 'getrusage ru_maxrss - RSS before warm-up (upper bound: peak not resettable)'
+    return _rss_mb(), method
+
+
+def _first_line(e: BaseException) -> str:
+    return f'{type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:300]}'
+
+
+def _create(name: str, resolution: int, device: str):
+    """A model (eval, on `device`) able to run at `resolution`, and how it was made: as-is when its cfg input size
+    matches or a batch-1 trial forward at `resolution` works (any-size convnets, dynamic-size models), else
+    re-created with img_size=resolution (timm convention for fixed-size ViT-likes). Raises with both errors."""
+    import timm
+    import torch
+
+    model = timm.create_model(name).eval().to(device)
+    if tuple(model.pretrained_cfg.get('input_size', (3, 0, 0))[1:]) == (resolution, resolution):
+        return model, 'default'
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, resolution, resolution, device=device))
+        return model, 'default (trial forward ok)'
+    except Exception as e:  # fixed-size model, or the resolution is impossible for it
+        first = _first_line(e)
+    del model
+    how = f'img_size={resolution}'
+    try:
+        model = timm.create_model(name, img_size=resolution).eval().to(device)
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, resolution, resolution, device=device))
+    except Exception as e:
+        raise RuntimeError(f'default model failed at {resolution}px ({first}); {how} failed too ({_first_line(e)})')
+    return model, f'{how} (default failed: {first})'
+
+
+# aten ops whose names contain these are matmul-like: one without a FLOP formula makes a MAC count wrong.
+# (Element-wise ops - add, softmax, GELU, norms - are never counted by FlopCounterMode, by convention, as in fvcore.)
+HEAVY_OP_KEYWORDS = ('attention', 'conv', 'mm', 'matmul', 'einsum', 'linear', 'scan')
+
+
+def _ensure_cpu_sdpa_formula() -> None:
+    """torch registers FLOP formulas for the CUDA SDPA kernels only; on CPU, F.scaled_dot_product_attention runs
+    `_scaled_dot_product_flash_attention_for_cpu`, which FlopCounterMode would count as zero."""
+    import torch
+    from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_flop_count
+
+    op = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu', None)
+    if op is None or op in flop_registry or op.default in flop_registry:
+        return
+
+    @register_flop_formula(op)
+    def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_macs(model, x) -> Tuple[float, List[str]]:
+    """GMACs (= FlopCounterMode FLOPs / 2) of one forward of `x`, plus the ops FlopCounterMode executed without a
+    formula that matter: every non-aten (custom) op, and matmul-like aten ops. Those are reported, not guessed."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _ensure_cpu_sdpa_formula()
+    counter = FlopCounterMode(display=False)
+    leaves = set()
+    if hasattr(counter, '_count_flops'):  # torch >= 2.5: called for every op that was run without decomposing
+        count_leaf = counter._count_flops
+
+        def _spy(func_packet, out, args, kwargs):
+            leaves.add(func_packet)
+            return count_leaf(func_packet, out, args, kwargs)
+        counter._count_flops = _spy
+    with torch.inference_mode(), counter:
+        model(x)
+
+    def _matters(packet) -> bool:
+        name = str(packet)
+        return name.split('.')[0] not in ('aten', 'prim', 'prims') or any(k in name for k in HEAVY_OP_KEYWORDS)
+
+    uncounted = sorted(str(p) for p in leaves if p not in counter.flop_registry and _matters(p))
+    if not hasattr(counter, '_count_flops'):
+        uncounted = ['(uncounted-op detection unavailable in this torch)']
+    return counter.get_total_flops() / 2 / 1e9, uncounted
+
+
+def _amp_dtype(amp: Optional[str]):
+    import torch
+    return {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp or 'bf16', torch.bfloat16)
+
+
+def measure(name: str, resolution: int, batch_size: int, device: str, warmup: int, iters: int, amp: Optional[str],
+            threads: int, memory: bool) -> Dict:
+    """One (model, resolution) measurement; runs inside the worker subprocess."""
+    import torch
+    import vimzoo  # noqa: F401  (registers the zoo)
+
+    torch.set_num_threads(threads)
+    row = dict(model=name, resolution=resolution, batch_size=batch_size, device=device, amp=amp or 'fp32',
+               threads=threads, warmup=warmup, iters=iters, torch=torch.__version__, cpu=_cpu_name())
+    try:
+        row['family'] = vimzoo.family_of(name)
+    except KeyError:
+        row['family'] = 'timm'
+    try:
+        model, row['created_with'] = _create(name, resolution, device)
+        row['params_m'] = sum(p.numel() for p in model.parameters()) / 1e6
+        x = torch.randn(batch_size, 3, resolution, resolution, device=device)
+        autocast = torch.autocast(device_type=device, dtype=_amp_dtype(amp), enabled=amp is not None)
+        sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+        if device == 'cuda':
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            cuda_before = torch.cuda.memory_allocated()
+        else:
+            rss_before, row['mem_method'] = _reset_peak_rss()
+        times = []
+        with torch.inference_mode(), autocast:
+            for i in range(warmup + iters):
+                sync()
+                start = time.perf_counter()
+                model(x)
+                sync()
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        q = statistics.quantiles(times, n=4) if len(times) >= 2 else [median, median, median]
+        row.update(latency_ms_median=median * 1e3, latency_ms_iqr=(q[2] - q[0]) * 1e3,
+                   throughput_img_s=batch_size / median, status='ok')
+        if memory and device == 'cuda':
+            row['peak_mem_total_mb'] = torch.cuda.max_memory_allocated() / 2 ** 20
+            row['peak_mem_mb'] = (torch.cuda.max_memory_allocated() - cuda_before) / 2 ** 20
+            row['mem_method'] = 'cuda max_memory_allocated - allocated before warm-up'
+        elif memory:
+            peak = _peak_rss_mb()
+            row['peak_mem_total_mb'] = peak
+            row['peak_mem_mb'] = max(0.0, peak - rss_before)
+        row['gmacs'], uncounted = count_macs(model, x[:1])  # after timing: its tracing must not warm the peak
+        row['uncounted_ops'] = ' '.join(uncounted)
+    except Exception as e:  # recorded in the row: one model failing at one size must not sink the run
+        row.update(status='error', error=_first_line(e))
+    return row
+
+
+def _run_worker(args: argparse.Namespace, name: str, resolution: int) -> Dict:
+    spec = dict(name=name, resolution=resolution, batch_size=args.batch_size, device=args.device,
+                warmup=args.warmup, iters=args.iters, amp=args.amp, threads=args.threads, memory=not args.no_memory)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    failed = dict(model=name, resolution=resolution, batch_size=args.batch_size, device=args.device,
+                  amp=args.amp or 'fp32', threads=args.threads, status='error')
+    try:
+        proc = subprocess.run([sys.executable, __file__, '--worker', json.dumps(spec)], capture_output=True,
+                              text=True, env=env, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return dict(failed, error=f'worker timed out after {args.timeout}s')
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith('{'):
+            return json.loads(line)
+    err = (proc.stderr.strip().splitlines() or ['no output'])[-1]  # e.g. killed by the OOM killer: rc -9
+    return dict(failed, error=f'worker exit {proc.returncode}: {err}')
+
+
+def add_ratios(rows: List[Dict], baseline: str) -> None:
+    """Ratios vs the baseline at the same resolution (>1 throughput ratio = faster than the baseline)."""
+    base = {r['resolution']: r for r in rows if r['model'] == baseline and r.get('status') == 'ok'}
+    for r in rows:
+        b = base.get(r['resolution'])
+        if r.get('status') != 'ok' or b is None:
+            continue
+        r['throughput_ratio_vs_baseline'] = r['throughput_img_s'] / b['throughput_img_s']
+        r['latency_ratio_vs_baseline'] = r['latency_ms_median'] / b['latency_ms_median']
+        r['gmacs_ratio_vs_baseline'] = r['gmacs'] / b['gmacs'] if b['gmacs'] else None
+        if r.get('peak_mem_mb') is not None and b.get('peak_mem_mb'):
+            r['memory_ratio_vs_baseline'] = r['peak_mem_mb'] / b['peak_mem_mb']
+
+
+def plot(rows: List[Dict], path: Path, baseline: str, protocol: Optional[Dict] = None) -> None:
+    """Throughput and peak memory per model: bars at one resolution, log-log lines vs resolution otherwise."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r.get('status') == 'ok']
+    models = list(dict.fromkeys(r['model'] for r in ok))
+    resolutions = sorted({r['resolution'] for r in ok})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    metrics = [('throughput_img_s', 'throughput (img/s)'), ('peak_mem_mb', 'peak memory (MB)')]
+    for ax, (key, label) in zip(axes, metrics):
+        if len(resolutions) == 1:
+            values = [next((r.get(key) or 0 for r in ok if r['model'] == m), 0) for m in models]
+            colors = ['tab:gray' if m == baseline else 'tab:blue' for m in models]
+            ax.barh(models, values, color=colors)
+            ax.set_xlabel(f'{label} @ {resolutions[0]}px')
+        else:
+            for m in models:
+                pts = sorted((r['resolution'], r.get(key)) for r in ok if r['model'] == m and r.get(key))
+                if pts:
+                    ax.plot(*zip(*pts), marker='o', label=m, linestyle='--' if m == baseline else '-')
+            ax.set_xlabel('resolution (px)')
+            ax.set_ylabel(label)
+            ax.set_yscale('log')
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        ax.set_title(f'{label} (baseline {baseline} in grey/dashed)', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={'Description': json.dumps(protocol or {})})
+    plt.close(fig)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', nargs='+', default=None,
+                        help='timm/zoo model names (default: the smallest variant of every zoo family present)')
+    parser.add_argument('--resolutions', nargs='+', type=int, default=[224])
+    parser.add_argument('--batch-size', type=int, default=1)
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--iters', type=int, default=10)
+    parser.add_argument('--threads', type=int, default=os.cpu_count() or 1)
+    parser.add_argument('--amp', choices=['bf16', 'fp16', 'bfloat16', 'float16'], default=None,
+                        help='torch.autocast dtype (default: fp32, no autocast)')
+    parser.add_argument('--timeout', type=float, default=3600, help='seconds per (model, resolution) worker')
+    parser.add_argument('--baseline', default=BASELINE)
+    parser.add_argument('--no-memory', action='store_true', help='skip peak-memory measurement')
+    parser.add_argument('--out', default='benchmarks/results/zoo_cpu', help='output prefix for .csv/.png/.json')
+    parser.add_argument('--dry-run', action='store_true', help='print the plan and exit')
+    parser.add_argument('--no-progress', action='store_true')
+    parser.add_argument('--worker', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(measure(**json.loads(args.worker))))
+        return 0
+    args.amp = {'bfloat16': 'bf16', 'float16': 'fp16'}.get(args.amp, args.amp)
+    if args.batch_size < 1 or args.iters < 1 or args.warmup < 0:
+        parser.error('--batch-size and --iters must be >= 1, --warmup >= 0')
+    if args.device == 'cuda':
+        import torch
+        if not torch.cuda.is_available():
+            parser.error('--device cuda requested but torch.cuda.is_available() is False')
+
+    import timm
+    import vimzoo
+    models = [args.baseline] + [m for m in (args.models or default_models()) if m != args.baseline]
+    for m in models:
+        vimzoo.check_model_name(m)  # fail fast with suggestions, before any subprocess
+    plan = [(m, r) for r in args.resolutions for m in models]
+    import torch
+    protocol = dict(
+        baseline=args.baseline, batch_size=args.batch_size, device=args.device, amp=args.amp or 'fp32',
+        threads=args.threads, warmup=args.warmup, iters=args.iters, mode='eval, torch.inference_mode, forward only',
+        statistic='median latency per batch over the timed iterations, IQR = q3 - q1; throughput = batch / median',
+        memory=('fresh subprocess per (model, resolution); CPU: peak RSS during warm-up + timed loop minus RSS '
+                'before it (VmHWM reset via /proc/self/clear_refs, else getrusage upper bound); CUDA: '
+                'max_memory_allocated minus allocated before it (weights excluded; total in peak_mem_total_mb)'),
+        macs='FlopCounterMode FLOPs / 2 at batch 1, fp32; element-wise ops not counted; see uncounted_ops',
+        torch=torch.__version__, timm=timm.__version__,
+        vimzoo=vimzoo.__version__, cpu=_cpu_name(), cpu_count=os.cpu_count(), python=platform.python_version(),
+        date=time.strftime('%Y-%m-%d %H:%M:%S'),
+    )
+    print('protocol:\n' + '\n'.join(f'  {k}: {v}' for k, v in protocol.items()))
+    if args.dry_run:
+        for m, r in plan:
+            print(f'would measure {m} @ {r}px')
+        return 0
+
+    from tqdm import tqdm
+    rows = []
+    for m, r in tqdm(plan, desc='benchmark', disable=args.no_progress):
+        rows.append(_run_worker(args, m, r))
+    add_ratios(rows, args.baseline)
+
+    out = Path(args.out[:-4] if args.out.endswith('.csv') else args.out)
+    paths = {ext: out.parent / f'{out.name}{ext}' for ext in ('.csv', '.png', '.protocol.json')}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(paths['.csv'], 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f'{v:.4g}' if isinstance(v, float) else v) for k, v in row.items()})
+    paths['.protocol.json'].write_text(json.dumps(protocol, indent=2) + '\n')
+    plot(rows, paths['.png'], args.baseline, protocol)
+
+    print(f'{"model":40s} {"res":>5s} {"params(M)":>9s} {"GMACs":>7s} {"ms":>9s} {"img/s":>8s} {"x base":>7s} '
+          f'{"mem MB":>8s}  status')
+    for r in rows:
+        def fmt(key, spec):
+            return format(r[key], spec) if isinstance(r.get(key), (int, float)) else '-'
+        print(f'{r["model"]:40s} {r["resolution"]:5d} {fmt("params_m", "9.2f")} {fmt("gmacs", "7.2f")} '
+              f'{fmt("latency_ms_median", "9.1f")} {fmt("throughput_img_s", "8.1f")} '
+              f'{fmt("throughput_ratio_vs_baseline", "7.2f")} {fmt("peak_mem_mb", "8.1f")}  '
+              f'{r.get("status")} {r.get("error", "")}')
+    print('wrote ' + ', '.join(str(p) for p in paths.values()))
+    return 0 if any(r.get('status') == 'ok' for r in rows if r['model'] == args.baseline) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
