@@ -627,7 +627,11 @@ def _run(args: argparse.Namespace, dist_ctx: _Dist) -> int:  # noqa: C901 (one l
         model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
         if lr_scheduler is not None and ckpt.get('scheduler'):
-            lr_scheduler.load_state_dict(ckpt['scheduler'])
+            if to_plain(lr_scheduler.state_dict()) == ckpt['scheduler']:
+                lr_scheduler.load_state_dict(ckpt['scheduler'])
+            elif main_proc:  # e.g. --epochs raised to extend a finished run: keep the new schedule
+                print('warning: the lr schedule differs from the checkpoint\'s (changed --epochs/--lr/...); '
+                      'continuing on the new schedule.', file=sys.stderr, flush=True)
         if model_ema is not None:
             if ckpt.get('model_ema') is None:
                 raise SystemExit(f'error: {resume_path} has no EMA state but --model-ema is set.')
@@ -636,6 +640,11 @@ def _run(args: argparse.Namespace, dist_ctx: _Dist) -> int:  # noqa: C901 (one l
             scaler.load_state_dict(ckpt['scaler'])
         start_epoch, start_batch = int(ckpt['epoch']), int(ckpt['batch_idx'])
         num_updates = int(ckpt['num_updates'])
+        if lr_scheduler is not None:  # timm schedulers are functions of (epoch, step): put the lr where it was
+            if args.sched_on_epochs:
+                lr_scheduler.step(start_epoch)
+            else:
+                lr_scheduler.step_update(num_updates=num_updates)
         best = dict(ckpt.get('best') or best)
         partial_sums = list(ckpt.get('partial_epoch') or partial_sums)
         rng_states = ckpt.get('rng')
