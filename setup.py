@@ -1,5 +1,6 @@
-"""Packaging shim: the model index (`models/`) and kernel sources (`csrc/`) live at the repo root (design card
-layout) but ship inside the wheel as `vimzoo/model_index` and `vimzoo/csrc`, so an installed vimzoo finds them."""
+"""Packaging shim: the model index (`models/`), kernel sources (`csrc/`) and recipes (`configs/`) live at the repo
+root (design-card layout) but ship inside the wheel as `vimzoo/model_index`, `vimzoo/csrc` and `vimzoo/configs`, so
+an installed vimzoo finds them (see vimzoo.zoo.resource_path)."""
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ ROOT = Path(__file__).parent
 class BuildPyWithData(build_py):
     def run(self):
         super().run()
-        for src, dst in (('models', 'vimzoo/model_index'), ('csrc', 'vimzoo/csrc')):
+        for src, dst in (('models', 'vimzoo/model_index'), ('csrc', 'vimzoo/csrc'), ('configs', 'vimzoo/configs')):
             target = Path(self.build_lib) / dst
             if (ROOT / src).is_dir():
                 shutil.rmtree(target, ignore_errors=True)
