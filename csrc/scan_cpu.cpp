@@ -2,11 +2,12 @@
 //
 // Layout contract (prepared by vimzoo/ops/_ops.py): u, delta, z, dout (b, d, l) contiguous in the input dtype;
 // A (d, n), D, delta_bias (d,) and Bt, Ct (b, l, n) contiguous in the compute dtype (fp32; fp64 for fp64 input).
-// One (batch, channel) row per task (at::parallel_for over b*d, rows handed out dynamically). Per row, a vectorised pre-pass over tokens
-// computes Δ = softplus(δ + bias), Δu and silu(z); the scan then walks "scan order" k = 0..l-1 (position t = k, or
-// l-1-k when reverse: no flips are materialised) with inner loops over the state dim n, contiguous in Bt/Ct and
-// in the work buffers, so they vectorise (omp simd + a branch-free polynomial expf). n = 16 (Mamba's d_state)
-// gets a compile-time-sized instantiation. Math: docs/kernels.md, vimzoo/ops/reference.py.
+// One (batch, channel) row per task (at::parallel_for over b*d, rows handed out dynamically). Per row, vectorised
+// pre-passes over the tokens compute Δ = softplus(δ + bias), Δu and σ(z); the scan then walks "scan order"
+// k = 0..l-1 (position t = k, or l-1-k when reverse: no flips are materialised) with inner loops over the state
+// dim n, contiguous in Bt/Ct and in the work buffers, written with 8/16-lane GCC vector types and a branch-free
+// polynomial exp. n = 16 (Mamba's d_state) gets a compile-time-sized instantiation.
+// Math: docs/kernels.md and vimzoo/ops/reference.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 

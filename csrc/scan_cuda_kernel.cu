@@ -3,10 +3,10 @@
 // Straightforward, correctness-first design: one warp per (batch, channel) row, lanes over the state dim n
 // (lane handles n = lane, lane+32, ...; n <= 32 * kMaxPerLane), a sequential loop over the tokens in scan order
 // (position t = k, or l-1-k when reverse: no flips), warp-shuffle reductions for the per-token sums over n.
-// The backward recomputes the forward states into fp32 scratch buffers (b, d, l, n) and accumulates dB/dC with
-// atomicAdd. Layout contract as the CPU kernel: u, delta, z, dout (b, d, l); A (d, n); Bt, Ct (b, l, n) fp32;
-// D, delta_bias (d,) fp32. Input dtypes: fp32 and bf16 (compute in fp32). Only plain C++/CUDA headers are
-// included here so nvcc compiles quickly; the torch-facing code lives in scan_cuda.cpp.
+// The backward recomputes the forward states into an fp32 scratch buffer (b, d, l, n) (plus two (b, d, W, n) window
+// buffers) and accumulates dB/dC with atomicAdd. Layout contract as the CPU kernel: u, delta, z, dout (b, d, l);
+// A (d, n), Bt, Ct (b, l, n), D, delta_bias (d,) in fp32. Input dtypes: fp32 and bf16 (compute in fp32). Only plain
+// C++/CUDA headers are included here so nvcc compiles quickly; the torch-facing code lives in scan_cuda.cpp.
 #ifndef VIMZOO_CUDA_EMULATION  // tests/cuda_emu compiles this file as C++ with a warp emulator
 #include <cuda_runtime.h>
 #endif
@@ -142,7 +142,8 @@ __global__ void bidir_fwd_kernel(ScanParams pf, ScanParams pb, float* y, T* out)
   gate_store<T>(pf, row, lane, y, out);
 }
 
-// Backward (research §3.3). Scratch: hf, hb, dxl (b, d, l, n) fp32, indexed by scan step k.
+// Backward (research §3.3). Scratch (fp32): hf (b, d, l, n) indexed by scan step k; hb and dxl (b, d, W, n) for the
+// current window only (W = the clamped window; 1 for the plain scan).
 template <typename T>
 __global__ void scan_bwd_kernel(ScanParams p, float* __restrict__ hf, float* __restrict__ hbs,
                                 float* __restrict__ dxls, T* du_out, T* ddelta_out, T* dz_out, float* dA_rows,
@@ -158,8 +159,8 @@ __global__ void scan_bwd_kernel(ScanParams p, float* __restrict__ hf, float* __r
   float* dB = dBt + bi * L * N;
   float* dC = dCt + bi * L * N;
   float* hfr = hf + base * N;
-  float* hbr = hbs + base * N;
-  float* dxl_s = dxls + base * N;
+  float* hbr = hbs + row * W * N;     // window-local scratch: (b, d, W, n)
+  float* dxl_s = dxls + row * W * N;
   const float Dv = p.D ? p.D[di] : 0.f, bias = p.bias ? p.bias[di] : 0.f;
   float A[kMaxPerLane], h[kMaxPerLane], anext[kMaxPerLane], dxl[kMaxPerLane], aprev[kMaxPerLane],
       dxr[kMaxPerLane], dA[kMaxPerLane];
@@ -209,9 +210,9 @@ __global__ void scan_bwd_kernel(ScanParams p, float* __restrict__ hf, float* __r
           const float a = expf(dt * A[j]);
           const float bv = du * Bt[t * N + n];
           h[j] = wend ? bv : a * h[j] + bv;  // h reused as hb
-          hbr[k * N + n] = h[j];
+          hbr[(k - k0) * N + n] = h[j];
           dxl[j] = g * Ct[t * N + n] + anext[j] * dxl[j];
-          dxl_s[k * N + n] = dxl[j];
+          dxl_s[(k - k0) * N + n] = dxl[j];
           anext[j] = a;
         }
       }
@@ -237,8 +238,8 @@ __global__ void scan_bwd_kernel(ScanParams p, float* __restrict__ hf, float* __r
           const float c = Ct[t * N + n];
           const float G = g * c;
           dxr[j] = wstart ? G : G + aprev[j] * dxr[j];
-          const float xl = dxl_s[k * N + n];
-          const float hfk = hfr[k * N + n], hbk = hbr[k * N + n];
+          const float xl = dxl_s[(k - k0) * N + n];
+          const float hfk = hfr[k * N + n], hbk = hbr[(k - k0) * N + n];
           const float db = xl + dxr[j] - G;
           const float gA = xl * (hfk - bv) + dxr[j] * (hbk - bv);
           const float hk = hfk + hbk - bv;

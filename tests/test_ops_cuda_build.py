@@ -19,7 +19,8 @@ from build_cuda_ops import find_nvcc  # noqa: E402
 def test_cuda_extension_compiles_for_sm90(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / 'tools' / 'build_cuda_ops.py'), '--arch', '9.0',
                            '--build-dir', str(tmp_path / 'build')], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f'nvcc build failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}'
+    assert proc.returncode == 0, \
+        f'nvcc build failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}'
     assert "device code: ['sm_90']" in proc.stdout, proc.stdout
 
 

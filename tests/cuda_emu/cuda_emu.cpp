@@ -143,7 +143,9 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, co
   p.dout = dout.data_ptr();
   const int64_t B = u.size(0), Dm = u.size(1), L = u.size(2), N = A.size(1);
   auto f32 = u.options().dtype(at::kFloat);
-  auto hf = at::empty({B, Dm, L, N}, f32), hb = at::empty({B, Dm, L, N}, f32), dxl = at::empty({B, Dm, L, N}, f32);
+  const int64_t Wc = p.window;  // clamped to [1, L] by make_params; hb/dxl only hold the current window
+  auto hf = at::empty({B, Dm, L, N}, f32);
+  auto hb = at::empty({B, Dm, Wc, N}, f32), dxl = at::empty({B, Dm, Wc, N}, f32);
   auto du = at::empty_like(u), ddelta = at::empty_like(delta);
   auto dz = z.has_value() ? at::empty_like(*z) : at::empty({0}, u.options());
   auto dA_rows = at::zeros({B, Dm, N}, f32), dD_rows = at::zeros({B, Dm}, f32), dbias_rows = at::zeros({B, Dm}, f32);

@@ -29,7 +29,8 @@ def _scan_ref(
         D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool,
         reverse: bool, local_window: Optional[int],
 ) -> torch.Tensor:
-    """Un-gated scan output y in the compute dtype. Selective scan, optionally reversed and/or locally bi-directional (LBMamba).
+    """Un-gated scan output y in the compute dtype. Selective scan, optionally reversed and/or locally
+    bi-directional (LBMamba).
 
     Shapes: u, delta, z (b, d, l); A (d, n); B, C (b, n, l); D, delta_bias (d,).
     Scan order k = 0..l-1 visits position t = k (forward) or t = l-1-k (reverse=True). In scan order:
