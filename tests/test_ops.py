@@ -1,5 +1,4 @@
 """vimzoo.ops: reference semantics, every backend == reference, gradients, errors, compile/FX, FLOP counting."""
-import math
 import shutil
 import warnings
 
@@ -8,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import vimzoo.ops as ops
-from vimzoo.ops.reference import causal_conv1d_ref, selective_scan_bwd_ref, selective_scan_ref
+from vimzoo.ops.reference import selective_scan_bwd_ref, selective_scan_ref
 
 HAS_CXX = shutil.which('c++') is not None or shutil.which('g++') is not None
 
@@ -23,10 +22,6 @@ def _cpu_kernel_ok() -> bool:
         if 'disabled' in str(exc):
             return False
         raise      # a compiler is present: a build failure is a test failure, not a skip
-
-
-def kernel_backends():
-    return ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
 
 def _make(b, d, l, n, dtype=torch.float32, device='cpu', with_d=True, with_z=True, with_bias=True, seed=0):
@@ -219,6 +214,29 @@ def test_cpu_kernel_matches_reference(cpu_kernel, shape):
                 if l > 1000 and (opt is False or window == 3):
                     continue   # keep the long-sequence case cheap: the reference loops in Python
                 _grads_close(cpu_kernel, b, d, l, n, window, reverse, opt)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (none here: CUDA is compiled, not run)')
+@pytest.mark.parametrize('shape', [(1, 1, 1, 1), (2, 3, 7, 4), (2, 2, 197, 16), (1, 2, 37, 40), (1, 2, 2049, 16)],
+                         ids=lambda s: 'b{}d{}l{}n{}'.format(*s))
+def test_cuda_kernel_matches_reference(shape):
+    b, d, l, n = shape
+    ts = [None if t is None else t.cuda() for t in _make(b, d, l, n)]
+    for window in (None, 3, 8, l):
+        for reverse in (False, True):
+            for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+                args = [None if t is None else (t.to(dtype) if i in (0, 1, 3, 4, 6) else t).requires_grad_()
+                        for i, t in enumerate(ts)]
+                used = [t for t in args if t is not None]
+                res = {}
+                for be in ('reference', 'cuda'):
+                    y = ops.selective_scan(*args[:5], D=args[5], z=args[6], delta_bias=args[7], delta_softplus=True,
+                                           reverse=reverse, local_window=window, backend=be)
+                    res[be] = (y,) + torch.autograd.grad(y, used, torch.ones_like(y))
+                for got, exp in zip(res['cuda'], res['reference']):
+                    err = ((got.float() - exp.float()).abs().max() / exp.float().abs().max().clamp_min(1e-6)).item()
+                    assert err < tol, f'cuda {shape} W={window} reverse={reverse} {dtype}: rel err {err:.2e}'
 
 
 def test_cpu_kernel_bf16_and_fp16(cpu_kernel):
