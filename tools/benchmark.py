@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
 """Benchmark zoo models: params, GMACs, inference latency/throughput and peak memory, always against a timm
-baseline (deit_tiny_patch16_224) measured in the same run, so every number is also reported as a ratio.
+baseline (deit_tiny_patch16_224) measured in the same run, so every number is also reported as a ratio -- absolute
+numbers from a shared machine mean little, ratios measured side by side mean more.
 
-Protocol (printed and saved next to the CSV as <out>.protocol.json):
-- every (model, resolution) is measured in a fresh subprocess, so peak memory is that model's alone;
-- MACs = FLOPs / 2 from torch.utils.flop_counter.FlopCounterMode at batch 1 (vimzoo's scan ops register a FLOP
-  formula; any non-aten op without a formula is listed in the `uncounted_ops` column instead of silently ignored);
-- `--warmup` untimed forwards, then `--iters` timed forwards (torch.inference_mode, eval mode); latency is the
-  median (and IQR) per batch, throughput = batch / median latency;
-- memory: CPU = peak RSS (VmHWM, reset just before the timed loop) minus RSS at that point (activations + workspace);
-  CUDA = torch.cuda.max_memory_allocated during the timed loop.
+Protocol (printed, saved as <out>.protocol.json and in the PNG's metadata; per-row columns repeat the essentials):
+- every (model, resolution) is measured in a fresh subprocess, so peak memory and allocator state are its alone;
+- a model whose default input size differs from the resolution runs as-is if a trial forward works, else it is
+  re-created with img_size=<res> (timm convention); what was done is in `created_with`, failures in `error`;
+- `--warmup` untimed forwards, then `--iters` timed forwards (eval, torch.inference_mode); latency is the median
+  (and IQR) per batch, throughput = batch / median latency;
+- memory over the timed loop: CPU = peak RSS (VmHWM, reset after the warm-up) minus RSS before the loop
+  (activations + workspace); CUDA = torch.cuda.max_memory_allocated minus memory_allocated before the loop;
+- MACs = FLOPs / 2 from torch.utils.flop_counter.FlopCounterMode at batch 1 (vimzoo's scan ops register FLOP
+  formulas); custom ops and matmul-like aten ops that ran without a formula are listed in `uncounted_ops`.
 
     python tools/benchmark.py --models vim_tiny_patch16_224 van_b0 --resolutions 224 512
+    python tools/benchmark.py --device cuda --batch-size 64 --amp bf16 --out benchmarks/results/zoo_cuda
 """
 from __future__ import annotations
 
@@ -111,10 +115,10 @@ def _reset_peak_rss() -> Tuple[float, str]:
     try:
         Path('/proc/self/clear_refs').write_text('5')
         _PEAK_SOURCE = 'VmHWM'
-        method = 'VmHWM (reset before warm-up) - VmRSS before warm-up'
+        method = 'VmHWM - VmRSS, over the timed loop (VmHWM reset after warm-up)'
     except OSError:
         _PEAK_SOURCE = 'getrusage'
-        method = 'getrusage ru_maxrss - RSS before warm-up (upper bound: peak not resettable)'
+        method = 'getrusage ru_maxrss - RSS before the timed loop (upper bound: peak not resettable)'
     return _rss_mb(), method
 
 
@@ -222,21 +226,23 @@ def measure(name: str, resolution: int, batch_size: int, device: str, warmup: in
         x = torch.randn(batch_size, 3, resolution, resolution, device=device)
         autocast = torch.autocast(device_type=device, dtype=_amp_dtype(amp), enabled=amp is not None)
         sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-        if device == 'cuda':
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            cuda_before = torch.cuda.memory_allocated()
-        else:
-            rss_before, row['mem_method'] = _reset_peak_rss()
         times = []
         with torch.inference_mode(), autocast:
-            for i in range(warmup + iters):
+            for _ in range(warmup):  # also takes one-time costs (kernel JIT/loading, allocator growth) off the peak
+                model(x)
+            sync()
+            # peak memory is that of the timed loop: reset the peak marks only now
+            if device == 'cuda':
+                torch.cuda.reset_peak_memory_stats()
+                cuda_before = torch.cuda.memory_allocated()
+            else:
+                rss_before, row['mem_method'] = _reset_peak_rss()
+            for _ in range(iters):
                 sync()
                 start = time.perf_counter()
                 model(x)
                 sync()
-                if i >= warmup:
-                    times.append(time.perf_counter() - start)
+                times.append(time.perf_counter() - start)
         median = statistics.median(times)
         q = statistics.quantiles(times, n=4) if len(times) >= 2 else [median, median, median]
         row.update(latency_ms_median=median * 1e3, latency_ms_iqr=(q[2] - q[0]) * 1e3,
@@ -244,7 +250,7 @@ def measure(name: str, resolution: int, batch_size: int, device: str, warmup: in
         if memory and device == 'cuda':
             row['peak_mem_total_mb'] = torch.cuda.max_memory_allocated() / 2 ** 20
             row['peak_mem_mb'] = (torch.cuda.max_memory_allocated() - cuda_before) / 2 ** 20
-            row['mem_method'] = 'cuda max_memory_allocated - allocated before warm-up'
+            row['mem_method'] = 'cuda max_memory_allocated - memory_allocated, over the timed loop'
         elif memory:
             peak = _peak_rss_mb()
             row['peak_mem_total_mb'] = peak
@@ -289,7 +295,8 @@ def add_ratios(rows: List[Dict], baseline: str) -> None:
 
 
 def plot(rows: List[Dict], path: Path, baseline: str, protocol: Optional[Dict] = None) -> None:
-    """Throughput and peak memory per model: bars at one resolution, log-log lines vs resolution otherwise."""
+    """Throughput and peak memory per model: bars (labelled with the ratio vs the baseline) at one resolution,
+    log-log lines vs resolution otherwise. The protocol goes into the title and the PNG's Description field."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -297,25 +304,46 @@ def plot(rows: List[Dict], path: Path, baseline: str, protocol: Optional[Dict] =
     ok = [r for r in rows if r.get('status') == 'ok']
     models = list(dict.fromkeys(r['model'] for r in ok))
     resolutions = sorted({r['resolution'] for r in ok})
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    metrics = [('throughput_img_s', 'throughput (img/s)'), ('peak_mem_mb', 'peak memory (MB)')]
-    for ax, (key, label) in zip(axes, metrics):
-        if len(resolutions) == 1:
-            values = [next((r.get(key) or 0 for r in ok if r['model'] == m), 0) for m in models]
+    fig, axes = plt.subplots(1, 2, figsize=(13, max(4.5, 0.4 * len(models) + 1.5)))
+    metrics = [('throughput_img_s', 'throughput (img/s)', 'throughput_ratio_vs_baseline'),
+               ('peak_mem_mb', 'peak memory (MB, activations + workspace)', 'memory_ratio_vs_baseline')]
+    for ax, (key, label, ratio_key) in zip(axes, metrics):
+        if not ok:
+            ax.text(0.5, 0.5, 'no successful measurement', ha='center', transform=ax.transAxes)
+        elif len(resolutions) == 1:
+            rows_1 = [next(r for r in ok if r['model'] == m) for m in models]
+            values = [r.get(key) or 0 for r in rows_1]
             colors = ['tab:gray' if m == baseline else 'tab:blue' for m in models]
-            ax.barh(models, values, color=colors)
+            bars = ax.barh(models, values, color=colors)
+            ax.invert_yaxis()
+            for bar, r in zip(bars, rows_1):
+                if isinstance(r.get(ratio_key), (int, float)):
+                    ax.annotate(f' x{r[ratio_key]:.2f}', (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                                va='center', fontsize=7)
+            positive = [v for v in values if v > 0]
+            if positive and max(positive) / min(positive) > 20:
+                ax.set_xscale('log')
             ax.set_xlabel(f'{label} @ {resolutions[0]}px')
+            ax.tick_params(axis='y', labelsize=7)
         else:
             for m in models:
                 pts = sorted((r['resolution'], r.get(key)) for r in ok if r['model'] == m and r.get(key))
                 if pts:
-                    ax.plot(*zip(*pts), marker='o', label=m, linestyle='--' if m == baseline else '-')
+                    ax.plot(*zip(*pts), marker='o', label=m, linestyle='--' if m == baseline else '-',
+                            color='black' if m == baseline else None)
+            ax.set_xscale('log')
+            ax.set_yscale('log')
+            ax.set_xticks(resolutions, [str(r) for r in resolutions])
             ax.set_xlabel('resolution (px)')
             ax.set_ylabel(label)
-            ax.set_yscale('log')
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-        ax.set_title(f'{label} (baseline {baseline} in grey/dashed)', fontsize=9)
+        ax.set_title(f'{label}; baseline {baseline} (grey / black dashed)', fontsize=9)
+    if protocol:
+        fig.suptitle(f"{protocol.get('device')} {protocol.get('amp')}, batch {protocol.get('batch_size')}, "
+                     f"{protocol.get('threads')} threads, warm-up {protocol.get('warmup')}, "
+                     f"median of {protocol.get('iters')}; torch {protocol.get('torch')}; {protocol.get('cpu')}",
+                     fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={'Description': json.dumps(protocol or {})})
     plt.close(fig)
@@ -363,8 +391,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     protocol = dict(
         baseline=args.baseline, batch_size=args.batch_size, device=args.device, amp=args.amp or 'fp32',
         threads=args.threads, warmup=args.warmup, iters=args.iters, mode='eval, torch.inference_mode, forward only',
-        statistic='median latency per batch over the timed iterations, IQR = q3 - q1; throughput = batch / median',
-        memory=('fresh subprocess per (model, resolution); CPU: peak RSS during warm-up + timed loop minus RSS '
+        statistic=('median latency per batch over the timed iterations (after the warm-up ones), IQR = q3 - q1; '
+                   'throughput = batch / median'),
+        memory=('fresh subprocess per (model, resolution); CPU: peak RSS during the timed loop minus RSS '
                 'before it (VmHWM reset via /proc/self/clear_refs, else getrusage upper bound); CUDA: '
                 'max_memory_allocated minus allocated before it (weights excluded; total in peak_mem_total_mb)'),
         macs='FlopCounterMode FLOPs / 2 at batch 1, fp32; element-wise ops not counted; see uncounted_ops',
@@ -400,7 +429,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for r in rows:
         def fmt(key, spec):
             return format(r[key], spec) if isinstance(r.get(key), (int, float)) else '-'
-        print(f'{r["model"]:40s} {r["resolution"]:5d} {fmt("params_m", "9.2f")} {fmt("gmacs", "7.2f")} '
+        print(f'{r["model"]:40s} {r["resolution"]:5d} {fmt("params_m", "9.2f")} {fmt("gmacs", "7.3g")} '
               f'{fmt("latency_ms_median", "9.1f")} {fmt("throughput_img_s", "8.1f")} '
               f'{fmt("throughput_ratio_vs_baseline", "7.2f")} {fmt("peak_mem_mb", "8.1f")}  '
               f'{r.get("status")} {r.get("error", "")}')
