@@ -239,6 +239,22 @@ def test_cuda_kernel_matches_reference(shape):
                     assert err < tol, f'cuda {shape} W={window} reverse={reverse} {dtype}: rel err {err:.2e}'
 
 
+@pytest.mark.parametrize('reverse', [False, True])
+def test_cpu_kernel_lb_reductions(cpu_kernel, reverse):
+    """On the kernel itself: W=1 == plain scan; W >= l == forward + full reverse scan - Σ_n C Δ B u."""
+    u, delta, A, B, C, D, _, bias = _make(2, 3, 29, 16)
+    kw = dict(delta_bias=bias, delta_softplus=True, backend=cpu_kernel)
+    plain = ops.selective_scan(u, delta, A, B, C, D, reverse=reverse, **kw)
+    torch.testing.assert_close(ops.selective_scan(u, delta, A, B, C, D, reverse=reverse, local_window=1, **kw),
+                               plain, rtol=0, atol=0)
+    full = ops.selective_scan(u, delta, A, B, C, D, reverse=reverse, local_window=29, **kw)
+    fwd = ops.selective_scan(u, delta, A, B, C, D, **kw)
+    rev = ops.selective_scan(u, delta, A, B, C, None, reverse=True, **kw)
+    dt = F.softplus(delta + bias[:, None])
+    b_term = torch.einsum('bdl,bnl,bnl->bdl', dt * u, B, C)
+    torch.testing.assert_close(full, fwd + rev - b_term, rtol=1e-4, atol=1e-4)
+
+
 def test_cpu_kernel_bf16_and_fp16(cpu_kernel):
     for dtype in (torch.bfloat16, torch.float16):
         for window in (None, 4):
