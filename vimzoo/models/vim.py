@@ -89,7 +89,7 @@ class RmsNormF32(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         summed = x.float() if residual is None else residual.float() + x.float()
-        normed = summed * torch.rsqrt(summed.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        normed = F.rms_norm(summed, (summed.shape[-1],), self.weight.float(), self.eps)  # x * rsqrt(mean x² + eps) * w
         return normed.to(x.dtype), summed
 
 
