@@ -60,10 +60,10 @@ def replace_between_markers(text: str, table: str) -> str:
     """`text` with the block between the markers replaced by `table`; errors if the markers are missing/broken."""
     if text.count(START) != 1 or text.count(END) != 1:
         raise ValueError(f'the file must contain exactly one of each of the markers {START!r} and {END!r}.')
+    if text.index(END) < text.index(START):
+        raise ValueError(f'markers out of order: {END!r} comes before {START!r}.')
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    if END in head:
-        raise ValueError(f'markers out of order: {END!r} comes before {START!r}.')
     return f'{head}{START}\n{table}{END}{tail}'
 
 
