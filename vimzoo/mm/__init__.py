@@ -1,0 +1,19 @@
+"""OpenMMLab adapters: zoo models as mmdet 3.x / mmseg 1.x backbones.
+
+`import vimzoo.mm` (or `custom_imports=dict(imports=['vimzoo.mm'])` in a config) registers `VimZooBackbone` once in
+mmengine's root `MODELS` registry; mmdet's and mmseg's registries are its children and find it from either scope.
+Needs the OpenMMLab stack (`bash tools/install_mm.sh`); plain `import vimzoo` never imports this package.
+"""
+try:
+    import mmengine  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError('vimzoo.mm needs the OpenMMLab stack: pip install -e .[mm] && bash tools/install_mm.sh '
+                      f'(mmengine is missing: {e})') from e
+
+from .backbone import DEFAULT_OUT_NORM, SimplePyramid, VimZooBackbone
+from .compat import register_safe_checkpoint_loader, safe_load
+
+register_safe_checkpoint_loader()
+
+__all__ = ['VimZooBackbone', 'SimplePyramid', 'DEFAULT_OUT_NORM', 'register_safe_checkpoint_loader',
+           'safe_load']

@@ -1,0 +1,41 @@
+"""Per-family defaults for the dense-prediction backbone, taken from each family's official mmdet/mmseg code.
+
+Only facts that change the *network* live here (per-level output norms, constructor flags a dense input needs);
+training hyper-parameters live in `configs/`. A family that is not listed, or any other timm model, gets the
+generic behaviour: hierarchical nets return their stage maps as they are, isometric nets get a pyramid.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+__all__ = ['FAMILY_DEFAULTS', 'family_defaults']
+
+FAMILY_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    # hustvl/Vim seg/backbone/vim.py (VisionMambaSeg): 4 block outputs at out_indices [5, 11, 17, 23] -> fpn1..4
+    # (ConvT-BN-GELU-ConvT / ConvT / Identity / MaxPool); no per-level norm.
+    'vim': dict(out_norm=None),
+    # LBMamba segmentation/model.py (Backbone_BiVisionMamba): per-output LayerNorm `outnorm_i`.
+    'lbvim': dict(out_norm='LN', out_norm_eps=1e-5),
+    # BiFormer object_detection/semantic_segmentation models_mm/biformer_mm.py: `extra_norms` = LayerNorm2d(eps=1e-6)
+    # on each of the 4 stage outputs (the next stage still gets the un-normed map).
+    'biformer': dict(out_norm='LN', out_norm_eps=1e-6),
+    # dingmyu/davit mmdet|mmseg backbones/davit.py: `norm{i}` = nn.LayerNorm (eps 1e-5) on every stage output.
+    'davit': dict(out_norm='LN', out_norm_eps=1e-5),
+    # VAN-Segmentation van.py: outputs are taken after the per-stage LayerNorm, which is part of the net already.
+    'van': dict(out_norm=None),
+    # No official dense code (ConViT, HaloNet, DependencyViT): plain features; ConViT needs its opt-in
+    # dynamic_img_size so that any padded H x W works (pos_embed / GPSA positions resampled).
+    'convit': dict(out_norm=None, model_kwargs=dict(dynamic_img_size=True)),
+    'halonet': dict(out_norm=None),
+    'dependencyvit': dict(out_norm=None),
+}
+
+
+def family_defaults(model_name: str) -> Dict[str, Any]:
+    """Defaults for a zoo model name; {} for models outside the zoo."""
+    from vimzoo.zoo import family_of
+    try:
+        family = family_of(model_name)
+    except KeyError:
+        return {}
+    return dict(FAMILY_DEFAULTS.get(family, {}), family=family)
