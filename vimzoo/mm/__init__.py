@@ -12,6 +12,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from .backbone import DEFAULT_OUT_NORM, SimplePyramid, VimZooBackbone
 from .compat import register_safe_checkpoint_loader, safe_load
+from . import optim  # noqa: F401,E402  (registers VimZooLayerDecayOptimWrapperConstructor)
 
 register_safe_checkpoint_loader()
 

@@ -81,6 +81,23 @@ class SimplePyramid(nn.Module):
         return [op(f) for op, f in zip(self.ops, feats)]
 
 
+def _probe_input_multiple(create: Any, model_name: str, kwargs: Dict[str, Any]) -> int:
+    """Smallest multiple of 32 the input sides must have (timm's HaloNets assert it inside HaloAttn).
+
+    Found by running a copy of the model on the meta device (no memory, no compute) at sizes 3M x 5M.
+    """
+    kwargs = {k: v for k, v in kwargs.items() if k != 'pretrained_cfg_overlay'}
+    with torch.device('meta'):
+        probe = create(model_name, pretrained=False, **kwargs)
+        for m in (32, 64, 128, 256, 512, 1024):
+            try:
+                probe.forward_intermediates(torch.empty(1, 3, 3 * m, 5 * m), intermediates_only=True)
+                return m
+            except (AssertionError, ValueError, RuntimeError):
+                continue
+    return 1
+
+
 def _split_pretrained(pretrained: Union[bool, str, None], init_cfg: Any) -> Tuple[Union[bool, str], Any]:
     """Pull a whole-model classification checkpoint out of `pretrained` / `init_cfg=dict(type='Pretrained')`.
 
@@ -146,7 +163,8 @@ class VimZooBackbone(BaseModule):
                              'do not pass features_only')
         if isinstance(source, str):
             kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=source)
-        model = timm.create_model(model_name, pretrained=bool(source), **kwargs)
+        create = defaults.get('create') or timm.create_model
+        model = create(model_name, pretrained=bool(source), **kwargs)
         if not hasattr(model, 'forward_intermediates'):
             raise TypeError(f'{model_name} has no forward_intermediates(); it cannot be used as a dense backbone')
         self.pretrained = source
@@ -172,7 +190,10 @@ class VimZooBackbone(BaseModule):
             model.set_grad_checkpointing(True)
         model.is_init = True  # mmengine must not call the timm model's own init_weights() after loading weights
         self.model = model
-        self.input_multiple = int(getattr(model, 'input_multiple', 1) or 1)
+        self.input_multiple = int(getattr(model, 'input_multiple', 0) or 0)
+        if not self.input_multiple:
+            self.input_multiple = _probe_input_multiple(create, model_name, kwargs) if defaults.get('probe_multiple') \
+                else 1
         cfg = getattr(model, 'pretrained_cfg', None) or {}
         self.min_input_size = tuple(cfg['min_input_size'][-2:]) if cfg.get('min_input_size') else (1, 1)
 

@@ -6,9 +6,21 @@ generic behaviour: hierarchical nets return their stage maps as they are, isomet
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Callable, Dict
+
+import torch.nn as nn
 
 __all__ = ['FAMILY_DEFAULTS', 'family_defaults']
+
+
+def _create_convit(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """timm's convit_tiny/small/base are plain `ConVit`s; the zoo's `ZooConVit` (same weights and keys) adds
+    `dynamic_img_size`, which padded detection inputs need. test_convit is a ZooConVit already."""
+    import timm
+    from vimzoo.models.convit import CONVIT_ARGS, create_zoo_convit
+    if model_name.split('.')[0] in CONVIT_ARGS:
+        return create_zoo_convit(model_name, pretrained=pretrained, **kwargs)
+    return timm.create_model(model_name, pretrained=pretrained, **kwargs)
 
 FAMILY_DEFAULTS: Dict[str, Dict[str, Any]] = {
     # hustvl/Vim seg/backbone/vim.py (VisionMambaSeg): 4 block outputs at out_indices [5, 11, 17, 23] -> fpn1..4
@@ -25,8 +37,10 @@ FAMILY_DEFAULTS: Dict[str, Dict[str, Any]] = {
     'van': dict(out_norm=None),
     # No official dense code (ConViT, HaloNet, DependencyViT): plain features; ConViT needs its opt-in
     # dynamic_img_size so that any padded H x W works (pos_embed / GPSA positions resampled).
-    'convit': dict(out_norm=None, model_kwargs=dict(dynamic_img_size=True)),
-    'halonet': dict(out_norm=None),
+    'convit': dict(out_norm=None, model_kwargs=dict(dynamic_img_size=True), create=_create_convit),
+    # timm's HaloNets (halonet26t, halonet50ts, halonet_h1) need input sides divisible by 32 x block size; the
+    # zoo's ZooByobNet says so in `input_multiple`, timm's models are probed once on the meta device.
+    'halonet': dict(out_norm=None, probe_multiple=True),
     'dependencyvit': dict(out_norm=None),
 }
 
