@@ -285,7 +285,8 @@ def test_layer_decay_constructor_scales_backbone_layers(mm, seg_cfgs):
     head = [g for n, g in groups.items() if n.startswith('decode_head.')]
     assert head and all(g['lr'] == pytest.approx(base) for g in head)
     assert groups['backbone.model.pos_embed']['weight_decay'] == 0.
-    assert groups['backbone.model.layers.0.mixer.in_proj.weight']['weight_decay'] == cfg.optim_wrapper.optimizer.weight_decay
+    wd = cfg.optim_wrapper.optimizer.weight_decay
+    assert groups['backbone.model.layers.0.mixer.in_proj.weight']['weight_decay'] == wd
 
 
 # ---------------------------------------------------------------------------------------------------- backbone

@@ -7,4 +7,5 @@ model = dict(
     backbone=dict(model_name='biformer_small', n_win=16, drop_path_rate=0.2),
     neck=dict(in_channels=[64, 128, 256, 512]))
 
-optim_wrapper = dict(type='AmpOptimWrapper', loss_scale='dynamic')
+# official `fp16 = dict()`: mmcv's Fp16OptimizerHook with its default loss scale 512
+optim_wrapper = dict(type='AmpOptimWrapper', loss_scale=512.)
