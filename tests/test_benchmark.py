@@ -59,8 +59,8 @@ def test_baseline_row_and_ratios(run):
     base, zoo = rows[('deit_tiny_patch16_224', 64)], rows[('test_vim', 64)]
     assert base['status'] == 'ok', base['error']
     assert base['family'] == 'timm' and base['created_with'].startswith('img_size=64')  # fixed-size ViT rebuilt
-    for key in ('throughput_ratio_vs_baseline', 'latency_ratio_vs_baseline', 'memory_ratio_vs_baseline',
-                'gmacs_ratio_vs_baseline'):
+    for key in ('throughput_ratio_vs_baseline', 'latency_ratio_vs_baseline', 'cpu_time_ratio_vs_baseline',
+                'memory_ratio_vs_baseline', 'gmacs_ratio_vs_baseline'):
         assert float(base[key]) == 1.0, key
     assert zoo['status'] == 'ok', zoo['error']
     assert zoo['family'] == 'vim' and zoo['created_with'] == 'default'  # test_vim's cfg input size is 64
@@ -68,6 +68,7 @@ def test_baseline_row_and_ratios(run):
                                                    / 1e6, rel=1e-3)
     assert float(zoo['gmacs']) > 0 and zoo['uncounted_ops'] == ''  # the scan ops carry FLOP formulas
     assert float(zoo['throughput_img_s']) > 0 and float(zoo['peak_mem_mb']) >= 0
+    assert 0 < float(zoo['cpu_time_ms_median']) and float(zoo['latency_ms_median']) > 0
     ratio = float(zoo['throughput_img_s']) / float(base['throughput_img_s'])
     assert float(zoo['throughput_ratio_vs_baseline']) == pytest.approx(ratio, rel=1e-2)  # CSV keeps 4 digits
     assert int(zoo['threads']) == 1 and int(zoo['warmup']) == 1 and int(zoo['iters']) == 2
@@ -96,7 +97,7 @@ def test_plot_is_a_png_and_protocol_is_saved(run):
 
 def test_deit_tiny_gmacs_match_timm():
     """timm's results table gives deit_tiny_patch16_224 1.26 GMACs at 224 (attention matmuls included; on CPU they
-    run in an SDPA kernel torch has no FLOP formula for, so missing it would give ~1.08)."""
+    run in an SDPA kernel torch has no FLOP formula for, so missing it would give 1.07)."""
     model = timm.create_model('deit_tiny_patch16_224').eval()
     gmacs, uncounted = bench.count_macs(model, torch.randn(1, 3, 224, 224))
     assert gmacs == pytest.approx(1.26, rel=0.05) and uncounted == []
@@ -141,10 +142,12 @@ def test_add_ratios_uses_same_resolution_baseline():
     assert 'throughput_ratio_vs_baseline' not in rows[3]  # no baseline at 896: no ratio rather than a wrong one
 
 
-def test_dry_run_lists_baseline_first_and_rejects_unknown_models():
-    tool = [sys.executable, str(ROOT / 'tools' / 'benchmark.py')]
-    proc = subprocess.run(tool + ['--models', 'van_b00', '--dry-run'], capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and 'Did you mean' in proc.stderr
+def test_dry_run_lists_baseline_first_and_rejects_unknown_models(capsys):
+    assert bench.main(['--models', 'test_vim', 'deit_tiny_patch16_224', '--resolutions', '64', '96', '--dry-run']) == 0
+    plan = [line for line in capsys.readouterr().out.splitlines() if line.startswith('would measure')]
+    assert plan == [f'would measure {m} @ {r}px' for r in (64, 96) for m in ('deit_tiny_patch16_224', 'test_vim')]
+    with pytest.raises(RuntimeError, match='Did you mean'):
+        bench.main(['--models', 'van_b00', '--dry-run'])
     defaults = bench.default_models()
     assert len(defaults) == len({vimzoo.family_of(m) for m in defaults})  # one model per family present
     assert all(not m.startswith('test_') for m in defaults)

@@ -52,9 +52,10 @@ def default_models() -> List[str]:
     return chosen
 COLUMNS = [
     'model', 'family', 'resolution', 'batch_size', 'device', 'amp', 'threads', 'status', 'params_m', 'gmacs',
-    'latency_ms_median', 'latency_ms_iqr', 'throughput_img_s', 'peak_mem_mb', 'throughput_ratio_vs_baseline',
-    'latency_ratio_vs_baseline', 'memory_ratio_vs_baseline', 'gmacs_ratio_vs_baseline', 'uncounted_ops',
-    'created_with', 'error', 'peak_mem_total_mb', 'mem_method', 'warmup', 'iters', 'torch', 'cpu',
+    'latency_ms_median', 'latency_ms_iqr', 'cpu_time_ms_median', 'throughput_img_s', 'peak_mem_mb',
+    'throughput_ratio_vs_baseline', 'latency_ratio_vs_baseline', 'cpu_time_ratio_vs_baseline',
+    'memory_ratio_vs_baseline', 'gmacs_ratio_vs_baseline', 'uncounted_ops', 'created_with', 'error',
+    'peak_mem_total_mb', 'mem_method', 'load_avg_1m', 'warmup', 'iters', 'torch', 'cpu',
 ]
 
 
@@ -237,16 +238,20 @@ def measure(name: str, resolution: int, batch_size: int, device: str, warmup: in
                 cuda_before = torch.cuda.memory_allocated()
             else:
                 rss_before, row['mem_method'] = _reset_peak_rss()
+            cpu_times = []
+            row['load_avg_1m'] = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None  # machine busy-ness
             for _ in range(iters):
                 sync()
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 model(x)
                 sync()
                 times.append(time.perf_counter() - start)
+                cpu_times.append(time.process_time() - cpu_start)
         median = statistics.median(times)
         q = statistics.quantiles(times, n=4) if len(times) >= 2 else [median, median, median]
         row.update(latency_ms_median=median * 1e3, latency_ms_iqr=(q[2] - q[0]) * 1e3,
-                   throughput_img_s=batch_size / median, status='ok')
+                   throughput_img_s=batch_size / median, status='ok',
+                   cpu_time_ms_median=statistics.median(cpu_times) * 1e3)
         if memory and device == 'cuda':
             row['peak_mem_total_mb'] = torch.cuda.max_memory_allocated() / 2 ** 20
             row['peak_mem_mb'] = (torch.cuda.max_memory_allocated() - cuda_before) / 2 ** 20
@@ -289,6 +294,8 @@ def add_ratios(rows: List[Dict], baseline: str) -> None:
             continue
         r['throughput_ratio_vs_baseline'] = r['throughput_img_s'] / b['throughput_img_s']
         r['latency_ratio_vs_baseline'] = r['latency_ms_median'] / b['latency_ms_median']
+        if r.get('cpu_time_ms_median') and b.get('cpu_time_ms_median'):
+            r['cpu_time_ratio_vs_baseline'] = r['cpu_time_ms_median'] / b['cpu_time_ms_median']
         r['gmacs_ratio_vs_baseline'] = r['gmacs'] / b['gmacs'] if b['gmacs'] else None
         if r.get('peak_mem_mb') is not None and b.get('peak_mem_mb'):
             r['memory_ratio_vs_baseline'] = r['peak_mem_mb'] / b['peak_mem_mb']
@@ -392,7 +399,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         baseline=args.baseline, batch_size=args.batch_size, device=args.device, amp=args.amp or 'fp32',
         threads=args.threads, warmup=args.warmup, iters=args.iters, mode='eval, torch.inference_mode, forward only',
         statistic=('median latency per batch over the timed iterations (after the warm-up ones), IQR = q3 - q1; '
-                   'throughput = batch / median'),
+                   'throughput = batch / median; cpu_time = median process CPU time per batch (all threads; '
+                   'robust to other processes preempting this one, unlike wall time)'),
         memory=('fresh subprocess per (model, resolution); CPU: peak RSS during the timed loop minus RSS '
                 'before it (VmHWM reset via /proc/self/clear_refs, else getrusage upper bound); CUDA: '
                 'max_memory_allocated minus allocated before it (weights excluded; total in peak_mem_total_mb)'),
