@@ -68,7 +68,8 @@ def test_check_detects_drift(tmp_path):
 def test_render_table_formats_cells():
     index = {'fam': dict(paper='https://arxiv.org/abs/1', license='MIT | see notes', implementation='vimzoo',
                          variants=[dict(name='fam_a', params=5_717_416, top1=72.2, weights='https://w'),
-                                   dict(name='fam_b', params=1_000_000, top1=None, weights=None, license='Apache-2.0')]),
+                                   dict(name='fam_b', params=1_000_000, top1=None, weights=None,
+                                        license='Apache-2.0')]),
              'nopaper': dict(variants=[dict(name='np_a', params=None)])}
     lines = gen.render_table(index).splitlines()
     assert lines[0] == '| ' + ' | '.join(gen.HEADER) + ' |'
