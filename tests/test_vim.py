@@ -120,6 +120,28 @@ def test_pretrained_loads_official_checkpoint_file_offline(tmp_path, fmt):
         torch.testing.assert_close(loaded(x), source(x), rtol=0, atol=0)
 
 
+def test_pretrained_hub_path_uses_official_files(tmp_path, monkeypatch):
+    """pretrained=True resolves to hustvl/Vim-tiny-midclstok / vim_t_midclstok_76p1acc.pth and loads the DeiT-style
+    snapshot through torch.load(weights_only=True) + the filter (download replaced by a local file: offline)."""
+    import timm.models._hub as hub
+    source = _make('vim_tiny_patch16_224', seed=9, depth=2)
+    path = tmp_path / 'vim_t_midclstok_76p1acc.pth'
+    torch.save({'model': source.state_dict(), 'epoch': 299, 'args': argparse.Namespace(model='vim_tiny')}, path)
+    requested = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        requested.append((repo_id, filename))
+        if filename.endswith('.safetensors'):
+            raise hub.EntryNotFoundError(f'no {filename}')
+        return str(path)
+
+    monkeypatch.setattr(hub, 'hf_hub_download', fake_download)
+    loaded = timm.create_model('vim_tiny_patch16_224', pretrained=True, depth=2)
+    assert requested[-1] == ('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_76p1acc.pth')
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, source.state_dict()[k]), k
+
+
 def test_filter_detects_stride_and_resamples_with_middle_cls():
     """A stride-8 checkpoint (7x7 grid + cls) into a stride-16 model (4x4) and back; cls entry stays in the middle."""
     s8 = _make('test_vim', seed=2, stride=8)   # 64px: (64 - 16) // 8 + 1 = 7 -> 49 + 1 tokens
