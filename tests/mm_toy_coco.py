@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 CLASSES: Tuple[str, ...] = ('box', 'disc', 'bar')
 _COLOURS = ((220, 60, 60), (60, 200, 80), (70, 90, 230))
@@ -37,7 +37,6 @@ def make_toy_coco(root: Path, num_images: int = 4, size: Tuple[int, int] = (96, 
     images, annotations = [], []
     for i in range(num_images):
         canvas = Image.fromarray(rng.integers(0, 60, (H, W, 3), dtype=np.uint8))
-        from PIL import ImageDraw
         draw = ImageDraw.Draw(canvas)
         for _ in range(int(rng.integers(1, max_objects + 1))):
             cat = int(rng.integers(0, len(classes)))
