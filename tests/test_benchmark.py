@@ -151,3 +151,13 @@ def test_dry_run_lists_baseline_first_and_rejects_unknown_models(capsys):
     defaults = bench.default_models()
     assert len(defaults) == len({vimzoo.family_of(m) for m in defaults})  # one model per family present
     assert all(not m.startswith('test_') for m in defaults)
+
+
+def test_merge_rounds_keeps_the_median_round():
+    rounds = [dict(model='m', resolution=64, status='ok', latency_ms_median=t, cpu_time_ms_median=t / 2, peak_mem_mb=t)
+              for t in (30.0, 10.0, 20.0)] + [dict(model='m', resolution=64, status='error', error='boom')]
+    row = bench.merge_rounds(rounds)
+    assert row['latency_ms_median'] == 20.0 and row['peak_mem_mb'] == 20.0  # lower median of 10, 20, 30
+    assert row['rounds'] == 4 and row['latency_ms_rounds'] == '30 10 20' and '1 of 4 rounds failed' in row['error']
+    failed = bench.merge_rounds([dict(model='m', resolution=8, status='error', error='too small')] * 2)
+    assert failed['status'] == 'error' and failed['rounds'] == 2

@@ -55,7 +55,8 @@ COLUMNS = [
     'latency_ms_median', 'latency_ms_iqr', 'cpu_time_ms_median', 'throughput_img_s', 'peak_mem_mb',
     'throughput_ratio_vs_baseline', 'latency_ratio_vs_baseline', 'cpu_time_ratio_vs_baseline',
     'memory_ratio_vs_baseline', 'gmacs_ratio_vs_baseline', 'uncounted_ops', 'created_with', 'error',
-    'peak_mem_total_mb', 'mem_method', 'load_avg_1m', 'warmup', 'iters', 'torch', 'cpu',
+    'peak_mem_total_mb', 'mem_method', 'load_avg_1m', 'rounds', 'latency_ms_rounds', 'cpu_time_ms_rounds', 'warmup',
+    'iters', 'torch', 'cpu',
 ]
 
 
@@ -285,6 +286,23 @@ def _run_worker(args: argparse.Namespace, name: str, resolution: int) -> Dict:
     return dict(failed, error=f'worker exit {proc.returncode}: {err}')
 
 
+def merge_rounds(rounds: List[Dict]) -> Dict:
+    """One row from the rounds of one (model, resolution): the round with the median latency (all its fields stay
+    consistent), plus every round's median latency and CPU time so the spread is visible."""
+    ok = [r for r in rounds if r.get('status') == 'ok']
+    if not ok:
+        return dict(rounds[0], rounds=len(rounds))
+    ok.sort(key=lambda r: r['latency_ms_median'])
+    row = dict(ok[(len(ok) - 1) // 2])  # lower median for an even count
+    row['rounds'] = len(rounds)
+    row['latency_ms_rounds'] = ' '.join(f"{r['latency_ms_median']:.4g}" for r in rounds if r.get('status') == 'ok')
+    row['cpu_time_ms_rounds'] = ' '.join(f"{r['cpu_time_ms_median']:.4g}" for r in rounds if r.get('status') == 'ok')
+    if len(ok) < len(rounds):
+        row['error'] = f'{len(rounds) - len(ok)} of {len(rounds)} rounds failed: ' + next(
+            r.get('error', '') for r in rounds if r.get('status') != 'ok')
+    return row
+
+
 def add_ratios(rows: List[Dict], baseline: str) -> None:
     """Ratios vs the baseline at the same resolution (>1 throughput ratio = faster than the baseline)."""
     base = {r['resolution']: r for r in rows if r['model'] == baseline and r.get('status') == 'ok'}
@@ -369,6 +387,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--amp', choices=['bf16', 'fp16', 'bfloat16', 'float16'], default=None,
                         help='torch.autocast dtype (default: fp32, no autocast)')
     parser.add_argument('--timeout', type=float, default=3600, help='seconds per (model, resolution) worker')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='measure the whole plan this many times, round-robin (fresh worker each time), and keep '
+                             'the median round per (model, resolution): robust to load changes on a shared machine')
     parser.add_argument('--baseline', default=BASELINE)
     parser.add_argument('--no-memory', action='store_true', help='skip peak-memory measurement')
     parser.add_argument('--out', default='benchmarks/results/zoo_cpu', help='output prefix for .csv/.png/.json')
@@ -381,8 +402,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(measure(**json.loads(args.worker))))
         return 0
     args.amp = {'bfloat16': 'bf16', 'float16': 'fp16'}.get(args.amp, args.amp)
-    if args.batch_size < 1 or args.iters < 1 or args.warmup < 0:
-        parser.error('--batch-size and --iters must be >= 1, --warmup >= 0')
+    if args.batch_size < 1 or args.iters < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error('--batch-size, --iters and --rounds must be >= 1, --warmup >= 0')
     if args.device == 'cuda':
         import torch
         if not torch.cuda.is_available():
@@ -397,10 +418,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
     protocol = dict(
         baseline=args.baseline, batch_size=args.batch_size, device=args.device, amp=args.amp or 'fp32',
-        threads=args.threads, warmup=args.warmup, iters=args.iters, mode='eval, torch.inference_mode, forward only',
+        threads=args.threads, warmup=args.warmup, iters=args.iters, rounds=args.rounds,
+        mode='eval, torch.inference_mode, forward only',
         statistic=('median latency per batch over the timed iterations (after the warm-up ones), IQR = q3 - q1; '
                    'throughput = batch / median; cpu_time = median process CPU time per batch (all threads; '
-                   'robust to other processes preempting this one, unlike wall time)'),
+                   'robust to other processes preempting this one, unlike wall time); with --rounds > 1 the row of '
+                   'the round with the median latency'),
         memory=('fresh subprocess per (model, resolution); CPU: peak RSS during the timed loop minus RSS '
                 'before it (VmHWM reset via /proc/self/clear_refs, else getrusage upper bound); CUDA: '
                 'max_memory_allocated minus allocated before it (weights excluded; total in peak_mem_total_mb)'),
@@ -416,9 +439,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
 
     from tqdm import tqdm
-    rows = []
-    for m, r in tqdm(plan, desc='benchmark', disable=args.no_progress):
-        rows.append(_run_worker(args, m, r))
+    runs: Dict[tuple, List[Dict]] = {key: [] for key in plan}
+    order = [key for _ in range(args.rounds) for key in plan]  # round-robin: load drifts hit every model alike
+    for m, r in tqdm(order, desc='benchmark', disable=args.no_progress):
+        runs[(m, r)].append(_run_worker(args, m, r))
+    rows = [merge_rounds(runs[key]) for key in plan]
     add_ratios(rows, args.baseline)
 
     out = Path(args.out[:-4] if args.out.endswith('.csv') else args.out)
