@@ -161,3 +161,19 @@ def test_merge_rounds_keeps_the_median_round():
     assert row['rounds'] == 4 and row['latency_ms_rounds'] == '30 10 20' and '1 of 4 rounds failed' in row['error']
     failed = bench.merge_rounds([dict(model='m', resolution=8, status='error', error='too small')] * 2)
     assert failed['status'] == 'error' and failed['rounds'] == 2
+
+
+def test_plot_over_resolutions_and_replot(tmp_path):
+    """Several resolutions give log-log lines; --replot redraws the PNG from a CSV without measuring."""
+    rows = [dict(model=m, resolution=r, status='ok', throughput_img_s=t / r, peak_mem_mb=r / 10,
+                 throughput_ratio_vs_baseline=1.0) for m, t in (('base', 1e4), ('m', 2e4)) for r in (224, 448)]
+    rows.append(dict(model='m', resolution=896, status='error', error='too big'))
+    bench.plot(rows, tmp_path / 'lines.png', 'base', {'device': 'cpu'})
+    assert (tmp_path / 'lines.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    with open(tmp_path / 'r.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=bench.COLUMNS, extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(rows)
+    assert bench.read_csv(tmp_path / 'r.csv')[0]['resolution'] == 224
+    assert bench.main(['--replot', '--out', str(tmp_path / 'r'), '--baseline', 'base']) == 0
+    assert (tmp_path / 'r.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -335,16 +335,17 @@ def plot(rows: List[Dict], path: Path, baseline: str, protocol: Optional[Dict] =
     for ax, (key, label, ratio_key) in zip(axes, metrics):
         if not ok:
             ax.text(0.5, 0.5, 'no successful measurement', ha='center', transform=ax.transAxes)
-        elif len(resolutions) == 1:
-            rows_1 = [next(r for r in ok if r['model'] == m) for m in models]
-            values = [r.get(key) or 0 for r in rows_1]
-            colors = ['tab:gray' if m == baseline else 'tab:blue' for m in models]
-            bars = ax.barh(models, values, color=colors)
+        elif len(resolutions) == 1:  # failed models stay visible, marked 'error'
+            rows_1 = [r for r in rows if r['resolution'] == resolutions[0]]
+            values = [(r.get(key) or 0) if r.get('status') == 'ok' else 0 for r in rows_1]
+            colors = ['tab:gray' if r['model'] == baseline else 'tab:blue' for r in rows_1]
+            bars = ax.barh([r['model'] for r in rows_1], values, color=colors)
             ax.invert_yaxis()
             for bar, r in zip(bars, rows_1):
-                if isinstance(r.get(ratio_key), (int, float)):
-                    ax.annotate(f' x{r[ratio_key]:.2f}', (bar.get_width(), bar.get_y() + bar.get_height() / 2),
-                                va='center', fontsize=7)
+                text = f' x{r[ratio_key]:.2f}' if isinstance(r.get(ratio_key), (int, float)) else ''
+                if r.get('status') != 'ok':
+                    text = ' error (see CSV)'
+                ax.annotate(text, (bar.get_width(), bar.get_y() + bar.get_height() / 2), va='center', fontsize=7)
             positive = [v for v in values if v > 0]
             if positive and max(positive) / min(positive) > 20:
                 ax.set_xscale('log')
@@ -363,15 +364,30 @@ def plot(rows: List[Dict], path: Path, baseline: str, protocol: Optional[Dict] =
             ax.set_ylabel(label)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-        ax.set_title(f'{label}; baseline {baseline} (grey / black dashed)', fontsize=9)
+        ax.set_title(label, fontsize=9)
     if protocol:
-        fig.suptitle(f"{protocol.get('device')} {protocol.get('amp')}, batch {protocol.get('batch_size')}, "
+        fig.suptitle(f"baseline {baseline} (grey bars / black dashed; x = ratio vs baseline). "
+                     f"{protocol.get('device')} {protocol.get('amp')}, batch {protocol.get('batch_size')}, "
                      f"{protocol.get('threads')} threads, warm-up {protocol.get('warmup')}, "
-                     f"median of {protocol.get('iters')}; torch {protocol.get('torch')}; {protocol.get('cpu')}",
+                     f"median of {protocol.get('iters')}, {protocol.get('rounds', 1)} round(s); "
+                     f"torch {protocol.get('torch')}; {protocol.get('cpu')}",
                      fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={'Description': json.dumps(protocol or {})})
     plt.close(fig)
+
+
+def read_csv(path: Path) -> List[Dict]:
+    """Rows of a CSV written by this tool, numbers as numbers, empty cells dropped (for --replot)."""
+    def convert(value: str):
+        for cast in (int, float):
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+        return value
+    with open(path, newline='') as f:
+        return [{k: convert(v) for k, v in row.items() if v != ''} for row in csv.DictReader(f)]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -394,6 +410,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--no-memory', action='store_true', help='skip peak-memory measurement')
     parser.add_argument('--out', default='benchmarks/results/zoo_cpu', help='output prefix for .csv/.png/.json')
     parser.add_argument('--dry-run', action='store_true', help='print the plan and exit')
+    parser.add_argument('--replot', action='store_true', help='redraw <out>.png from <out>.csv, measure nothing')
     parser.add_argument('--no-progress', action='store_true')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -402,6 +419,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(measure(**json.loads(args.worker))))
         return 0
     args.amp = {'bfloat16': 'bf16', 'float16': 'fp16'}.get(args.amp, args.amp)
+    if args.replot:
+        out = Path(args.out[:-4] if args.out.endswith('.csv') else args.out)
+        proto = out.parent / f'{out.name}.protocol.json'
+        plot(read_csv(out.parent / f'{out.name}.csv'), out.parent / f'{out.name}.png', args.baseline,
+             json.loads(proto.read_text()) if proto.exists() else None)
+        print(f'wrote {out.parent / f"{out.name}.png"}')
+        return 0
     if args.batch_size < 1 or args.iters < 1 or args.warmup < 0 or args.rounds < 1:
         parser.error('--batch-size, --iters and --rounds must be >= 1, --warmup >= 0')
     if args.device == 'cuda':
