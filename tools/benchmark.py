@@ -237,7 +237,7 @@ def measure(name: str, resolution: int, batch_size: int, device: str, warmup: in
             if device == 'cuda':
                 torch.cuda.reset_peak_memory_stats()
                 cuda_before = torch.cuda.memory_allocated()
-            else:
+            elif memory:
                 rss_before, row['mem_method'] = _reset_peak_rss()
             cpu_times = []
             row['load_avg_1m'] = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None  # machine busy-ness
@@ -452,6 +452,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 'before it (VmHWM reset via /proc/self/clear_refs, else getrusage upper bound); CUDA: '
                 'max_memory_allocated minus allocated before it (weights excluded; total in peak_mem_total_mb)'),
         macs='FlopCounterMode FLOPs / 2 at batch 1, fp32; element-wise ops not counted; see uncounted_ops',
+        gpu=torch.cuda.get_device_name(0) if args.device == 'cuda' else None,
         torch=torch.__version__, timm=timm.__version__,
         vimzoo=vimzoo.__version__, cpu=_cpu_name(), cpu_count=os.cpu_count(), python=platform.python_version(),
         date=time.strftime('%Y-%m-%d %H:%M:%S'),
