@@ -160,28 +160,13 @@ def _create(name: str, resolution: int, device: str):
 HEAVY_OP_KEYWORDS = ('attention', 'conv', 'mm', 'matmul', 'einsum', 'linear', 'scan')
 
 
-def _ensure_cpu_sdpa_formula() -> None:
-    """torch registers FLOP formulas for the CUDA SDPA kernels only; on CPU, F.scaled_dot_product_attention runs
-    `_scaled_dot_product_flash_attention_for_cpu`, which FlopCounterMode would count as zero."""
-    import torch
-    from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_flop_count
-
-    op = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu', None)
-    if op is None or op in flop_registry or op.default in flop_registry:
-        return
-
-    @register_flop_formula(op)
-    def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
 def count_macs(model, x) -> Tuple[float, List[str]]:
     """GMACs (= FlopCounterMode FLOPs / 2) of one forward of `x`, plus the ops FlopCounterMode executed without a
     formula that matter: every non-aten (custom) op, and matmul-like aten ops. Those are reported, not guessed."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    _ensure_cpu_sdpa_formula()
+    import vimzoo.flops  # noqa: F401  (FLOP formula for CPU SDPA, which torch lacks)
     counter = FlopCounterMode(display=False)
     leaves = set()
     if hasattr(counter, '_count_flops'):  # torch >= 2.5: called for every op that was run without decomposing

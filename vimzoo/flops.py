@@ -6,10 +6,7 @@ torch registers formulas for the CUDA SDPA kernels only; on CPU, F.scaled_dot_pr
 import torch
 from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
-__all__ = ['HEAVY_OP_KEYWORDS']
-
-# aten ops whose names contain these are matmul-like: if one has no formula, a MAC count is wrong.
-HEAVY_OP_KEYWORDS = ('attention', 'conv', 'mm', 'matmul', 'einsum', 'linear')
+__all__ = []
 
 _aten = torch.ops.aten
 if _aten._scaled_dot_product_flash_attention_for_cpu.default not in flop_registry:
