@@ -51,9 +51,11 @@ def _cpu_has(*flags: str) -> bool:
 
 
 def cpu_build_flags() -> List[str]:
-    """-O3, C++20 (torch 2.14 headers), FMA contraction, and AVX2/FMA/AVX-512 only when this CPU has them (the
+    """-O3, C++20 (torch 2.14 headers), OpenMP, FMA contraction, and AVX2/FMA/AVX-512 only when this CPU has them (the
     extension name says which, so a cached build is never loaded on a CPU without those instructions)."""
-    flags = ['-O3', '-std=c++20', '-fno-math-errno', '-ffp-contract=fast', '-fopenmp-simd']
+    # -fopenmp: at::parallel_for is header-inline and only runs in parallel when the extension itself is built with
+    # OpenMP (it then shares torch's libgomp, loaded under the same soname, so torch.set_num_threads applies).
+    flags = ['-O3', '-std=c++20', '-fno-math-errno', '-ffp-contract=fast', '-fopenmp']
     if _cpu_has('avx2', 'fma'):
         flags += ['-mavx2', '-mfma']
         if _cpu_has('avx512f', 'avx512dq', 'avx512vl'):
@@ -74,8 +76,8 @@ def _load_cpu():
     src = csrc_dir() / 'scan_cpu.cpp'
     if not src.exists():
         raise FileNotFoundError(f'{src} not found')
-    return load(name=name, sources=[str(src)], extra_cflags=flags, verbose=os.environ.get('VIMZOO_VERBOSE_BUILD')
-                == '1')
+    return load(name=name, sources=[str(src)], extra_cflags=flags, extra_ldflags=['-fopenmp'],
+                verbose=os.environ.get('VIMZOO_VERBOSE_BUILD') == '1')
 
 
 def cpu_extension(required: bool = True):
