@@ -764,6 +764,524 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, co
   return {du, ddelta, dA, dBt, dCt, dD, dz, dbias};
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Token-major fast path (forward only): u, delta, z are logical (b, d, l) views whose channels are contiguous
+// (stride(1) == 1), i.e. the (b, l, d) activations a Linear produces. 16 channels share one 16-lane vector, so the
+// state loop over n has no horizontal sums and no transposes (B, C of a token are scalar broadcasts); the state
+// decay uses exp2 with A pre-scaled by log2(e) (AVX-512: roundscale + scalef). Outputs are (b, l, d) in memory,
+// returned as (b, d, l) views. Requires fp32 and d % 16 == 0; everything else takes the row kernels above.
+// ---------------------------------------------------------------------------------------------------------------
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+constexpr int kLanes = 16;
+constexpr float kLog2e = 1.44269504088896341f;
+
+// 2^x: i = round(x), 2^(x - i) by a degree-5 minimax polynomial on [-0.5, 0.5] (rel. error 1.9e-7, ~2 ulp),
+// times 2^i. AVX-512: roundscale + scalef (which also gives 0 / inf for huge |x|, so no clamp: 9 instructions);
+// otherwise x is clamped to [-126, 126] and 2^i built from the exponent bits.
+static inline v16f exp2_fast(v16f x) {
+#if defined(__AVX512F__)
+  const v16f i = (v16f)_mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+  x = x < -126.0f ? splatv<v16f>(-126.0f) : x;
+  x = x > 126.0f ? splatv<v16f>(126.0f) : x;
+  v16i ti = __builtin_convertvector(x + (x < 0.0f ? splatv<v16f>(-0.5f) : splatv<v16f>(0.5f)), v16i);
+  const v16f i = __builtin_convertvector(ti, v16f);
+#endif
+  const v16f f = x - i;
+  v16f p = splatv<v16f>(1.326472731307149e-3f);  // fitted with p(0) = 1 exactly: no drift when Δ·A ≈ 0
+  p = p * f + 9.671512991189957e-3f;
+  p = p * f + 5.550733581185341e-2f;
+  p = p * f + 2.4022242426872253e-1f;
+  p = p * f + 6.931470036506653e-1f;
+  p = p * f + 1.0f;
+#if defined(__AVX512F__)
+  return (v16f)_mm512_scalef_ps((__m512)p, (__m512)i);
+#else
+  const v16i e = (__builtin_convertvector(i, v16i) + 127) << 23;
+  v16f scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  return p * scale;
+#endif
+}
+// 1/d: rcp14 + one Newton step (rel. error ~1e-8) instead of a division (several times slower on AVX-512).
+static inline v16f recip_fast(v16f d) {
+#if defined(__AVX512F__)
+  const v16f r = (v16f)_mm512_rcp14_ps((__m512)d);
+  return r * (2.0f - d * r);
+#else
+  return 1.0f / d;
+#endif
+}
+static inline v16f silu_fast(v16f x) { return x * recip_fast(exp2_fast(x * -kLog2e) + 1.0f); }
+// softplus(x) = max(x, 0) + log1p(e^-|x|), log1p(e) = 2 atanh(s) with s = e / (2 + e) in [0, 1/3]: odd series to
+// s^13 (truncation < 2e-8). Equals torch's softplus (threshold 20) to fp32 rounding: above 20 the log1p term is
+// below half an ulp of x.
+static inline v16f softplus_fast(v16f x) {
+  const v16f ax = x < 0.0f ? -x : x;
+  const v16f e = exp2_fast(ax * -kLog2e);
+  const v16f sv = e * recip_fast(e + 2.0f);
+  const v16f s2 = sv * sv;
+  v16f p = splatv<v16f>(1.0f / 13.0f);
+  p = p * s2 + 1.0f / 11.0f;
+  p = p * s2 + 1.0f / 9.0f;
+  p = p * s2 + 1.0f / 7.0f;
+  p = p * s2 + 1.0f / 5.0f;
+  p = p * s2 + 1.0f / 3.0f;
+  p = p * s2 + 1.0f;
+  return (x > 0.0f ? x : splatv<v16f>(0.0f)) + 2.0f * sv * p;
+}
+
+// A strided (b, d, l) fp32 view with contiguous channels: element (bi, c, t) at base + bi*sb + t*st + c.
+struct TokView {
+  const float* base;
+  int64_t sb, st;
+  inline const float* at(int64_t bi, int64_t t, int64_t c) const { return base + bi * sb + t * st + c; }
+};
+TokView tok_view(const at::Tensor& x) { return {x.data_ptr<float>(), x.stride(0), x.stride(2)}; }
+
+bool tok_major_ok(const at::Tensor& x) {
+  return x.device().is_cpu() && x.dim() == 3 && x.scalar_type() == at::kFloat && x.stride(1) == 1 &&
+         x.size(1) % kLanes == 0;
+}
+at::Tensor tok_major_empty(const at::Tensor& like) {  // (b, l, d) storage seen as (b, d, l)
+  return at::empty({like.size(0), like.size(2), like.size(1)}, like.options()).transpose(1, 2);
+}
+const float* opt_ptr(const opt_tensor& t) { return t.has_value() ? t->data_ptr<float>() : nullptr; }
+
+// One scan direction for the token-major kernel. Δ comes either from a (b, d, l) view or, in the fused mixer, as
+// the low-rank product Δ[t, c] = Σ_r dt[t, r] Wdt[c, r] (dt_proj without its bias), computed on the fly.
+// B / C element (bi, t, n) sits at B + bi*bc_sb + t*bc_st + n (rows of x_proj's output in the fused mixer).
+struct TmScan {
+  TokView u{}, delta{};
+  const float* dt = nullptr;
+  const float* Wdt = nullptr;
+  int64_t dt_sb = 0, dt_st = 0, R = 0;
+  const float* A = nullptr;
+  const float* B = nullptr;
+  const float* C = nullptr;
+  int64_t bc_sb = 0, bc_st = 0;
+  const float* D = nullptr;
+  const float* bias = nullptr;
+  bool softplus = true, reverse = false;
+  int64_t W = 1;
+};
+
+constexpr int64_t kChunk = 32;  // tokens per Δ / u pre-pass (an LB window is pre-passed whole)
+int64_t tm_work_vecs(int64_t N, int64_t W, int64_t R) { return 2 * N + R + (W > 1 ? 3 * W * N + N : 0); }
+
+// One direction for a block of 16 channels, in scan order; y[t] (16 lanes per token) gets the un-gated output
+// C·h + D·u (`accumulate`: added to what y holds). Returns a vector that is non-zero (NaN) iff a u / Δ input was
+// NaN or inf.
+template <int NC>
+v16f scan_block_tm(const TmScan& s, int64_t bi, int64_t c0, int64_t L, int64_t Nr, float* __restrict y,
+                   bool accumulate, v16f* __restrict work) {
+  const int64_t N = NC > 0 ? NC : Nr, R = s.R, W = s.W;
+  using O = VecOps<v16f>;
+  v16f* A2 = work;  // A[c0 + j, n] * log2(e) for the 16 channels j
+  v16f* h = A2 + N;
+  v16f* Wv = h + N;  // Wdt[c0 + j, r]
+  for (int64_t n = 0; n < N; ++n) {
+    for (int j = 0; j < kLanes; ++j) A2[n][j] = s.A[(c0 + j) * N + n] * kLog2e;
+    h[n] = splatv<v16f>(0.0f);
+  }
+  for (int64_t r = 0; r < R; ++r)
+    for (int j = 0; j < kLanes; ++j) Wv[r][j] = s.Wdt[(c0 + j) * R + r];
+  const v16f vbias = s.bias ? O::load(s.bias + c0) : splatv<v16f>(0.0f);
+  const v16f vD = s.D ? O::load(s.D + c0) : splatv<v16f>(0.0f);
+  v16f chk = splatv<v16f>(0.0f);
+  const float* Bb = s.B + bi * s.bc_sb;
+  const float* Cb = s.C + bi * s.bc_sb;
+  // Δ (softplus) and u for a chunk of tokens are computed first, in a loop without a carried dependency, so their
+  // long latency chains overlap; the recurrence loop then only waits on h.
+  v16f* cd = work + tm_work_vecs(N, W, R);  // chunk Δ vectors, then chunk u vectors (chunk = max(kChunk, W))
+  v16f* cu = cd + std::max(kChunk, W);
+  auto prep_chunk = [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t t = s.reverse ? L - 1 - k : k;
+      const v16f vu = O::load(s.u.at(bi, t, c0));
+      v16f raw;
+      if (s.dt != nullptr) {
+        const float* d = s.dt + bi * s.dt_sb + t * s.dt_st;
+        v16f r0 = Wv[0] * d[0], r1 = R > 1 ? Wv[1] * d[1] : splatv<v16f>(0.0f);
+        for (int64_t r = 2; r + 1 < R; r += 2) {
+          r0 += Wv[r] * d[r];
+          r1 += Wv[r + 1] * d[r + 1];
+        }
+        if (R > 2 && (R & 1)) r0 += Wv[R - 1] * d[R - 1];
+        raw = r0 + r1;
+      } else {
+        raw = O::load(s.delta.at(bi, t, c0));
+      }
+      chk += vu * 0.0f + raw * 0.0f;
+      const v16f vd = raw + vbias;
+      cd[k - k0] = s.softplus ? softplus_fast(vd) : vd;
+      cu[k - k0] = vu;
+    }
+  };
+  if (W <= 1) {
+    for (int64_t k = 0; k < L; ++k) {
+      if (k % kChunk == 0) prep_chunk(k, std::min(k + kChunk, L));
+      const int64_t t = s.reverse ? L - 1 - k : k;
+      const v16f vd = cd[k % kChunk], vu = cu[k % kChunk];
+      const v16f vdu = vd * vu;
+      const float* b = Bb + t * s.bc_st;
+      const float* c = Cb + t * s.bc_st;
+      v16f acc0 = vD * vu, acc1 = splatv<v16f>(0.0f);
+      for (int64_t n = 0; n < N; n += 2) {  // two accumulators: shorter add chains
+        h[n] = exp2_fast(vd * A2[n]) * h[n] + vdu * b[n];
+        acc0 += h[n] * c[n];
+        if (n + 1 < N) {
+          h[n + 1] = exp2_fast(vd * A2[n + 1]) * h[n + 1] + vdu * b[n + 1];
+          acc1 += h[n + 1] * c[n + 1];
+        }
+      }
+      float* yt = y + t * kLanes;
+      O::store(yt, accumulate ? O::load(yt) + acc0 + acc1 : acc0 + acc1);
+    }
+    return chk;
+  }
+  // LB: per window, pass 1 = global forward scan keeping a_k, b_k, hf_k; pass 2 = local backward scan in reverse scan
+  // order (hb restarted at each window end), y_k = C_k·(hf_k + a_k·hb_{k+1}) + D·u_k (same math as scan_row_fwd).
+  v16f* abuf = Wv + R;
+  v16f* bbuf = abuf + W * N;
+  v16f* hbuf = bbuf + W * N;
+  v16f* hb = hbuf + W * N;
+  for (int64_t k0 = 0; k0 < L; k0 += W) {
+    const int64_t k1 = std::min(k0 + W, L);
+    prep_chunk(k0, k1);
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t t = s.reverse ? L - 1 - k : k;
+      const v16f vd = cd[k - k0], vu = cu[k - k0];
+      const v16f vdu = vd * vu;
+      const float* b = Bb + t * s.bc_st;
+      v16f* ak = abuf + (k - k0) * N;
+      v16f* bk = bbuf + (k - k0) * N;
+      v16f* hk = hbuf + (k - k0) * N;
+      for (int64_t n = 0; n < N; ++n) {
+        ak[n] = exp2_fast(vd * A2[n]);
+        bk[n] = vdu * b[n];
+        h[n] = ak[n] * h[n] + bk[n];
+        hk[n] = h[n];
+      }
+    }
+    for (int64_t n = 0; n < N; ++n) hb[n] = splatv<v16f>(0.0f);
+    for (int64_t k = k1 - 1; k >= k0; --k) {
+      const int64_t t = s.reverse ? L - 1 - k : k;
+      const float* c = Cb + t * s.bc_st;
+      const v16f* ak = abuf + (k - k0) * N;
+      const v16f* bk = bbuf + (k - k0) * N;
+      const v16f* hk = hbuf + (k - k0) * N;
+      v16f acc = vD * O::load(s.u.at(bi, t, c0));
+      for (int64_t n = 0; n < N; ++n) {
+        const v16f rr = ak[n] * hb[n];
+        hb[n] = rr + bk[n];
+        acc += (hk[n] + rr) * c[n];
+      }
+      float* yt = y + t * kLanes;
+      O::store(yt, accumulate ? O::load(yt) + acc : acc);
+    }
+  }
+  return chk;
+}
+
+v16f scan_block_tm_any(const TmScan& s, int64_t bi, int64_t c0, int64_t L, int64_t N, float* y, bool accumulate,
+                       v16f* work) {
+  if (N == 16) return scan_block_tm<16>(s, bi, c0, L, N, y, accumulate, work);
+  return scan_block_tm<0>(s, bi, c0, L, N, y, accumulate, work);
+}
+
+// out[t] = scale·y[t]·silu(z[t]) (or scale·y[t]) for one 16-channel block; returns the z NaN/inf witness.
+v16f gate_store_tm(const float* __restrict y, const TokView* z, float scale, float* out, int64_t out_sb,
+                   int64_t out_st, int64_t bi, int64_t c0, int64_t L) {
+  using O = VecOps<v16f>;
+  v16f chk = splatv<v16f>(0.0f);
+  for (int64_t t = 0; t < L; ++t) {
+    v16f v = O::load(y + t * kLanes);
+    if (scale != 1.0f) v *= scale;
+    if (z != nullptr) {
+      const v16f zv = O::load(z->at(bi, t, c0));
+      chk += zv * 0.0f;
+      v = v * silu_fast(zv);
+    }
+    O::store(out + bi * out_sb + t * out_st + c0, v);
+  }
+  return chk;
+}
+
+bool witness_bad(v16f chk) {
+  for (int j = 0; j < kLanes; ++j)
+    if (chk[j] != 0.0f) return true;
+  return false;
+}
+
+// Per-worker buffers: y (L tokens x 16 lanes) and the scan work area.
+struct TmBuffers {
+  std::vector<v16f> y, work;
+  TmBuffers(int64_t L, int64_t N, int64_t W, int64_t R) : y(L), work(tm_work_vecs(N, W, R) + 2 * std::max(kChunk, W)) {}
+  float* yp() { return reinterpret_cast<float*>(y.data()); }
+};
+
+enum TmBad : int { kTmBadIn = 1, kTmBadInB = 2, kTmBadZ = 4 };
+
+// Runs one or two directions (the second accumulates, scanning right-to-left) for every (batch, 16-channel block),
+// gates with silu(z), scales, and writes out (b, l, d) memory. Returns TmBad bits.
+int scan_tm_run(const TmScan& f, const TmScan* b2, const std::optional<TokView>& z, float scale, int64_t Bsz,
+                int64_t Dm, int64_t L, int64_t N, float* out, int64_t out_sb, int64_t out_st) {
+  std::atomic<int> bad{0};
+  const int64_t nblk = Dm / kLanes;
+  const int64_t W = std::max(f.W, b2 ? b2->W : int64_t(1)), R = std::max(f.R, b2 ? b2->R : int64_t(0));
+  parallel_rows(
+      Bsz * nblk, [&](int64_t) { return TmBuffers(L, N, W, R); },
+      [&](TmBuffers& buf, int64_t task) {
+        const int64_t bi = task / nblk, c0 = (task % nblk) * kLanes;
+        int flags = witness_bad(scan_block_tm_any(f, bi, c0, L, N, buf.yp(), false, buf.work.data())) ? kTmBadIn : 0;
+        if (b2 && witness_bad(scan_block_tm_any(*b2, bi, c0, L, N, buf.yp(), true, buf.work.data())))
+          flags |= kTmBadInB;
+        if (witness_bad(gate_store_tm(buf.yp(), z ? &*z : nullptr, scale, out, out_sb, out_st, bi, c0, L)))
+          flags |= kTmBadZ;
+        if (flags) bad.fetch_or(flags);
+      });
+  return bad.load();
+}
+
+void check_tm_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                     const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias) {
+  TORCH_CHECK(tok_major_ok(u) && tok_major_ok(delta) && delta.sizes() == u.sizes(),
+              "vimzoo scan_fwd_tm: u/delta must be fp32 (b, d, l) views with contiguous channels, d % 16 == 0");
+  TORCH_CHECK(!z.has_value() || (tok_major_ok(*z) && z->sizes() == u.sizes()), "vimzoo scan_fwd_tm: z must match u");
+  const int64_t B = u.size(0), Dm = u.size(1), L = u.size(2);
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == Dm && A.is_contiguous() && A.scalar_type() == at::kFloat,
+              "vimzoo scan_fwd_tm: A must be (d, n) contiguous fp32");
+  const int64_t N = A.size(1);
+  for (const at::Tensor* t : {&Bt, &Ct}) {
+    TORCH_CHECK(t->dim() == 3 && t->size(0) == B && t->size(1) == L && t->size(2) == N && t->is_contiguous() &&
+                    t->scalar_type() == at::kFloat,
+                "vimzoo scan_fwd_tm: B/C must be (b, l, n) contiguous fp32");
+  }
+  for (const opt_tensor* t : {&D, &bias}) {
+    TORCH_CHECK(!t->has_value() || ((*t)->numel() == Dm && (*t)->is_contiguous() &&
+                                    (*t)->scalar_type() == at::kFloat),
+                "vimzoo scan_fwd_tm: D/delta_bias must be (d,) contiguous fp32");
+  }
+}
+
+TmScan tm_scan_of(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                  const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& bias, bool softplus_, bool reverse,
+                  int64_t W) {
+  TmScan s;
+  s.u = tok_view(u);
+  s.delta = tok_view(delta);
+  s.A = A.data_ptr<float>();
+  s.B = Bt.data_ptr<float>();
+  s.C = Ct.data_ptr<float>();
+  s.bc_sb = Bt.size(1) * Bt.size(2);
+  s.bc_st = Bt.size(2);
+  s.D = opt_ptr(D);
+  s.bias = opt_ptr(bias);
+  s.softplus = softplus_;
+  s.reverse = reverse;
+  s.W = std::min(std::max<int64_t>(W, 1), u.size(2));
+  return s;
+}
+
+// After an in-kernel witness fired: find which input holds the NaN/inf (same messages as the row kernels).
+void check_finite_named(const char* op, const std::string& sfx, const at::Tensor& u, const at::Tensor& delta,
+                        const opt_tensor& z) {
+  if (!at::isfinite(u).all().item<bool>()) raise_nonfinite(op, "u" + sfx);
+  if (!at::isfinite(delta).all().item<bool>()) raise_nonfinite(op, "delta" + sfx);
+  if (z.has_value() && !at::isfinite(*z).all().item<bool>()) raise_nonfinite(op, "z");
+}
+
+at::Tensor scan_fwd_tm(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                       const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias,
+                       bool softplus_, bool reverse, int64_t W, bool check_finite) {
+  check_tm_inputs(u, delta, A, Bt, Ct, D, z, bias);
+  if (check_finite) check_params_finite("selective_scan", "", A, Bt, Ct, D, bias);
+  auto out = tok_major_empty(u);
+  const TmScan s = tm_scan_of(u, delta, A, Bt, Ct, D, bias, softplus_, reverse, W);
+  const std::optional<TokView> zv = z.has_value() ? std::optional<TokView>(tok_view(*z)) : std::nullopt;
+  const int bad = scan_tm_run(s, nullptr, zv, 1.0f, u.size(0), u.size(1), u.size(2), A.size(1), out.data_ptr<float>(),
+                              out.stride(0), out.stride(2));
+  if (check_finite && bad) check_finite_named("selective_scan", "", u, delta, z);  // names the culprit (rare path)
+  return out;
+}
+
+at::Tensor bidir_fwd_tm(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                        const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& bias, const at::Tensor& u_b,
+                        const at::Tensor& delta_b, const at::Tensor& A_b, const at::Tensor& Bt_b,
+                        const at::Tensor& Ct_b, const opt_tensor& D_b, const opt_tensor& bias_b, const opt_tensor& z,
+                        bool softplus_, bool check_finite) {
+  check_tm_inputs(u, delta, A, Bt, Ct, D, z, bias);
+  check_tm_inputs(u_b, delta_b, A_b, Bt_b, Ct_b, D_b, z, bias_b);
+  TORCH_CHECK(u_b.sizes() == u.sizes() && A_b.sizes() == A.sizes(), "vimzoo bidir_fwd_tm: directions differ in shape");
+  const char* op = "bidirectional_selective_scan";
+  if (check_finite) {
+    check_params_finite(op, "", A, Bt, Ct, D, bias);
+    check_params_finite(op, "_b", A_b, Bt_b, Ct_b, D_b, bias_b);
+  }
+  auto out = tok_major_empty(u);
+  const TmScan f = tm_scan_of(u, delta, A, Bt, Ct, D, bias, softplus_, false, 1);
+  const TmScan b = tm_scan_of(u_b, delta_b, A_b, Bt_b, Ct_b, D_b, bias_b, softplus_, true, 1);
+  const std::optional<TokView> zv = z.has_value() ? std::optional<TokView>(tok_view(*z)) : std::nullopt;
+  const int bad = scan_tm_run(f, &b, zv, 1.0f, u.size(0), u.size(1), u.size(2), A.size(1), out.data_ptr<float>(),
+                              out.stride(0), out.stride(2));
+  if (check_finite && bad) {
+    check_finite_named(op, "", u, delta, z);
+    check_finite_named(op, "_b", u_b, delta_b, std::nullopt);
+  }
+  return out;
+}
+
+// Depthwise causal conv (+ SiLU) of a channel-contiguous view into (b, l, d) memory:
+// out_t = Σ_j w[k-1-j] x_{t∓j} + bias. Returns true iff x held a NaN/inf.
+bool conv_tm_into(const TokView& xv, const float* w, const float* bias, int64_t K, bool silu, bool reverse,
+                  int64_t Bsz, int64_t Dm, int64_t L, float* o, int64_t ob, int64_t ot) {
+  const int64_t nblk = Dm / kLanes;
+  std::atomic<int> bad{0};
+  using O = VecOps<v16f>;
+  parallel_rows(
+      Bsz * nblk, [&](int64_t) { return std::vector<v16f>(K); },
+      [&](std::vector<v16f>& wv, int64_t task) {
+        const int64_t bi = task / nblk, c0 = (task % nblk) * kLanes;
+        for (int64_t k = 0; k < K; ++k)
+          for (int j = 0; j < kLanes; ++j) wv[k][j] = w[(c0 + j) * K + k];
+        const v16f vb = bias ? O::load(bias + c0) : splatv<v16f>(0.0f);
+        v16f chk = splatv<v16f>(0.0f);
+        for (int64_t t = 0; t < L; ++t) {
+          const v16f xt = O::load(xv.at(bi, t, c0));
+          chk += xt * 0.0f;
+          v16f acc = vb + wv[K - 1] * xt;
+          for (int64_t j = 1; j < K; ++j) {
+            const int64_t s = reverse ? t + j : t - j;
+            if (s >= 0 && s < L) acc += wv[K - 1 - j] * O::load(xv.at(bi, s, c0));
+          }
+          O::store(o + bi * ob + t * ot + c0, silu ? silu_fast(acc) : acc);
+        }
+        if (witness_bad(chk)) bad.fetch_or(1);
+      });
+  return bad.load() != 0;
+}
+
+void check_conv_params(const char* op, const std::string& sfx, const at::Tensor& w, const at::Tensor& b) {
+  if (!all_finite(w.data_ptr<float>(), w.numel())) raise_nonfinite(op, "weight" + sfx);
+  if (b.defined() && !all_finite(b.data_ptr<float>(), b.numel())) raise_nonfinite(op, "bias" + sfx);
+}
+
+at::Tensor causal_conv1d_tm(const at::Tensor& x, const at::Tensor& weight, const opt_tensor& bias, bool silu,
+                            bool reverse, bool check_finite) {
+  TORCH_CHECK(tok_major_ok(x), "vimzoo causal_conv1d_tm: x must be an fp32 (b, d, l) view with contiguous channels");
+  const int64_t Dm = x.size(1);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == Dm && weight.scalar_type() == at::kFloat,
+              "vimzoo causal_conv1d_tm: weight must be (d, k) fp32");
+  TORCH_CHECK(!bias.has_value() || (bias->numel() == Dm && bias->scalar_type() == at::kFloat),
+              "vimzoo causal_conv1d_tm: bias must be (d,) fp32");
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
+  if (check_finite) check_conv_params("causal_conv1d", "", w, bc);
+  auto out = tok_major_empty(x);
+  const bool bad = conv_tm_into(tok_view(x), w.data_ptr<float>(), bc.defined() ? bc.data_ptr<float>() : nullptr,
+                                w.size(1), silu, reverse, x.size(0), Dm, x.size(2), out.data_ptr<float>(),
+                                out.stride(0), out.stride(2));
+  if (check_finite && bad) raise_nonfinite("causal_conv1d", "x");
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Fused mixer core for inference (the CPU counterpart of the official `mamba_inner_fn` / `bimamba_inner_fn`, minus
+// in_proj / out_proj): xz (b, l, 2d) = in_proj output -> causal conv + SiLU -> x_proj -> scan (Δ = softplus(dt_proj
+// + bias) computed inside the scan) -> gate by silu(z) -> scale; both directions when the `_b` weights are given.
+// Returns (b, l, d). Forward only: vimzoo/ops routes training through the differentiable ops.
+// ---------------------------------------------------------------------------------------------------------------
+struct MixerDir {
+  at::Tensor conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D;
+};
+
+at::Tensor mamba_inner_fwd(const at::Tensor& xz, const std::vector<at::Tensor>& fwd,
+                           const std::vector<at::Tensor>& bwd, bool reverse, int64_t W, double scale,
+                           bool check_finite) {
+  const char* op = "mamba_inner";
+  TORCH_CHECK(xz.dim() == 3 && xz.is_contiguous() && xz.scalar_type() == at::kFloat && xz.device().is_cpu(),
+              "vimzoo mamba_inner_fwd: xz must be a contiguous fp32 CPU (b, l, 2d) tensor");
+  const int64_t Bsz = xz.size(0), L = xz.size(1), Dm = xz.size(2) / 2;
+  TORCH_CHECK(xz.size(2) == 2 * Dm && Dm % kLanes == 0, "vimzoo mamba_inner_fwd: 2d channels with d % 16 == 0");
+  auto unpack = [&](const std::vector<at::Tensor>& p) {
+    TORCH_CHECK(p.size() == 7, "vimzoo mamba_inner_fwd: each direction takes 7 tensors");
+    MixerDir d{p[0].contiguous(), p[1].defined() && p[1].numel() ? p[1].contiguous() : at::Tensor(),
+               p[2].contiguous(), p[3].contiguous(), p[4].contiguous(), p[5].contiguous(), p[6].contiguous()};
+    for (const at::Tensor* t : {&d.conv_w, &d.x_proj_w, &d.dt_proj_w, &d.dt_bias, &d.A, &d.D})
+      TORCH_CHECK(t->scalar_type() == at::kFloat && t->device().is_cpu(), "vimzoo mamba_inner_fwd: fp32 CPU weights");
+    TORCH_CHECK(d.conv_w.dim() == 2 && d.conv_w.size(0) == Dm && d.A.dim() == 2 && d.A.size(0) == Dm &&
+                    d.dt_proj_w.dim() == 2 && d.dt_proj_w.size(0) == Dm && d.dt_bias.numel() == Dm &&
+                    d.D.numel() == Dm && d.x_proj_w.dim() == 2 && d.x_proj_w.size(1) == Dm &&
+                    d.x_proj_w.size(0) == d.dt_proj_w.size(1) + 2 * d.A.size(1),
+                "vimzoo mamba_inner_fwd: weight shapes do not match d = ", Dm);
+    return d;
+  };
+  const MixerDir f = unpack(fwd);
+  const bool bidir = !bwd.empty();
+  const MixerDir b = bidir ? unpack(bwd) : f;
+  const int64_t N = f.A.size(1), R = f.dt_proj_w.size(1), S = R + 2 * N;
+  TORCH_CHECK(b.A.size(1) == N && b.dt_proj_w.size(1) == R, "vimzoo mamba_inner_fwd: directions differ in shape");
+  if (check_finite) {
+    for (const auto& [d, sfx] : {std::pair<const MixerDir*, std::string>{&f, ""}, {&b, "_b"}}) {
+      if (!bidir && sfx == "_b") continue;
+      check_conv_params(op, "conv1d.weight" + sfx, d->conv_w, d->conv_b);
+      for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"x_proj.weight", &d->x_proj_w},
+                                    {"dt_proj.weight", &d->dt_proj_w}, {"dt_proj.bias", &d->dt_bias}, {"A", &d->A},
+                                    {"D", &d->D}}) {
+        if (!all_finite(t->data_ptr<float>(), t->numel())) raise_nonfinite(op, name + sfx);
+      }
+    }
+  }
+  const TokView xv{xz.data_ptr<float>(), L * 2 * Dm, 2 * Dm};
+  const TokView zv{xz.data_ptr<float>() + Dm, L * 2 * Dm, 2 * Dm};
+  const int ndir = bidir ? 2 : 1;
+  auto U = at::empty({ndir, Bsz, L, Dm}, xz.options());
+  bool bad_x = false;
+  std::vector<at::Tensor> xdbl;
+  for (int i = 0; i < ndir; ++i) {
+    const MixerDir& d = i == 0 ? f : b;
+    const bool rev = i == 0 ? reverse : true;
+    bad_x |= conv_tm_into(xv, d.conv_w.data_ptr<float>(), d.conv_b.defined() ? d.conv_b.data_ptr<float>() : nullptr,
+                          d.conv_w.size(1), true, rev, Bsz, Dm, L, U[i].data_ptr<float>(), L * Dm, Dm);
+    xdbl.push_back(at::linear(U[i], d.x_proj_w));  // (b, l, R + 2N)
+  }
+  if (check_finite && bad_x) raise_nonfinite(op, "x");
+  auto make = [&](int i) {
+    const MixerDir& d = i == 0 ? f : b;
+    TmScan s;
+    s.u = TokView{U[i].data_ptr<float>(), L * Dm, Dm};
+    const float* xd = xdbl[i].data_ptr<float>();
+    s.dt = xd;
+    s.Wdt = d.dt_proj_w.data_ptr<float>();
+    s.dt_sb = L * S;
+    s.dt_st = S;
+    s.R = R;
+    s.A = d.A.data_ptr<float>();
+    s.B = xd + R;
+    s.C = xd + R + N;
+    s.bc_sb = L * S;
+    s.bc_st = S;
+    s.D = d.D.data_ptr<float>();
+    s.bias = d.dt_bias.data_ptr<float>();
+    s.softplus = true;
+    s.reverse = i == 0 ? reverse : true;
+    s.W = i == 0 ? std::min(std::max<int64_t>(W, 1), L) : 1;
+    return s;
+  };
+  const TmScan sf = make(0);
+  const TmScan sb = bidir ? make(1) : sf;
+  auto out = at::empty({Bsz, L, Dm}, xz.options());
+  const int bad = scan_tm_run(sf, bidir ? &sb : nullptr, zv, static_cast<float>(scale), Bsz, Dm, L, N,
+                              out.data_ptr<float>(), L * Dm, Dm);
+  if (check_finite && (bad & kTmBadZ)) raise_nonfinite(op, "z");
+  if (check_finite && (bad & (kTmBadIn | kTmBadInB))) raise_nonfinite(op, "the scan input (x_proj / dt_proj output)");
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -771,4 +1289,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scan_fwd", &scan_fwd, "selective scan forward (gated by silu(z) when given); ValueError on NaN/inf input");
   m.def("scan_bwd", &scan_bwd, "selective scan backward (recomputes states): du, ddelta, dA, dBt, dCt, dD, dz, dbias");
   m.def("bidir_fwd", &bidir_fwd, "fused forward + reverse scan, gated by silu(z); ValueError on NaN/inf input");
+  m.def("scan_fwd_tm", &scan_fwd_tm, "scan_fwd for fp32 channel-contiguous (b, d, l) views; output likewise");
+  m.def("bidir_fwd_tm", &bidir_fwd_tm, "bidir_fwd for fp32 channel-contiguous (b, d, l) views; output likewise");
+  m.def("causal_conv1d_tm", &causal_conv1d_tm, "depthwise causal conv (+SiLU) on channel-contiguous (b, d, l) views");
+  m.def("mamba_inner_fwd", &mamba_inner_fwd, "fused inference mixer core: xz -> conv -> x_proj -> scan -> gate");
 }

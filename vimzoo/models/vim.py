@@ -34,7 +34,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
-from vimzoo.ops import bidirectional_selective_scan, causal_conv1d, lb_window, selective_scan
+from vimzoo.ops import lb_window, mamba_inner
 from vimzoo.zoo import register_zoo_model
 
 from ._input import check_image_input
@@ -91,12 +91,6 @@ class RmsNormF32(nn.Module):
         summed = x.float() if residual is None else residual.float() + x.float()
         normed = F.rms_norm(summed, (summed.shape[-1],), self.weight.float(), self.eps)  # x * rsqrt(mean x² + eps) * w
         return normed.to(x.dtype), summed
-
-
-def _weight_bmm(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """weight (o, i) @ x (b, i, l) -> (b, o, l), channel-first like the scan wants; BLAS reads transposed views of
-    `x` in place, so no activation is copied (a Linear on (b, l, i) plus a transpose would copy)."""
-    return torch.bmm(weight.unsqueeze(0).expand(x.shape[0], -1, -1), x)
 
 
 class MambaMixer(nn.Module):
@@ -170,42 +164,32 @@ class MambaMixer(nn.Module):
                        + math.log(dt_min)).clamp(min=floor)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def _branch(self, x: torch.Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
-                reverse: bool) -> Tuple[torch.Tensor, ...]:
-        """conv + SiLU, then the input-dependent delta (without bias), B and C of one scan direction, all (b, *, l)."""
-        weight = conv.weight.squeeze(1).to(x.dtype)
-        bias = conv.bias.to(x.dtype) if conv.bias is not None else None
-        u = causal_conv1d(x, weight, bias, activation='silu', reverse=reverse, backend=self.scan_backend)
-        x_dbl = _weight_bmm(x_proj.weight, u)  # (b, R + 2N, l)
-        dt, b_mat, c_mat = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
-        delta = _weight_bmm(dt_proj.weight, dt)  # (b, d_inner, l); the bias goes to the scan (delta_bias)
-        return u, delta, b_mat, c_mat
+    def _direction(self, suffix: str, dtype: torch.dtype) -> Tuple[Optional[torch.Tensor], ...]:
+        """One scan direction's weights in `vimzoo.ops.mamba_inner` order (conv in the activation dtype; A, D and the
+        Δ bias in fp32, as the official kernels take them)."""
+        conv = getattr(self, f'conv1d{suffix}')
+        dt_proj = getattr(self, f'dt_proj{suffix}')
+        return (conv.weight.squeeze(1).to(dtype), None if conv.bias is None else conv.bias.to(dtype),
+                getattr(self, f'x_proj{suffix}').weight.to(dtype), dt_proj.weight.to(dtype), dt_proj.bias.float(),
+                -torch.exp(getattr(self, f'A{suffix}_log').float()), getattr(self, f'D{suffix}').float())
 
     def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-        """x: (B, L, dim). reverse=True runs the whole mixer right-to-left (equals flip -> mixer -> flip)."""
-        xz = _weight_bmm(self.in_proj.weight, x.transpose(1, 2))  # (b, 2 * d_inner, l), as the official mixer
-        xs, z = xz.chunk(2, dim=1)
-        A = -torch.exp(self.A_log.float())
-        u, delta, b_mat, c_mat = self._branch(xs, self.conv1d, self.x_proj, self.dt_proj, reverse)
-        if self.bidirectional:
-            if reverse:
-                raise NotImplementedError('the bidirectional (v2) mixer already scans both ways; reverse is unused')
-            u_b, delta_b, b_b, c_b = self._branch(xs, self.conv1d_b, self.x_proj_b, self.dt_proj_b, True)
-            y = bidirectional_selective_scan(
-                u, delta, A, b_mat, c_mat, self.D.float(), self.dt_proj.bias.float(),
-                u_b, delta_b, -torch.exp(self.A_b_log.float()), b_b, c_b, self.D_b.float(), self.dt_proj_b.bias.float(),
-                z=z, delta_softplus=True, backend=self.scan_backend)
-        else:
-            window = None
-            if self.local_bidir:
-                window = self.local_window or lb_window(x.shape[1])
-            y = selective_scan(
-                u, delta, A, b_mat, c_mat, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
-                delta_softplus=True, reverse=reverse, local_window=window, backend=self.scan_backend)
-        out = self.out_proj(y.transpose(1, 2))
-        # official: out_proj((y_f + y_b) / 2); halving after the projection is bit-identical (power-of-two scale)
-        # and touches d_model instead of d_inner channels
-        return out * 0.5 if self.bidirectional and self.divide_out else out
+        """x: (B, L, dim). reverse=True runs the whole mixer right-to-left (equals flip -> mixer -> flip).
+
+        Activations stay token-major (b, l, channels), as Linear layers produce them; `mamba_inner` (conv, x_proj,
+        scan, gate) runs as one fused C++ call for fp32 CPU inference and through the differentiable ops otherwise.
+        """
+        if self.bidirectional and reverse:
+            raise NotImplementedError('the bidirectional (v2) mixer already scans both ways; reverse is unused')
+        xz = F.linear(x, self.in_proj.weight)  # (b, l, 2 * d_inner)
+        window = None
+        if self.local_bidir:
+            window = self.local_window or lb_window(x.shape[1])
+        # official: out_proj((y_f + y_b) / 2); the power-of-two scale is applied to y inside mamba_inner (exact)
+        scale = 0.5 if self.bidirectional and self.divide_out else 1.0
+        y = mamba_inner(xz, self._direction('', xz.dtype), self._direction('_b', xz.dtype) if self.bidirectional
+                        else None, reverse=reverse, local_window=window, scale=scale, backend=self.scan_backend)
+        return self.out_proj(y)
 
 
 class MambaBlock(nn.Module):

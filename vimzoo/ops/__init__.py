@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ._backend import BACKENDS, get_backend, set_backend, set_check_finite, use_backend
+from ._backend import BACKENDS, get_backend, resolve_backend, set_backend, set_check_finite, use_backend
 from ._check import check_scan_inputs, check_tensor
 from . import _ops  # noqa: F401  (registers torch.ops.vimzoo.*)
 from .reference import (bidirectional_selective_scan_ref, causal_conv1d_ref, lb_window,
@@ -15,8 +15,8 @@ from .reference import (bidirectional_selective_scan_ref, causal_conv1d_ref, lb_
 from ._ops import scan_flops
 
 __all__ = [
-    'selective_scan', 'bidirectional_selective_scan', 'causal_conv1d', 'lb_window', 'get_backend', 'set_backend',
-    'use_backend', 'set_check_finite', 'BACKENDS', 'selective_scan_ref', 'bidirectional_selective_scan_ref',
+    'selective_scan', 'bidirectional_selective_scan', 'causal_conv1d', 'mamba_inner', 'lb_window', 'get_backend',
+    'set_backend', 'use_backend', 'set_check_finite', 'BACKENDS', 'selective_scan_ref', 'bidirectional_selective_scan_ref',
     'causal_conv1d_ref', 'scan_flops', 'kernel_status',
 ]
 
@@ -78,6 +78,76 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     check_tensor(op, 'bias', bias, (d,), floats, x.device, optional=True)
     name = _backend_arg(op, backend, x.device)
     return torch.ops.vimzoo.causal_conv1d(x, weight, bias, 'silu' if activation else '', bool(reverse), name)
+
+
+def _fused_mixer_ok(xz: torch.Tensor, tensors, backend: Optional[str]) -> bool:
+    """The fused CPU kernel serves plain fp32 inference: no grad needed, not compiling, CPU kernel selected."""
+    if torch.compiler.is_compiling() or xz.device.type != 'cpu' or xz.dtype != torch.float32:
+        return False
+    if xz.dim() != 3 or xz.shape[-1] % 32 != 0:
+        return False
+    if any(t is None or t.dtype != torch.float32 for t in tensors):
+        return False
+    if torch.is_grad_enabled() and (xz.requires_grad or any(t.requires_grad for t in tensors)):
+        return False
+    return resolve_backend(backend, xz.device) == 'cpu'
+
+
+def mamba_inner(xz: torch.Tensor, weights, weights_b=None, reverse: bool = False,
+                local_window: Optional[int] = None, scale: float = 1.0,
+                backend: Optional[str] = None) -> torch.Tensor:
+    """Mamba mixer core after in_proj (the official `mamba_inner_fn` / `bimamba_inner_fn` without the projections).
+
+    xz (b, l, 2d): in_proj output, x then z. weights / weights_b: (conv_weight (d, k), conv_bias (d,) or None,
+    x_proj_weight (R + 2N, d), dt_proj_weight (d, R), dt_proj_bias (d,), A (d, N), D (d,)) of the forward and, for
+    Vim's bidirectional mixer, the backward direction (scanned right-to-left). Returns
+    scale * scan(conv(x)) * silu(z) as (b, l, d).
+
+    fp32 CPU inference runs one fused C++ call (conv, x_proj, the Δ projection inside the scan, gating); anything
+    that needs gradients, other dtypes/devices, or the reference backend runs the same math through the
+    differentiable ops (causal_conv1d -> Linear -> selective_scan / bidirectional_selective_scan).
+    """
+    if not isinstance(xz, torch.Tensor) or xz.dim() != 3 or xz.shape[-1] % 2:
+        raise ValueError(f'mamba_inner: xz must be (batch, length, 2 * d), got '
+                         f'{tuple(xz.shape) if isinstance(xz, torch.Tensor) else type(xz).__name__}.')
+    dirs = [tuple(weights)] + ([tuple(weights_b)] if weights_b is not None else [])
+    if any(len(w) != 7 for w in dirs):
+        raise ValueError('mamba_inner: each direction takes 7 tensors (conv_weight, conv_bias, x_proj_weight, '
+                         'dt_proj_weight, dt_proj_bias, A, D).')
+    window = 1 if local_window is None else int(local_window)
+    flat = [t for w in dirs for i, t in enumerate(w) if i != 1] + [w[1] for w in dirs if w[1] is not None]
+    if _fused_mixer_ok(xz, flat, backend):
+        def pack(w):
+            return [w[0], w[1] if w[1] is not None else w[0].new_empty(0)] + list(w[2:])
+        return torch.ops.vimzoo.mamba_inner_fwd(xz, pack(dirs[0]), pack(dirs[1]) if len(dirs) > 1 else [],
+                                                bool(reverse), window, float(scale))
+    return _mamba_inner_composite(xz, dirs, reverse, local_window, scale, backend)
+
+
+def _mamba_inner_composite(xz, dirs, reverse, local_window, scale, backend):
+    d = xz.shape[-1] // 2
+    xs, z = xz.transpose(1, 2).split(d, dim=1)  # (b, d, l) views of token-major memory
+
+    def branch(w, rev):
+        conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D = w
+        rank, n = dt_proj_w.shape[1], A.shape[1]
+        u = causal_conv1d(xs, conv_w, conv_b, activation='silu', reverse=rev, backend=backend)
+        x_dbl = torch.nn.functional.linear(u.transpose(1, 2), x_proj_w)  # (b, l, R + 2N)
+        dt, b_mat, c_mat = torch.split(x_dbl, [rank, n, n], dim=-1)
+        delta = torch.nn.functional.linear(dt, dt_proj_w)  # (b, l, d); the bias goes to the scan
+        return u, delta.transpose(1, 2), A, b_mat.transpose(1, 2), c_mat.transpose(1, 2), D, dt_bias
+
+    if len(dirs) == 2:
+        if reverse:
+            raise ValueError('mamba_inner: the bidirectional mixer already scans both ways; reverse must be False.')
+        y = bidirectional_selective_scan(*branch(dirs[0], False), *branch(dirs[1], True), z=z, delta_softplus=True,
+                                         backend=backend)
+    else:
+        u, delta, A, b_mat, c_mat, D, dt_bias = branch(dirs[0], reverse)
+        y = selective_scan(u, delta, A, b_mat, c_mat, D=D, z=z, delta_bias=dt_bias, delta_softplus=True,
+                           reverse=reverse, local_window=local_window, backend=backend)
+    y = y.transpose(1, 2)
+    return y * scale if scale != 1.0 else y
 
 
 def kernel_status() -> dict:

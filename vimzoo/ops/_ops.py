@@ -3,7 +3,7 @@
 Each op takes a concrete `backend` string; 'auto' is resolved when the op runs (not when it is traced), so
 torch.compile / FX graphs hold one opaque op whatever backend executes it.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -21,6 +21,21 @@ _F32 = torch.float32
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _tok_major(*tensors: Optional[Tensor]) -> bool:
+    """fp32 (b, d, l) views with contiguous channels and d % 16 == 0: the CPU kernel's token-major fast path."""
+    return all(t is None or (t.dtype == _F32 and t.dim() == 3 and t.stride(1) == 1 and t.shape[1] % 16 == 0)
+               for t in tensors)
+
+
+def _layout_like(out: Tensor, like: Tensor) -> Tensor:
+    """Outputs follow `torch.empty_like(like)` (memory layout of the input; the fake impls promise the same), so
+    token-major (b, l, d) activations stay token-major through every backend."""
+    target = torch.empty_like(like, dtype=out.dtype)
+    if target.stride() == out.stride():
+        return out
+    return target.copy_(out)
+
+
 def _ext(impl: str):
     from ._loader import cpu_extension, cuda_extension
     return cpu_extension() if impl == 'cpu' else cuda_extension()
@@ -34,7 +49,7 @@ def _kernel_dtype(impl: str, dtype: torch.dtype) -> torch.dtype:
 
 
 def _prep(impl, u, delta, A, B, C, D, z, delta_bias):
-    kdt = _kernel_dtype(impl, u.dtype)
+    kdt = _kernel_dtype(impl, torch.float32 if u is None else u.dtype)
     cdt = compute_dtype(kdt)
 
     def act(t):
@@ -54,13 +69,18 @@ def _scan_named(u, delta, A, B, C, D, z, delta_bias, sfx=''):
 
 
 def _kernel_fwd(impl, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, window):
+    if impl == 'cpu' and _tok_major(u, delta, z):
+        _, _, a, bt, ct, d, _, bias = _prep(impl, None, None, A, B, C, D, None, delta_bias)
+        out = _ext(impl).scan_fwd_tm(u, delta, a, bt, ct, d, z, bias, softplus, reverse, window,
+                                     check_finite_enabled())
+        return _layout_like(out, u)
     args = _prep(impl, u, delta, A, B, C, D, z, delta_bias)
     if impl == 'cpu':   # the CPU kernel checks NaN/inf while it reads the inputs (no extra pass)
         out = _ext(impl).scan_fwd(*args, softplus, reverse, window, check_finite_enabled())
     else:
         check_finite('selective_scan', _scan_named(u, delta, A, B, C, D, z, delta_bias))
         out = _ext(impl).scan_fwd(*args, softplus, reverse, window)
-    return out.to(u.dtype)
+    return _layout_like(out.to(u.dtype), u)
 
 
 def _kernel_bwd(impl, dout, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, window):
@@ -100,13 +120,13 @@ def selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     if impl == 'reference':
         check_finite('selective_scan', _scan_named(u, delta, A, B, C, D, z, delta_bias))
         lw = None if window <= 1 else window
-        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, lw).contiguous()
+        return _layout_like(selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, lw), u)
     return _kernel_fwd(impl, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, window)
 
 
 @selective_scan_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, window, backend):
-    return u.new_empty(u.shape)
+    return torch.empty_like(u)
 
 
 @torch.library.custom_op('vimzoo::selective_scan_bwd', mutates_args=())
@@ -161,20 +181,26 @@ def bidirectional_selective_scan_op(
         check_finite(op, _scan_named(u, delta, A, B, C, D, z, delta_bias))
         check_finite(op, _scan_named(u_b, delta_b, A_b, B_b, C_b, D_b, None, delta_bias_b, '_b'))
     if impl == 'reference':
-        return bidirectional_selective_scan_ref(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b,
-                                                D_b, delta_bias_b, z, delta_softplus).contiguous()
+        return _layout_like(bidirectional_selective_scan_ref(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b,
+                                                             C_b, D_b, delta_bias_b, z, delta_softplus), u)
+    if impl == 'cpu' and _tok_major(u, delta, u_b, delta_b, z):
+        _, _, a, bt, ct, d, _, bias = _prep(impl, None, None, A, B, C, D, None, delta_bias)
+        _, _, a_b, bt_b, ct_b, d_b, _, bias_b = _prep(impl, None, None, A_b, B_b, C_b, D_b, None, delta_bias_b)
+        out = _ext(impl).bidir_fwd_tm(u, delta, a, bt, ct, d, bias, u_b, delta_b, a_b, bt_b, ct_b, d_b, bias_b, z,
+                                      delta_softplus, check_finite_enabled())
+        return _layout_like(out, u)
     f = _prep(impl, u, delta, A, B, C, D, None, delta_bias)
     r = _prep(impl, u_b, delta_b, A_b, B_b, C_b, D_b, None, delta_bias_b)
     zk = None if z is None else z.to(f[0].dtype).contiguous()
     extra = (check_finite_enabled(),) if impl == 'cpu' else ()
     out = _ext(impl).bidir_fwd(*f[:6], f[7], *r[:6], r[7], zk, delta_softplus, *extra)
-    return out.to(u.dtype)
+    return _layout_like(out.to(u.dtype), u)
 
 
 @bidirectional_selective_scan_op.register_fake
 def _(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus,
       backend):
-    return u.new_empty(u.shape)
+    return torch.empty_like(u)
 
 
 def _bidir_setup(ctx, inputs, output):
@@ -203,19 +229,23 @@ bidirectional_selective_scan_op.register_autograd(_bidir_backward, setup_context
 
 
 # --------------------------------------------------------------------------------------------------------------
-# causal_conv1d (depthwise; ATen conv1d in every backend — it is already a compiled kernel)
+# causal_conv1d (depthwise). The CPU kernel fuses conv + bias + SiLU + NaN/inf check for token-major fp32 input;
+# everything else (and the backward) uses ATen's conv1d through the reference.
 # --------------------------------------------------------------------------------------------------------------
 @torch.library.custom_op('vimzoo::causal_conv1d', mutates_args=())
 def causal_conv1d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str, reverse: bool,
                      backend: str) -> Tensor:
-    resolve_backend(backend, x.device)
+    impl = resolve_backend(backend, x.device)
+    if impl == 'cpu' and _tok_major(x) and weight.dtype == _F32 and (bias is None or bias.dtype == _F32):
+        out = _ext(impl).causal_conv1d_tm(x, weight, bias, bool(activation), reverse, check_finite_enabled())
+        return _layout_like(out, x)
     check_finite('causal_conv1d', {'x': x, 'weight': weight, 'bias': bias})
-    return causal_conv1d_ref(x, weight, bias, activation or None, reverse).contiguous()
+    return _layout_like(causal_conv1d_ref(x, weight, bias, activation or None, reverse), x)
 
 
 @causal_conv1d_op.register_fake
 def _(x, weight, bias, activation, reverse, backend):
-    return x.new_empty(x.shape)
+    return torch.empty_like(x)
 
 
 @torch.library.custom_op('vimzoo::causal_conv1d_bwd', mutates_args=())
@@ -242,6 +272,23 @@ def _conv_backward(ctx, dout):
 
 
 causal_conv1d_op.register_autograd(_conv_backward, setup_context=_conv_setup)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# mamba_inner_fwd: the fused inference mixer core (CPU kernel only; forward only, no autograd). Each direction is
+# [conv_weight (d, k), conv_bias (d,) or empty, x_proj_weight (R + 2N, d), dt_proj_weight (d, R), dt_proj_bias (d,),
+# A (d, N), D (d,)]; `bwd` empty = one direction. vimzoo.ops.mamba_inner routes here only when no grad is needed.
+# --------------------------------------------------------------------------------------------------------------
+@torch.library.custom_op('vimzoo::mamba_inner_fwd', mutates_args=())
+def mamba_inner_fwd_op(xz: Tensor, fwd: List[Tensor], bwd: List[Tensor], reverse: bool, window: int,
+                       scale: float) -> Tensor:
+    return _ext('cpu').mamba_inner_fwd(xz.contiguous(), list(fwd), list(bwd), reverse, window, scale,
+                                       check_finite_enabled())
+
+
+@mamba_inner_fwd_op.register_fake
+def _(xz, fwd, bwd, reverse, window, scale):
+    return xz.new_empty((xz.shape[0], xz.shape[1], xz.shape[2] // 2))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -284,3 +331,19 @@ def _conv_flop(x, weight, bias, activation, reverse, backend, out_shape=None, **
 def _conv_bwd_flop(dout, x, weight, bias, activation, reverse, backend, out_shape=None, **kwargs) -> int:
     b, d, l = x
     return 4 * b * d * l * weight[1]
+
+
+@register_flop_formula(torch.ops.vimzoo.mamba_inner_fwd)
+def _mamba_inner_flop(xz, fwd, bwd, reverse, window, scale, out_shape=None, **kwargs) -> int:
+    b, l, two_d = xz
+    d = two_d // 2
+    total = 0
+    for i, weights in enumerate((fwd, bwd)):
+        if not weights:
+            continue
+        conv_w, _, x_proj_w, dt_proj_w, _, a, _ = weights
+        total += 2 * b * d * l * conv_w[1]                     # causal conv
+        total += 2 * b * l * d * x_proj_w[0]                   # x_proj
+        total += 2 * b * l * dt_proj_w[1] * d                  # dt_proj (fused into the scan)
+        total += scan_flops((b, d, l), a[1], True, i == 0, window if i == 0 else 1)
+    return total
