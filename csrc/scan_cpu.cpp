@@ -859,7 +859,8 @@ struct TmScan {
   const float* dt = nullptr;
   const float* Wdt = nullptr;
   int64_t dt_sb = 0, dt_st = 0, R = 0;
-  const float* A = nullptr;
+  const float* A = nullptr;  // A (d, n), or A_log when a_is_log (A = -exp(A_log), formed per block)
+  bool a_is_log = false;
   const float* B = nullptr;
   const float* C = nullptr;
   int64_t bc_sb = 0, bc_st = 0;
@@ -884,7 +885,10 @@ v16f scan_block_tm(const TmScan& s, int64_t bi, int64_t c0, int64_t L, int64_t N
   v16f* h = A2 + N;
   v16f* Wv = h + N;  // Wdt[c0 + j, r]
   for (int64_t n = 0; n < N; ++n) {
-    for (int j = 0; j < kLanes; ++j) A2[n][j] = s.A[(c0 + j) * N + n] * kLog2e;
+    for (int j = 0; j < kLanes; ++j) {
+      const float a = s.A[(c0 + j) * N + n];
+      A2[n][j] = (s.a_is_log ? -std::exp(a) : a) * kLog2e;
+    }
     h[n] = splatv<v16f>(0.0f);
   }
   for (int64_t r = 0; r < R; ++r)
@@ -1196,7 +1200,7 @@ at::Tensor causal_conv1d_tm(const at::Tensor& x, const at::Tensor& weight, const
 // Returns (b, l, d). Forward only: vimzoo/ops routes training through the differentiable ops.
 // ---------------------------------------------------------------------------------------------------------------
 struct MixerDir {
-  at::Tensor conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D;
+  at::Tensor conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D;  // A holds A_log
 };
 
 at::Tensor mamba_inner_fwd(const at::Tensor& xz, const std::vector<at::Tensor>& fwd,
@@ -1209,7 +1213,7 @@ at::Tensor mamba_inner_fwd(const at::Tensor& xz, const std::vector<at::Tensor>& 
   TORCH_CHECK(xz.size(2) == 2 * Dm && Dm % kLanes == 0, "vimzoo mamba_inner_fwd: 2d channels with d % 16 == 0");
   auto unpack = [&](const std::vector<at::Tensor>& p) {
     TORCH_CHECK(p.size() == 7, "vimzoo mamba_inner_fwd: each direction takes 7 tensors");
-    MixerDir d{p[0].contiguous(), p[1].defined() && p[1].numel() ? p[1].contiguous() : at::Tensor(),
+    MixerDir d{p[0].reshape({p[0].size(0), -1}).contiguous(), p[1].numel() ? p[1].contiguous() : at::Tensor(),
                p[2].contiguous(), p[3].contiguous(), p[4].contiguous(), p[5].contiguous(), p[6].contiguous()};
     for (const at::Tensor* t : {&d.conv_w, &d.x_proj_w, &d.dt_proj_w, &d.dt_bias, &d.A, &d.D})
       TORCH_CHECK(t->scalar_type() == at::kFloat && t->device().is_cpu(), "vimzoo mamba_inner_fwd: fp32 CPU weights");
@@ -1230,7 +1234,7 @@ at::Tensor mamba_inner_fwd(const at::Tensor& xz, const std::vector<at::Tensor>& 
       if (!bidir && sfx == "_b") continue;
       check_conv_params(op, "conv1d.weight" + sfx, d->conv_w, d->conv_b);
       for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"x_proj.weight", &d->x_proj_w},
-                                    {"dt_proj.weight", &d->dt_proj_w}, {"dt_proj.bias", &d->dt_bias}, {"A", &d->A},
+                                    {"dt_proj.weight", &d->dt_proj_w}, {"dt_proj.bias", &d->dt_bias}, {"A_log", &d->A},
                                     {"D", &d->D}}) {
         if (!all_finite(t->data_ptr<float>(), t->numel())) raise_nonfinite(op, name + sfx);
       }
@@ -1261,6 +1265,7 @@ at::Tensor mamba_inner_fwd(const at::Tensor& xz, const std::vector<at::Tensor>& 
     s.dt_st = S;
     s.R = R;
     s.A = d.A.data_ptr<float>();
+    s.a_is_log = true;
     s.B = xd + R;
     s.C = xd + R + N;
     s.bc_sb = L * S;
@@ -1282,6 +1287,51 @@ at::Tensor mamba_inner_fwd(const at::Tensor& xz, const std::vector<at::Tensor>& 
   return out;
 }
 
+// Fused residual add + RMSNorm for inference (mamba_ssm's `rms_norm_fn(x, w, None, residual, prenorm=True)`):
+// summed = x + residual, normed = summed * rsqrt(mean(summed²) + eps) * w, both fp32 (b..., C) contiguous.
+std::vector<at::Tensor> add_rms_norm_fwd(const at::Tensor& x, const opt_tensor& residual, const at::Tensor& weight,
+                                         double eps) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() >= 1,
+              "vimzoo add_rms_norm_fwd: x must be a contiguous fp32 CPU tensor");
+  const int64_t C = x.size(-1), rows = C ? x.numel() / C : 0;
+  TORCH_CHECK(weight.numel() == C && weight.scalar_type() == at::kFloat, "vimzoo add_rms_norm_fwd: weight (C,) fp32");
+  const bool has_res = residual.has_value() && residual->numel();
+  TORCH_CHECK(!has_res || (residual->sizes() == x.sizes() && residual->scalar_type() == at::kFloat &&
+                           residual->is_contiguous()),
+              "vimzoo add_rms_norm_fwd: residual must match x");
+  const at::Tensor w = weight.contiguous();
+  auto summed = has_res ? at::empty_like(x) : x.clone();  // an op output must not alias its input
+  auto normed = at::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  const float* rp = has_res ? residual->data_ptr<float>() : nullptr;
+  const float* wp = w.data_ptr<float>();
+  float* sp = summed.data_ptr<float>();
+  float* np_ = normed.data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = xp + r * C;
+      float* sr = sp + r * C;
+      float ss = 0.0f;
+      if (rp != nullptr) {
+        const float* rr = rp + r * C;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t c = 0; c < C; ++c) {
+          sr[c] = rr[c] + xr[c];
+          ss += sr[c] * sr[c];
+        }
+      } else {
+#pragma omp simd reduction(+ : ss)
+        for (int64_t c = 0; c < C; ++c) ss += xr[c] * xr[c];
+      }
+      const float scale = 1.0f / std::sqrt(ss / static_cast<float>(C) + static_cast<float>(eps));
+      float* nr = np_ + r * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) nr[c] = sr[c] * scale * wp[c];
+    }
+  });
+  return {normed, summed};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -1293,4 +1343,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bidir_fwd_tm", &bidir_fwd_tm, "bidir_fwd for fp32 channel-contiguous (b, d, l) views; output likewise");
   m.def("causal_conv1d_tm", &causal_conv1d_tm, "depthwise causal conv (+SiLU) on channel-contiguous (b, d, l) views");
   m.def("mamba_inner_fwd", &mamba_inner_fwd, "fused inference mixer core: xz -> conv -> x_proj -> scan -> gate");
+  m.def("add_rms_norm_fwd", &add_rms_norm_fwd, "fused residual add + RMSNorm (inference): (normed, summed)");
+  m.def("built_with_openmp", [] {
+#ifdef _OPENMP
+    return true;
+#else
+    return false;
+#endif
+  }, "whether at::parallel_for in this build can fork (the extension must be compiled with OpenMP)");
 }

@@ -34,7 +34,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
-from vimzoo.ops import lb_window, mamba_inner
+from vimzoo.ops import add_rms_norm, lb_window, mamba_inner
 from vimzoo.zoo import register_zoo_model
 
 from ._input import check_image_input
@@ -88,9 +88,7 @@ class RmsNormF32(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        summed = x.float() if residual is None else residual.float() + x.float()
-        normed = F.rms_norm(summed, (summed.shape[-1],), self.weight.float(), self.eps)  # x * rsqrt(mean x² + eps) * w
-        return normed.to(x.dtype), summed
+        return add_rms_norm(x, residual, self.weight, self.eps)  # x * rsqrt(mean x² + eps) * w, fp32
 
 
 class MambaMixer(nn.Module):
@@ -164,14 +162,11 @@ class MambaMixer(nn.Module):
                        + math.log(dt_min)).clamp(min=floor)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def _direction(self, suffix: str, dtype: torch.dtype) -> Tuple[Optional[torch.Tensor], ...]:
-        """One scan direction's weights in `vimzoo.ops.mamba_inner` order (conv in the activation dtype; A, D and the
-        Δ bias in fp32, as the official kernels take them)."""
-        conv = getattr(self, f'conv1d{suffix}')
-        dt_proj = getattr(self, f'dt_proj{suffix}')
-        return (conv.weight.squeeze(1).to(dtype), None if conv.bias is None else conv.bias.to(dtype),
-                getattr(self, f'x_proj{suffix}').weight.to(dtype), dt_proj.weight.to(dtype), dt_proj.bias.float(),
-                -torch.exp(getattr(self, f'A{suffix}_log').float()), getattr(self, f'D{suffix}').float())
+    def _direction(self, suffix: str) -> Tuple[Optional[torch.Tensor], ...]:
+        """One scan direction's parameters, in `vimzoo.ops.mamba_inner` order (it casts them as the kernels need)."""
+        conv, dt_proj = getattr(self, f'conv1d{suffix}'), getattr(self, f'dt_proj{suffix}')
+        return (conv.weight, conv.bias, getattr(self, f'x_proj{suffix}').weight, dt_proj.weight, dt_proj.bias,
+                getattr(self, f'A{suffix}_log'), getattr(self, f'D{suffix}'))
 
     def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         """x: (B, L, dim). reverse=True runs the whole mixer right-to-left (equals flip -> mixer -> flip).
@@ -187,8 +182,8 @@ class MambaMixer(nn.Module):
             window = self.local_window or lb_window(x.shape[1])
         # official: out_proj((y_f + y_b) / 2); the power-of-two scale is applied to y inside mamba_inner (exact)
         scale = 0.5 if self.bidirectional and self.divide_out else 1.0
-        y = mamba_inner(xz, self._direction('', xz.dtype), self._direction('_b', xz.dtype) if self.bidirectional
-                        else None, reverse=reverse, local_window=window, scale=scale, backend=self.scan_backend)
+        y = mamba_inner(xz, self._direction(''), self._direction('_b') if self.bidirectional else None,
+                        reverse=reverse, local_window=window, scale=scale, backend=self.scan_backend)
         return self.out_proj(y)
 
 

@@ -3,7 +3,7 @@ scans, plus the depthwise causal conv — one API, three backends ('reference' P
 'cuda' kernel), exposed as torch.library custom ops `torch.ops.vimzoo.*` with fake impls and autograd.
 See docs/kernels.md and /work/notes/ops_api.md.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -15,9 +15,9 @@ from .reference import (bidirectional_selective_scan_ref, causal_conv1d_ref, lb_
 from ._ops import scan_flops
 
 __all__ = [
-    'selective_scan', 'bidirectional_selective_scan', 'causal_conv1d', 'mamba_inner', 'lb_window', 'get_backend',
-    'set_backend', 'use_backend', 'set_check_finite', 'BACKENDS', 'selective_scan_ref', 'bidirectional_selective_scan_ref',
-    'causal_conv1d_ref', 'scan_flops', 'kernel_status',
+    'selective_scan', 'bidirectional_selective_scan', 'causal_conv1d', 'mamba_inner', 'add_rms_norm', 'lb_window',
+    'get_backend', 'set_backend', 'use_backend', 'set_check_finite', 'BACKENDS', 'selective_scan_ref',
+    'bidirectional_selective_scan_ref', 'causal_conv1d_ref', 'scan_flops', 'kernel_status',
 ]
 
 
@@ -82,13 +82,15 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
 
 def _fused_mixer_ok(xz: torch.Tensor, tensors, backend: Optional[str]) -> bool:
     """The fused CPU kernel serves plain fp32 inference: no grad needed, not compiling, CPU kernel selected."""
-    if torch.compiler.is_compiling() or xz.device.type != 'cpu' or xz.dtype != torch.float32:
+    if xz.device.type != 'cpu' or xz.dtype != torch.float32 or xz.dim() != 3 or xz.shape[-1] % 32:
         return False
-    if xz.dim() != 3 or xz.shape[-1] % 32 != 0:
+    if torch.compiler.is_compiling():
         return False
-    if any(t is None or t.dtype != torch.float32 for t in tensors):
-        return False
-    if torch.is_grad_enabled() and (xz.requires_grad or any(t.requires_grad for t in tensors)):
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is not None and (t.dtype != torch.float32 or (grad and t.requires_grad)):
+            return False
+    if grad and xz.requires_grad:
         return False
     return resolve_backend(backend, xz.device) == 'cpu'
 
@@ -98,10 +100,11 @@ def mamba_inner(xz: torch.Tensor, weights, weights_b=None, reverse: bool = False
                 backend: Optional[str] = None) -> torch.Tensor:
     """Mamba mixer core after in_proj (the official `mamba_inner_fn` / `bimamba_inner_fn` without the projections).
 
-    xz (b, l, 2d): in_proj output, x then z. weights / weights_b: (conv_weight (d, k), conv_bias (d,) or None,
-    x_proj_weight (R + 2N, d), dt_proj_weight (d, R), dt_proj_bias (d,), A (d, N), D (d,)) of the forward and, for
-    Vim's bidirectional mixer, the backward direction (scanned right-to-left). Returns
-    scale * scan(conv(x)) * silu(z) as (b, l, d).
+    xz (b, l, 2d): in_proj output, x then z. weights / weights_b: the module parameters of the forward and, for
+    Vim's bidirectional mixer, the backward direction (scanned right-to-left), in the order
+    (conv1d.weight (d, 1, k) or (d, k), conv1d.bias (d,) or None, x_proj.weight (R + 2N, d), dt_proj.weight (d, R),
+    dt_proj.bias (d,), A_log (d, N), D (d,)), with A = -exp(A_log). Returns scale * scan(conv(x)) * silu(z) as
+    (b, l, d); `reverse` / `local_window` apply to the forward direction (LBVim).
 
     fp32 CPU inference runs one fused C++ call (conv, x_proj, the Δ projection inside the scan, gating); anything
     that needs gradients, other dtypes/devices, or the reference backend runs the same math through the
@@ -110,36 +113,42 @@ def mamba_inner(xz: torch.Tensor, weights, weights_b=None, reverse: bool = False
     if not isinstance(xz, torch.Tensor) or xz.dim() != 3 or xz.shape[-1] % 2:
         raise ValueError(f'mamba_inner: xz must be (batch, length, 2 * d), got '
                          f'{tuple(xz.shape) if isinstance(xz, torch.Tensor) else type(xz).__name__}.')
-    dirs = [tuple(weights)] + ([tuple(weights_b)] if weights_b is not None else [])
-    if any(len(w) != 7 for w in dirs):
-        raise ValueError('mamba_inner: each direction takes 7 tensors (conv_weight, conv_bias, x_proj_weight, '
-                         'dt_proj_weight, dt_proj_bias, A, D).')
+    if len(weights) != 7 or (weights_b is not None and len(weights_b) != 7):
+        raise ValueError('mamba_inner: each direction takes 7 tensors (conv1d.weight, conv1d.bias, x_proj.weight, '
+                         'dt_proj.weight, dt_proj.bias, A_log, D).')
+    if weights_b is not None and reverse:
+        raise ValueError('mamba_inner: the bidirectional mixer already scans both ways; reverse must be False.')
     window = 1 if local_window is None else int(local_window)
-    flat = [t for w in dirs for i, t in enumerate(w) if i != 1] + [w[1] for w in dirs if w[1] is not None]
-    if _fused_mixer_ok(xz, flat, backend):
+    if _fused_mixer_ok(xz, (*weights, *(weights_b or ())), backend) and weights[4] is not None \
+            and (weights_b is None or weights_b[4] is not None):
         def pack(w):
-            return [w[0], w[1] if w[1] is not None else w[0].new_empty(0)] + list(w[2:])
-        return torch.ops.vimzoo.mamba_inner_fwd(xz, pack(dirs[0]), pack(dirs[1]) if len(dirs) > 1 else [],
+            return [w[0], w[1] if w[1] is not None else _EMPTY, *w[2:]]
+        return torch.ops.vimzoo.mamba_inner_fwd(xz, pack(weights), pack(weights_b) if weights_b is not None else [],
                                                 bool(reverse), window, float(scale))
+    dirs = [weights] if weights_b is None else [weights, weights_b]
     return _mamba_inner_composite(xz, dirs, reverse, local_window, scale, backend)
+
+
+_EMPTY = torch.empty(0)
 
 
 def _mamba_inner_composite(xz, dirs, reverse, local_window, scale, backend):
     d = xz.shape[-1] // 2
     xs, z = xz.transpose(1, 2).split(d, dim=1)  # (b, d, l) views of token-major memory
+    dtype = xz.dtype
 
     def branch(w, rev):
-        conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D = w
-        rank, n = dt_proj_w.shape[1], A.shape[1]
-        u = causal_conv1d(xs, conv_w, conv_b, activation='silu', reverse=rev, backend=backend)
-        x_dbl = torch.nn.functional.linear(u.transpose(1, 2), x_proj_w)  # (b, l, R + 2N)
+        conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, a_log, d_skip = w
+        rank, n = dt_proj_w.shape[1], a_log.shape[1]
+        u = causal_conv1d(xs, conv_w.reshape(conv_w.shape[0], -1).to(dtype), None if conv_b is None else
+                          conv_b.to(dtype), activation='silu', reverse=rev, backend=backend)
+        x_dbl = torch.nn.functional.linear(u.transpose(1, 2), x_proj_w.to(dtype))  # (b, l, R + 2N)
         dt, b_mat, c_mat = torch.split(x_dbl, [rank, n, n], dim=-1)
-        delta = torch.nn.functional.linear(dt, dt_proj_w)  # (b, l, d); the bias goes to the scan
-        return u, delta.transpose(1, 2), A, b_mat.transpose(1, 2), c_mat.transpose(1, 2), D, dt_bias
+        delta = torch.nn.functional.linear(dt, dt_proj_w.to(dtype))  # (b, l, d); the bias goes to the scan
+        return (u, delta.transpose(1, 2), -torch.exp(a_log.float()), b_mat.transpose(1, 2), c_mat.transpose(1, 2),
+                d_skip.float(), None if dt_bias is None else dt_bias.float())
 
     if len(dirs) == 2:
-        if reverse:
-            raise ValueError('mamba_inner: the bidirectional mixer already scans both ways; reverse must be False.')
         y = bidirectional_selective_scan(*branch(dirs[0], False), *branch(dirs[1], True), z=z, delta_softplus=True,
                                          backend=backend)
     else:
@@ -148,6 +157,22 @@ def _mamba_inner_composite(xz, dirs, reverse, local_window, scale, backend):
                            reverse=reverse, local_window=local_window, backend=backend)
     y = y.transpose(1, 2)
     return y * scale if scale != 1.0 else y
+
+
+def add_rms_norm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
+                 eps: float = 1e-5) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Residual add + RMSNorm in fp32 (mamba_ssm's fused `rms_norm_fn(..., residual, prenorm=True)` semantics):
+    returns (rms_norm(x + residual) * weight cast to x.dtype, x + residual in fp32). One C++ call for fp32 CPU
+    inference, torch ops otherwise."""
+    if (x.dtype == torch.float32 and x.device.type == 'cpu' and weight.dtype == torch.float32
+            and (residual is None or residual.dtype == torch.float32) and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                                  or (residual is not None and residual.requires_grad)))
+            and resolve_backend(None, x.device) == 'cpu'):
+        return torch.ops.vimzoo.add_rms_norm_fwd(x, residual, weight, float(eps))
+    summed = x.float() if residual is None else residual.float() + x.float()
+    normed = torch.nn.functional.rms_norm(summed, (summed.shape[-1],), weight.float(), eps)
+    return normed.to(x.dtype), summed
 
 
 def kernel_status() -> dict:

@@ -276,8 +276,9 @@ causal_conv1d_op.register_autograd(_conv_backward, setup_context=_conv_setup)
 
 # --------------------------------------------------------------------------------------------------------------
 # mamba_inner_fwd: the fused inference mixer core (CPU kernel only; forward only, no autograd). Each direction is
-# [conv_weight (d, k), conv_bias (d,) or empty, x_proj_weight (R + 2N, d), dt_proj_weight (d, R), dt_proj_bias (d,),
-# A (d, N), D (d,)]; `bwd` empty = one direction. vimzoo.ops.mamba_inner routes here only when no grad is needed.
+# [conv_weight (d, 1, k) or (d, k), conv_bias (d,) or empty, x_proj_weight (R + 2N, d), dt_proj_weight (d, R),
+# dt_proj_bias (d,), A_log (d, N), D (d,)]; `bwd` empty = one direction. vimzoo.ops.mamba_inner routes here only
+# when no grad is needed.
 # --------------------------------------------------------------------------------------------------------------
 @torch.library.custom_op('vimzoo::mamba_inner_fwd', mutates_args=())
 def mamba_inner_fwd_op(xz: Tensor, fwd: List[Tensor], bwd: List[Tensor], reverse: bool, window: int,
@@ -289,6 +290,21 @@ def mamba_inner_fwd_op(xz: Tensor, fwd: List[Tensor], bwd: List[Tensor], reverse
 @mamba_inner_fwd_op.register_fake
 def _(xz, fwd, bwd, reverse, window, scale):
     return xz.new_empty((xz.shape[0], xz.shape[1], xz.shape[2] // 2))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# add_rms_norm_fwd: fused residual add + RMSNorm for fp32 CPU inference (vimzoo.ops.add_rms_norm routes here).
+# --------------------------------------------------------------------------------------------------------------
+@torch.library.custom_op('vimzoo::add_rms_norm_fwd', mutates_args=())
+def add_rms_norm_fwd_op(x: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
+    normed, summed = _ext('cpu').add_rms_norm_fwd(x.contiguous(), None if residual is None else residual.contiguous(),
+                                                  weight, eps)
+    return normed, summed
+
+
+@add_rms_norm_fwd_op.register_fake
+def _(x, residual, weight, eps):
+    return torch.empty_like(x), torch.empty_like(x)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -342,7 +358,7 @@ def _mamba_inner_flop(xz, fwd, bwd, reverse, window, scale, out_shape=None, **kw
         if not weights:
             continue
         conv_w, _, x_proj_w, dt_proj_w, _, a, _ = weights
-        total += 2 * b * d * l * conv_w[1]                     # causal conv
+        total += 2 * b * d * l * conv_w[-1]                    # causal conv
         total += 2 * b * l * d * x_proj_w[0]                   # x_proj
         total += 2 * b * l * dt_proj_w[1] * d                  # dt_proj (fused into the scan)
         total += scan_flops((b, d, l), a[1], True, i == 0, window if i == 0 else 1)
