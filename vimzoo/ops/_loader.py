@@ -15,7 +15,8 @@ import torch
 
 from ._backend import warn_once
 
-__all__ = ['cpu_extension', 'cuda_extension', 'build_cuda_extension', 'csrc_dir', 'cpu_build_flags']
+__all__ = ['cpu_extension', 'cuda_extension', 'build_cpu_extension', 'build_cuda_extension', 'csrc_dir',
+           'cpu_build_flags']
 
 _errors = {}
 
@@ -67,17 +68,24 @@ def _disabled() -> bool:
     return os.environ.get('VIMZOO_DISABLE_KERNELS', '0') not in ('', '0')
 
 
-@lru_cache(maxsize=None)
-def _load_cpu():
+def build_cpu_extension(flags: List[str], name: str, build_directory: Optional[str] = None):
+    """Compile (and import) the C++ kernel with explicit flags, e.g. without AVX-512 to test the portable paths."""
     from torch.utils.cpp_extension import load
     _ensure_ninja()
-    flags = cpu_build_flags()
-    name = 'vimzoo_scan_cpu' + ('_avx512' if '-mavx512f' in flags else '_avx2' if '-mavx2' in flags else '')
     src = csrc_dir() / 'scan_cpu.cpp'
     if not src.exists():
         raise FileNotFoundError(f'{src} not found')
+    if build_directory is not None:
+        os.makedirs(build_directory, exist_ok=True)
     return load(name=name, sources=[str(src)], extra_cflags=flags, extra_ldflags=['-fopenmp'],
-                verbose=os.environ.get('VIMZOO_VERBOSE_BUILD') == '1')
+                build_directory=build_directory, verbose=os.environ.get('VIMZOO_VERBOSE_BUILD') == '1')
+
+
+@lru_cache(maxsize=None)
+def _load_cpu():
+    flags = cpu_build_flags()
+    name = 'vimzoo_scan_cpu' + ('_avx512' if '-mavx512f' in flags else '_avx2' if '-mavx2' in flags else '')
+    return build_cpu_extension(flags, name)
 
 
 def cpu_extension(required: bool = True):

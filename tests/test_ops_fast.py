@@ -1,0 +1,234 @@
+"""The CPU kernel's inference fast paths against the reference: token-major (channel-contiguous) scans and conv, the
+fused mixer core `mamba_inner`, fused add + RMSNorm, output layouts, NaN/inf errors, threads, and the portable
+(non-AVX-512) build of the same source."""
+import shutil
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import vimzoo  # noqa: F401  (registers the models)
+import vimzoo.ops as ops
+from vimzoo.ops._loader import build_cpu_extension, cpu_build_flags
+
+HAS_CXX = shutil.which('c++') is not None or shutil.which('g++') is not None
+
+
+@pytest.fixture(scope='module')
+def ext():
+    if not HAS_CXX:
+        pytest.skip('no C++ compiler: the CPU kernel cannot be built here')
+    from vimzoo.ops._loader import cpu_extension
+    return cpu_extension(required=True)   # a compiler is present: a build failure is a test failure
+
+
+def _tok(b, d, l, gen, scale=1.0):
+    """(b, d, l) view of token-major (b, l, d) memory, as the Vim mixer produces it."""
+    return (torch.randn(b, l, d, generator=gen) * scale).transpose(1, 2)
+
+
+def _scan_inputs(b, d, l, n, seed=0, with_z=True):
+    g = torch.Generator().manual_seed(seed)
+    u, delta = _tok(b, d, l, g), _tok(b, d, l, g, 0.5)
+    A = -torch.exp(torch.randn(d, n, generator=g) * 0.5)
+    B, C = torch.randn(b, n, l, generator=g), torch.randn(b, n, l, generator=g)
+    D, bias = torch.randn(d, generator=g), torch.randn(d, generator=g) * 0.5
+    z = _tok(b, d, l, g) if with_z else None
+    return u, delta, A, B, C, D, z, bias
+
+
+def _rel(got, exp):
+    return ((got - exp).abs().max() / exp.abs().max().clamp_min(1e-6)).item()
+
+
+def _contig(t):
+    return None if t is None else t.contiguous()
+
+
+def test_extension_is_built_with_openmp(ext):
+    assert ext.built_with_openmp(), 'at::parallel_for in the extension would silently run on one thread'
+
+
+# ----------------------------------------------------------------------------------------------- token-major scans
+@pytest.mark.parametrize('shape', [(1, 16, 1, 16), (2, 32, 37, 16), (1, 48, 70, 8), (1, 16, 45, 5), (2, 24, 19, 16)],
+                         ids=lambda s: 'b{}d{}l{}n{}'.format(*s))
+def test_token_major_scan_matches_reference(ext, shape):
+    b, d, l, n = shape   # d = 24 is not a multiple of 16: the row kernel serves it, the layout contract still holds
+    for window in (None, 4, 40, l):
+        for reverse in (False, True):
+            for with_z in (True, False):
+                u, delta, A, B, C, D, z, bias = _scan_inputs(b, d, l, n, seed=l + n, with_z=with_z)
+                got = ops.selective_scan(u, delta, A, B, C, D, z, bias, True, reverse, window, backend='cpu')
+                exp = ops.selective_scan(_contig(u), _contig(delta), A, B, C, D, _contig(z), bias, True, reverse,
+                                         window, backend='reference')
+                assert got.stride() == torch.empty_like(u).stride(), 'outputs keep the token-major layout'
+                assert _rel(got, exp) < 2e-5, f'{shape} W={window} reverse={reverse} z={with_z}'
+
+
+@pytest.mark.parametrize('shape', [(1, 16, 1, 16), (2, 32, 53, 16), (1, 64, 197, 16), (1, 48, 33, 4)],
+                         ids=lambda s: 'b{}d{}l{}n{}'.format(*s))
+def test_token_major_bidirectional_matches_reference(ext, shape):
+    b, d, l, n = shape
+    fwd = _scan_inputs(b, d, l, n, seed=1)
+    bwd = _scan_inputs(b, d, l, n, seed=2, with_z=False)
+    z = fwd[6]
+    args = [*fwd[:6], fwd[7], *bwd[:6], bwd[7]]
+    got = ops.bidirectional_selective_scan(*args, z=z, backend='cpu')
+    exp = ops.bidirectional_selective_scan(*[_contig(a) for a in args], z=z.contiguous(), backend='reference')
+    assert got.stride() == torch.empty_like(fwd[0]).stride()
+    assert _rel(got, exp) < 2e-5
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+@pytest.mark.parametrize('width', [2, 4])
+def test_token_major_causal_conv_matches_reference(ext, reverse, width):
+    g = torch.Generator().manual_seed(width)
+    x = _tok(2, 32, 29, g)
+    w, bias = torch.randn(32, width, generator=g), torch.randn(32, generator=g)
+    for b_ in (bias, None):
+        for act in ('silu', None):
+            got = ops.causal_conv1d(x, w, b_, act, reverse, backend='cpu')
+            exp = ops.causal_conv1d(x.contiguous(), w, b_, act, reverse, backend='reference')
+            assert got.stride() == torch.empty_like(x).stride()
+            torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-5)
+
+
+def test_token_major_nonfinite_inputs_name_the_tensor(ext):
+    u, delta, A, B, C, D, z, bias = _scan_inputs(1, 32, 20, 16)
+    for name in ('u', 'delta', 'z'):
+        bad = {'u': u.clone(), 'delta': delta.clone(), 'z': z.clone()}
+        bad[name][0, 5, 7] = float('nan')   # clone() keeps the token-major strides
+        with pytest.raises(ValueError, match=f'{name} contains NaN or inf'):
+            ops.selective_scan(bad['u'], bad['delta'], A, B, C, D, bad['z'], bias, True, backend='cpu')
+    x = u.clone()
+    x[0, 3, 2] = float('inf')
+    with pytest.raises(ValueError, match='x contains NaN or inf'):
+        ops.causal_conv1d(x, torch.randn(32, 4), None, 'silu', backend='cpu')
+
+
+def test_token_major_results_do_not_depend_on_threads(ext):
+    u, delta, A, B, C, D, z, bias = _scan_inputs(2, 64, 150, 16)
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(ops.selective_scan(u, delta, A, B, C, D, z, bias, True, False, 8, backend='cpu'))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(outs[0], outs[1])
+
+
+# ---------------------------------------------------------------------------------------------------- mamba_inner
+def _mixer_weights(d, n, rank, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(d, 1, k, generator=g) * 0.5, torch.randn(d, generator=g) * 0.1,
+            torch.randn(rank + 2 * n, d, generator=g) * d ** -0.5, torch.randn(d, rank, generator=g) * rank ** -0.5,
+            torch.randn(d, generator=g) * 0.5 - 2.0, torch.log(torch.arange(1, n + 1.0)).expand(d, n)
+            + torch.randn(d, n, generator=g) * 0.2, torch.randn(d, generator=g))
+
+
+MIXER_CASES = [dict(bidir=True), dict(bidir=False), dict(bidir=False, reverse=True, window=4),
+               dict(bidir=False, reverse=False, window=8)]
+
+
+@pytest.mark.parametrize('case', MIXER_CASES, ids=lambda c: '-'.join(f'{k}{v}' for k, v in c.items()))
+def test_mamba_inner_fused_matches_differentiable_and_reference(ext, case):
+    b, l, d, n, rank = 2, 41, 48, 16, 3
+    g = torch.Generator().manual_seed(0)
+    xz = torch.randn(b, l, 2 * d, generator=g)
+    wf = _mixer_weights(d, n, rank, 4, 1)
+    wb = _mixer_weights(d, n, rank, 4, 2) if case['bidir'] else None
+    kw = dict(reverse=case.get('reverse', False), local_window=case.get('window'), scale=0.5 if case['bidir'] else 1.)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fused = ops.mamba_inner(xz, wf, wb, **kw)
+    counted = {str(op) for op in counter.get_flop_counts()['Global']}
+    assert any('mamba_inner_fwd' in op for op in counted), f'the fused kernel did not run: {counted}'
+    # the differentiable path (grad needed) and the reference backend compute the same function
+    leaf = xz.clone().requires_grad_()
+    with FlopCounterMode(display=False) as counter2:
+        composite = ops.mamba_inner(leaf, wf, wb, **kw)
+    assert counter2.get_total_flops() == counter.get_total_flops(), 'fused FLOP formula == sum of the parts'
+    composite.sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+    with torch.no_grad():
+        reference = ops.mamba_inner(xz, wf, wb, backend='reference', **kw)
+    assert fused.shape == (b, l, d)
+    assert _rel(fused, reference) < 2e-5 and _rel(composite.detach(), reference) < 2e-5
+
+
+def test_mamba_inner_errors(ext):
+    xz = torch.randn(1, 8, 64)
+    w = _mixer_weights(32, 16, 2, 4, 0)
+    with pytest.raises(ValueError, match='2 \\* d'):
+        ops.mamba_inner(torch.randn(1, 8, 63), w)
+    with pytest.raises(ValueError, match='7 tensors'):
+        ops.mamba_inner(xz, w[:6])
+    with pytest.raises(ValueError, match='reverse must be False'):
+        ops.mamba_inner(xz, w, w, reverse=True)
+    bad = xz.clone()
+    bad[0, 3, 40] = float('nan')   # a z channel
+    with torch.no_grad(), pytest.raises(ValueError, match='z contains NaN'):
+        ops.mamba_inner(bad, w)
+    bad = xz.clone()
+    bad[0, 3, 1] = float('nan')    # an x channel
+    with torch.no_grad(), pytest.raises(ValueError, match='x contains NaN'):
+        ops.mamba_inner(bad, w)
+
+
+# -------------------------------------------------------------------------------------------------- add_rms_norm
+def test_add_rms_norm_fused_matches_torch(ext):
+    g = torch.Generator().manual_seed(0)
+    x, res, w = torch.randn(2, 9, 40, generator=g), torch.randn(2, 9, 40, generator=g), torch.randn(40, generator=g)
+    for residual in (res, None):
+        with torch.no_grad():
+            normed, summed = ops.add_rms_norm(x, residual, w, 1e-5)
+        exp_sum = x if residual is None else residual + x
+        torch.testing.assert_close(summed, exp_sum)
+        torch.testing.assert_close(normed, F.rms_norm(exp_sum, (40,), w, 1e-5), rtol=1e-5, atol=1e-6)
+        assert summed.data_ptr() != x.data_ptr()
+    leaf = x.clone().requires_grad_()
+    normed, _ = ops.add_rms_norm(leaf, res, w)   # grad needed: torch ops, differentiable
+    normed.sum().backward()
+    assert leaf.grad is not None
+
+
+# ------------------------------------------------------------------------------------------- models, builds
+@pytest.mark.parametrize('name', ['test_vim', 'test_lbvim'])
+def test_model_inference_fast_path_matches_training_path(ext, name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, drop_path_rate=0.).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fast = model(x)
+    slow = model(x)   # parameters require grad: the differentiable ops run
+    with torch.no_grad(), ops.use_backend('reference'):
+        ref = model(x)
+    assert _rel(fast, ref) < 1e-5 and _rel(slow.detach(), ref) < 1e-5
+
+
+@pytest.mark.slow
+def test_portable_build_without_avx512_matches_reference(tmp_path):
+    """The same source compiled for AVX2 only (or baseline x86-64) takes the generic exp2/reciprocal paths."""
+    if not HAS_CXX:
+        pytest.skip('no C++ compiler')
+    flags = [f for f in cpu_build_flags() if not f.startswith('-mavx512')]
+    name = 'vimzoo_scan_cpu_portable_test' + ('_avx2' if '-mavx2' in flags else '')
+    port = build_cpu_extension(flags, name, build_directory=str(tmp_path / 'build'))
+    u, delta, A, B, C, D, z, bias = _scan_inputs(1, 32, 50, 16)
+    bt, ct = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+    for window in (1, 4):
+        got = port.scan_fwd_tm(u, delta, A, bt, ct, D, z, bias, True, True, window, True)
+        exp = ops.selective_scan(_contig(u), _contig(delta), A, B, C, D, _contig(z), bias, True, True,
+                                 None if window == 1 else window, backend='reference')
+        assert _rel(got, exp) < 2e-5
+    x = torch.randn(1, 9, 64)
+    wgt = torch.randn(32, 4)
+    got = port.causal_conv1d_tm(x[..., :32].transpose(1, 2), wgt, None, True, False, True)
+    exp = ops.causal_conv1d(x[..., :32].transpose(1, 2).contiguous(), wgt, None, 'silu', backend='reference')
+    torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-5)
