@@ -363,3 +363,10 @@ def _mamba_inner_flop(xz, fwd, bwd, reverse, window, scale, out_shape=None, **kw
         total += 2 * b * l * dt_proj_w[1] * d                  # dt_proj (fused into the scan)
         total += scan_flops((b, d, l), a[1], True, i == 0, window if i == 0 else 1)
     return total
+
+
+@register_flop_formula(torch.ops.vimzoo.add_rms_norm_fwd)
+def _add_rms_norm_flop(x, residual, weight, eps, out_shape=None, **kwargs) -> int:
+    """0, like every element-wise aten op (FlopCounterMode counts neither layer_norm nor rms_norm), so models that
+    use the fused norm stay comparable with models that use torch's."""
+    return 0
