@@ -51,12 +51,17 @@ def _cpu_has(*flags: str) -> bool:
     return all(f in words for f in flags)
 
 
+def _openmp_flags() -> List[str]:
+    return ['-fopenmp'] if sys.platform.startswith('linux') else ['-fopenmp-simd']
+
+
 def cpu_build_flags() -> List[str]:
     """-O3, C++20 (torch 2.14 headers), OpenMP, FMA contraction, and AVX2/FMA/AVX-512 only when this CPU has them (the
     extension name says which, so a cached build is never loaded on a CPU without those instructions)."""
     # -fopenmp: at::parallel_for is header-inline and only runs in parallel when the extension itself is built with
-    # OpenMP (it then shares torch's libgomp, loaded under the same soname, so torch.set_num_threads applies).
-    flags = ['-O3', '-std=c++20', '-fno-math-errno', '-ffp-contract=fast', '-fopenmp']
+    # OpenMP (on Linux it then shares torch's libgomp, loaded under the same soname, so torch.set_num_threads
+    # applies). Elsewhere (e.g. Apple clang, which rejects -fopenmp) the kernel builds single-threaded.
+    flags = ['-O3', '-std=c++20', '-fno-math-errno', '-ffp-contract=fast'] + _openmp_flags()
     if _cpu_has('avx2', 'fma'):
         flags += ['-mavx2', '-mfma']
         if _cpu_has('avx512f', 'avx512dq', 'avx512vl'):
@@ -77,7 +82,7 @@ def build_cpu_extension(flags: List[str], name: str, build_directory: Optional[s
         raise FileNotFoundError(f'{src} not found')
     if build_directory is not None:
         os.makedirs(build_directory, exist_ok=True)
-    return load(name=name, sources=[str(src)], extra_cflags=flags, extra_ldflags=['-fopenmp'],
+    return load(name=name, sources=[str(src)], extra_cflags=flags, extra_ldflags=[f for f in flags if f == '-fopenmp'],
                 build_directory=build_directory, verbose=os.environ.get('VIMZOO_VERBOSE_BUILD') == '1')
 
 
