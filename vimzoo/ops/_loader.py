@@ -4,6 +4,7 @@ Built once on first use and cached in the torch extensions dir (TORCH_EXTENSIONS
 ~/.cache/torch_extensions). Without a compiler the CPU kernel is skipped with a one-time warning and 'auto'
 falls back to the PyTorch reference. Set VIMZOO_DISABLE_KERNELS=1 to never build (reference only).
 """
+import logging
 import os
 import shutil
 import sys
@@ -24,6 +25,19 @@ _errors = {}
 def csrc_dir() -> Path:
     from vimzoo.zoo import resource_path
     return resource_path('csrc')
+
+
+def _cpp_extension_load():
+    """torch.utils.cpp_extension.load, imported without its import-time "No CUDA runtime is found" warning, which
+    every CPU-only machine with a CUDA toolkit would otherwise print on the first kernel use."""
+    logger = logging.getLogger('torch.utils.cpp_extension')
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils.cpp_extension import load
+    finally:
+        logger.setLevel(level)
+    return load
 
 
 def _ensure_ninja() -> None:
@@ -75,7 +89,7 @@ def _disabled() -> bool:
 
 def build_cpu_extension(flags: List[str], name: str, build_directory: Optional[str] = None):
     """Compile (and import) the C++ kernel with explicit flags, e.g. without AVX-512 to test the portable paths."""
-    from torch.utils.cpp_extension import load
+    load = _cpp_extension_load()
     _ensure_ninja()
     src = csrc_dir() / 'scan_cpu.cpp'
     if not src.exists():
@@ -133,7 +147,7 @@ def build_cuda_extension(arch_list: str, build_directory: Optional[str] = None, 
     if root is None:
         raise RuntimeError('no CUDA toolkit (nvcc + headers) found; set CUDA_HOME.')
     os.environ.setdefault('CUDA_HOME', str(root))
-    from torch.utils.cpp_extension import load
+    load = _cpp_extension_load()
     _ensure_ninja()
     if not arch_list:
         raise ValueError('build_cuda_extension needs an explicit arch list, e.g. "9.0".')
