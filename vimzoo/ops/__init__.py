@@ -80,19 +80,19 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     return torch.ops.vimzoo.causal_conv1d(x, weight, bias, 'silu' if activation else '', bool(reverse), name)
 
 
-def _fused_mixer_ok(xz: torch.Tensor, tensors, backend: Optional[str]) -> bool:
-    """The fused CPU kernel serves plain fp32 inference: no grad needed, not compiling, CPU kernel selected."""
-    if xz.device.type != 'cpu' or xz.dtype != torch.float32 or xz.dim() != 3 or xz.shape[-1] % 32:
-        return False
+def _cpu_inference_ok(tensors, backend: Optional[str]) -> bool:
+    """The fused CPU ops serve plain fp32 inference: fp32 CPU tensors, no grad needed, not compiling, CPU kernel
+    selected (`None` entries are absent optional inputs)."""
     if torch.compiler.is_compiling():
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
-        if t is not None and (t.dtype != torch.float32 or (grad and t.requires_grad)):
+        if t is not None and (t.dtype != torch.float32 or t.device.type != 'cpu' or (grad and t.requires_grad)):
             return False
-    if grad and xz.requires_grad:
-        return False
-    return resolve_backend(backend, xz.device) == 'cpu'
+    return resolve_backend(backend, torch.device('cpu')) == 'cpu'
+
+
+_EMPTY = torch.empty(0)  # stands for an absent conv bias in the fused op's tensor lists
 
 
 def mamba_inner(xz: torch.Tensor, weights, weights_b=None, reverse: bool = False,
@@ -119,17 +119,15 @@ def mamba_inner(xz: torch.Tensor, weights, weights_b=None, reverse: bool = False
     if weights_b is not None and reverse:
         raise ValueError('mamba_inner: the bidirectional mixer already scans both ways; reverse must be False.')
     window = 1 if local_window is None else int(local_window)
-    if _fused_mixer_ok(xz, (*weights, *(weights_b or ())), backend) and weights[4] is not None \
-            and (weights_b is None or weights_b[4] is not None):
+    dirs = [weights] if weights_b is None else [weights, weights_b]
+    required = [t for w in dirs for i, t in enumerate(w) if i != 1]  # all but the conv biases
+    if (xz.dim() == 3 and xz.shape[-1] % 32 == 0 and all(t is not None for t in required)
+            and _cpu_inference_ok((xz, *required, *(w[1] for w in dirs)), backend)):
         def pack(w):
             return [w[0], w[1] if w[1] is not None else _EMPTY, *w[2:]]
         return torch.ops.vimzoo.mamba_inner_fwd(xz, pack(weights), pack(weights_b) if weights_b is not None else [],
                                                 bool(reverse), window, float(scale))
-    dirs = [weights] if weights_b is None else [weights, weights_b]
     return _mamba_inner_composite(xz, dirs, reverse, local_window, scale, backend)
-
-
-_EMPTY = torch.empty(0)
 
 
 def _mamba_inner_composite(xz, dirs, reverse, local_window, scale, backend):
@@ -164,11 +162,7 @@ def add_rms_norm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torc
     """Residual add + RMSNorm in fp32 (mamba_ssm's fused `rms_norm_fn(..., residual, prenorm=True)` semantics):
     returns (rms_norm(x + residual) * weight cast to x.dtype, x + residual in fp32). One C++ call for fp32 CPU
     inference, torch ops otherwise."""
-    if (x.dtype == torch.float32 and x.device.type == 'cpu' and weight.dtype == torch.float32
-            and (residual is None or residual.dtype == torch.float32) and not torch.compiler.is_compiling()
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                  or (residual is not None and residual.requires_grad)))
-            and resolve_backend(None, x.device) == 'cpu'):
+    if _cpu_inference_ok((x, residual, weight), None):
         return torch.ops.vimzoo.add_rms_norm_fwd(x, residual, weight, float(eps))
     summed = x.float() if residual is None else residual.float() + x.float()
     normed = torch.nn.functional.rms_norm(summed, (summed.shape[-1],), weight.float(), eps)
