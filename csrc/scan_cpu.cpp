@@ -23,6 +23,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 using opt_tensor = std::optional<at::Tensor>;
@@ -50,42 +54,9 @@ static inline float exp_approx(float x) {
   const int32_t e = (static_cast<int32_t>(fx) + 127) << 23;
   return p * std::bit_cast<float>(e);
 }
-// log for x >= 1 (normal): Cephes logf polynomial, rel. error ~1e-7.
-static inline float log_approx(float x) {
-  int32_t bits = std::bit_cast<int32_t>(x);
-  float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
-  float m = std::bit_cast<float>((bits & 0x007fffff) | 0x3f000000);  // [0.5, 1)
-  const bool small = m < 0.707106781186547524f;
-  e = small ? e - 1.0f : e;
-  m = small ? m + m - 1.0f : m - 1.0f;
-  const float z = m * m;
-  float y = 7.0376836292e-2f;
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * m * z;
-  y += -2.12194440e-4f * e;
-  y += -0.5f * z;
-  return m + y + 0.693359375f * e;
-}
-static inline float softplus_f(float x) {  // torch's threshold: identity above 20
-  const float y = exp_approx(x < 20.0f ? x : 20.0f);
-  const float w = 1.0f + y;
-  const float l1p = (w == 1.0f) ? y : log_approx(w) * (y / (w - 1.0f));  // log1p with Goldberg's correction
-  return x > 20.0f ? x : l1p;
-}
-static inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
-
 static inline float exp_c(float x) { return exp_approx(x); }
 static inline double exp_c(double x) { return std::exp(x); }
-static inline float softplus_c(float x) { return softplus_f(x); }
 static inline double softplus_c(double x) { return x <= 20.0 ? std::log1p(std::exp(x)) : x; }
-static inline float sigmoid_c(float x) { return sigmoid_f(x); }
 static inline double sigmoid_c(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -175,57 +146,98 @@ struct VecOps<v8f> : FloatVecOps<v8f, v8i> {};
 template <>
 struct VecOps<v16f> : FloatVecOps<v16f, v16i> {};
 
-// Same algorithm as log_approx (x >= 1), 16 lanes.
-static inline v16f logv(v16f x) {
-  v16i bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  v16f e = __builtin_convertvector(((bits >> 23) & 0xff) - 126, v16f);
-  const v16i mb = (bits & 0x007fffff) | 0x3f000000;
-  v16f m;
-  std::memcpy(&m, &mb, sizeof(m));
-  const v16i small = m < splatv<v16f>(0.707106781186547524f);
-  e = small ? e - 1.0f : e;
-  m = small ? m + m - 1.0f : m - 1.0f;
-  const v16f z = m * m;
-  v16f y = splatv<v16f>(7.0376836292e-2f);
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * m * z;
-  y += -2.12194440e-4f * e;
-  y += -0.5f * z;
-  return m + y + 0.693359375f * e;
-}
-static inline v16f softplusv(v16f x) {  // as softplus_f
-  const v16f twenty = splatv<v16f>(20.0f);
-  const v16f y = expv<v16f, v16i>(x < twenty ? x : twenty);
-  const v16f w = y + 1.0f;
-  const v16f l1p = (w == 1.0f) ? y : logv(w) * (y / (w - 1.0f));
-  return x > twenty ? x : l1p;
-}
-static inline v16f sigmoidv(v16f x) { return 1.0f / (expv<v16f, v16i>(-x) + 1.0f); }
+// ---------------------------------------------------------------------------------------------------------------
+// 16-lane fp32 math shared by every kernel (AVX-512 intrinsics where they save instructions, generic otherwise).
+// ---------------------------------------------------------------------------------------------------------------
+constexpr int kLanes = 16;
+constexpr float kLog2e = 1.44269504088896341f;
 
-// In-place softplus / sigmoid over a token array (16 lanes at a time for fp32, libm-grade scalar for fp64).
+// 2^x: i = round(x), 2^(x - i) by a degree-5 minimax polynomial on [-0.5, 0.5] (rel. error 1.9e-7, ~2 ulp),
+// times 2^i. AVX-512: roundscale + scalef (which also gives 0 / inf for huge |x|, so no clamp: 9 instructions);
+// otherwise x is clamped to [-126, 126] and 2^i built from the exponent bits.
+static inline v16f exp2_fast(v16f x) {
+#if defined(__AVX512F__)
+  const v16f i = (v16f)_mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+  x = x < -126.0f ? splatv<v16f>(-126.0f) : x;
+  x = x > 126.0f ? splatv<v16f>(126.0f) : x;
+  v16i ti = __builtin_convertvector(x + (x < 0.0f ? splatv<v16f>(-0.5f) : splatv<v16f>(0.5f)), v16i);
+  const v16f i = __builtin_convertvector(ti, v16f);
+#endif
+  const v16f f = x - i;
+  v16f p = splatv<v16f>(1.326472731307149e-3f);  // fitted with p(0) = 1 exactly: no drift when Δ·A ≈ 0
+  p = p * f + 9.671512991189957e-3f;
+  p = p * f + 5.550733581185341e-2f;
+  p = p * f + 2.4022242426872253e-1f;
+  p = p * f + 6.931470036506653e-1f;
+  p = p * f + 1.0f;
+#if defined(__AVX512F__)
+  return (v16f)_mm512_scalef_ps((__m512)p, (__m512)i);
+#else
+  const v16i e = (__builtin_convertvector(i, v16i) + 127) << 23;
+  v16f scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  return p * scale;
+#endif
+}
+// 1/d: rcp14 + one Newton step (rel. error ~1e-8) instead of a division (several times slower on AVX-512).
+static inline v16f recip_fast(v16f d) {
+#if defined(__AVX512F__)
+  const v16f r = (v16f)_mm512_rcp14_ps((__m512)d);
+  return r * (2.0f - d * r);
+#else
+  return 1.0f / d;
+#endif
+}
+// σ(x) = 1 / (1 + 2^(-x·log2 e)); the exponent is capped at 126 so that very negative x gives ~2^-126, not 1/inf
+// (the reciprocal's Newton step would turn that into NaN).
+static inline v16f sigmoid_fast(v16f x) {
+  const v16f t = x * -kLog2e;
+  return recip_fast(exp2_fast(t > 126.0f ? splatv<v16f>(126.0f) : t) + 1.0f);
+}
+static inline v16f silu_fast(v16f x) { return x * sigmoid_fast(x); }
+// softplus(x) = max(x, 0) + log1p(e^-|x|), log1p(e) = 2 atanh(s) with s = e / (2 + e) in [0, 1/3]: odd series to
+// s^13 (truncation < 2e-8). Equals torch's softplus (threshold 20) to fp32 rounding: above 20 the log1p term is
+// below half an ulp of x.
+static inline v16f softplus_fast(v16f x) {
+  const v16f ax = x < 0.0f ? -x : x;
+  const v16f e = exp2_fast(ax * -kLog2e);
+  const v16f sv = e * recip_fast(e + 2.0f);
+  const v16f s2 = sv * sv;
+  v16f p = splatv<v16f>(1.0f / 13.0f);
+  p = p * s2 + 1.0f / 11.0f;
+  p = p * s2 + 1.0f / 9.0f;
+  p = p * s2 + 1.0f / 7.0f;
+  p = p * s2 + 1.0f / 5.0f;
+  p = p * s2 + 1.0f / 3.0f;
+  p = p * s2 + 1.0f;
+  return (x > 0.0f ? x : splatv<v16f>(0.0f)) + 2.0f * sv * p;
+}
+
+// In-place softplus / sigmoid over a token array: 16 lanes at a time for fp32 (the tail through a zero-padded
+// vector), libm for fp64 (gradcheck-grade runs).
+template <typename acc_t, typename VecFn, typename ScalarFn>
+void map_array(acc_t* x, int64_t L, VecFn vec_fn, ScalarFn scalar_fn) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    int64_t t = 0;
+    for (; t + kLanes <= L; t += kLanes) VecOps<v16f>::store(x + t, vec_fn(VecOps<v16f>::load(x + t)));
+    if (t < L) {
+      float tail[kLanes] = {};
+      std::memcpy(tail, x + t, (L - t) * sizeof(float));
+      VecOps<v16f>::store(tail, vec_fn(VecOps<v16f>::load(tail)));
+      std::memcpy(x + t, tail, (L - t) * sizeof(float));
+    }
+  } else {
+    for (int64_t t = 0; t < L; ++t) x[t] = scalar_fn(x[t]);
+  }
+}
 template <typename acc_t>
 void softplus_array(acc_t* x, int64_t L) {
-  int64_t t = 0;
-  if constexpr (std::is_same_v<acc_t, float>) {
-    for (; t + 16 <= L; t += 16) VecOps<v16f>::store(x + t, softplusv(VecOps<v16f>::load(x + t)));
-  }
-  for (; t < L; ++t) x[t] = softplus_c(x[t]);
+  map_array(x, L, softplus_fast, [](acc_t v) { return softplus_c(v); });
 }
 template <typename acc_t>
 void sigmoid_array(acc_t* x, int64_t L) {
-  int64_t t = 0;
-  if constexpr (std::is_same_v<acc_t, float>) {
-    for (; t + 16 <= L; t += 16) VecOps<v16f>::store(x + t, sigmoidv(VecOps<v16f>::load(x + t)));
-  }
-  for (; t < L; ++t) x[t] = sigmoid_c(x[t]);
+  map_array(x, L, sigmoid_fast, [](acc_t v) { return sigmoid_c(v); });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -771,69 +783,6 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, co
 // decay uses exp2 with A pre-scaled by log2(e) (AVX-512: roundscale + scalef). Outputs are (b, l, d) in memory,
 // returned as (b, d, l) views. Requires fp32 and d % 16 == 0; everything else takes the row kernels above.
 // ---------------------------------------------------------------------------------------------------------------
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
-constexpr int kLanes = 16;
-constexpr float kLog2e = 1.44269504088896341f;
-
-// 2^x: i = round(x), 2^(x - i) by a degree-5 minimax polynomial on [-0.5, 0.5] (rel. error 1.9e-7, ~2 ulp),
-// times 2^i. AVX-512: roundscale + scalef (which also gives 0 / inf for huge |x|, so no clamp: 9 instructions);
-// otherwise x is clamped to [-126, 126] and 2^i built from the exponent bits.
-static inline v16f exp2_fast(v16f x) {
-#if defined(__AVX512F__)
-  const v16f i = (v16f)_mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-#else
-  x = x < -126.0f ? splatv<v16f>(-126.0f) : x;
-  x = x > 126.0f ? splatv<v16f>(126.0f) : x;
-  v16i ti = __builtin_convertvector(x + (x < 0.0f ? splatv<v16f>(-0.5f) : splatv<v16f>(0.5f)), v16i);
-  const v16f i = __builtin_convertvector(ti, v16f);
-#endif
-  const v16f f = x - i;
-  v16f p = splatv<v16f>(1.326472731307149e-3f);  // fitted with p(0) = 1 exactly: no drift when Δ·A ≈ 0
-  p = p * f + 9.671512991189957e-3f;
-  p = p * f + 5.550733581185341e-2f;
-  p = p * f + 2.4022242426872253e-1f;
-  p = p * f + 6.931470036506653e-1f;
-  p = p * f + 1.0f;
-#if defined(__AVX512F__)
-  return (v16f)_mm512_scalef_ps((__m512)p, (__m512)i);
-#else
-  const v16i e = (__builtin_convertvector(i, v16i) + 127) << 23;
-  v16f scale;
-  std::memcpy(&scale, &e, sizeof(scale));
-  return p * scale;
-#endif
-}
-// 1/d: rcp14 + one Newton step (rel. error ~1e-8) instead of a division (several times slower on AVX-512).
-static inline v16f recip_fast(v16f d) {
-#if defined(__AVX512F__)
-  const v16f r = (v16f)_mm512_rcp14_ps((__m512)d);
-  return r * (2.0f - d * r);
-#else
-  return 1.0f / d;
-#endif
-}
-static inline v16f silu_fast(v16f x) { return x * recip_fast(exp2_fast(x * -kLog2e) + 1.0f); }
-// softplus(x) = max(x, 0) + log1p(e^-|x|), log1p(e) = 2 atanh(s) with s = e / (2 + e) in [0, 1/3]: odd series to
-// s^13 (truncation < 2e-8). Equals torch's softplus (threshold 20) to fp32 rounding: above 20 the log1p term is
-// below half an ulp of x.
-static inline v16f softplus_fast(v16f x) {
-  const v16f ax = x < 0.0f ? -x : x;
-  const v16f e = exp2_fast(ax * -kLog2e);
-  const v16f sv = e * recip_fast(e + 2.0f);
-  const v16f s2 = sv * sv;
-  v16f p = splatv<v16f>(1.0f / 13.0f);
-  p = p * s2 + 1.0f / 11.0f;
-  p = p * s2 + 1.0f / 9.0f;
-  p = p * s2 + 1.0f / 7.0f;
-  p = p * s2 + 1.0f / 5.0f;
-  p = p * s2 + 1.0f / 3.0f;
-  p = p * s2 + 1.0f;
-  return (x > 0.0f ? x : splatv<v16f>(0.0f)) + 2.0f * sv * p;
-}
-
 // A strided (b, d, l) fp32 view with contiguous channels: element (bi, c, t) at base + bi*sb + t*st + c.
 struct TokView {
   const float* base;

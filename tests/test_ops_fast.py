@@ -97,6 +97,23 @@ def test_token_major_causal_conv_matches_reference(ext, reverse, width):
             torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-5)
 
 
+def test_token_major_extreme_finite_values_stay_finite(ext):
+    """SiLU / sigmoid of very negative values (e^-x overflows fp32) must give ~0, not NaN: gate, conv and row kernel."""
+    u, delta, A, B, C, D, z, bias = _scan_inputs(1, 32, 20, 16)
+    z = z * 300.0   # |z| up to ~1000
+    got = ops.selective_scan(u, delta, A, B, C, D, z, bias, True, backend='cpu')
+    exp = ops.selective_scan(_contig(u), _contig(delta), A, B, C, D, _contig(z), bias, True, backend='reference')
+    assert torch.isfinite(got).all() and _rel(got, exp) < 2e-5
+    row = ops.selective_scan(_contig(u), _contig(delta), A, B, C, D, _contig(z), bias, True, backend='cpu')
+    assert torch.isfinite(row).all() and _rel(row, exp) < 2e-5
+    x = u * 500.0
+    w = torch.randn(32, 4)
+    got = ops.causal_conv1d(x, w, None, 'silu', backend='cpu')
+    exp = ops.causal_conv1d(x.contiguous(), w, None, 'silu', backend='reference')
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-4)
+
+
 def test_token_major_nonfinite_inputs_name_the_tensor(ext):
     u, delta, A, B, C, D, z, bias = _scan_inputs(1, 32, 20, 16)
     for name in ('u', 'delta', 'z'):
