@@ -8,20 +8,9 @@
 #include <optional>
 #include <vector>
 
+#include "scan_params_torch.h"
+
 namespace vimzoo_cuda {
-struct ScanParams {
-  int64_t batch, dim, len, nstate, window;
-  bool reverse, softplus;
-  const void* u;
-  const void* delta;
-  const void* z;
-  const void* dout;
-  const float* A;
-  const float* Bt;
-  const float* Ct;
-  const float* D;
-  const float* bias;
-};
 cudaError_t launch_scan_fwd(const ScanParams& p, int dtype, float* y, void* out, cudaStream_t stream);
 cudaError_t launch_bidir_fwd(const ScanParams& pf, const ScanParams& pb, int dtype, float* y, void* out,
                              cudaStream_t stream);
@@ -66,24 +55,7 @@ ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::T
     TORCH_CHECK(z->sizes() == u.sizes() && z->is_contiguous() && z->scalar_type() == u.scalar_type(),
                 "vimzoo scan_cuda: z must match u");
   }
-  ScanParams p;
-  p.batch = B;
-  p.dim = Dm;
-  p.len = L;
-  p.nstate = N;
-  p.window = std::max<int64_t>(1, std::min<int64_t>(W, L));
-  p.reverse = reverse;
-  p.softplus = softplus;
-  p.u = u.data_ptr();
-  p.delta = delta.data_ptr();
-  p.z = z.has_value() ? z->data_ptr() : nullptr;
-  p.dout = nullptr;
-  p.A = A.data_ptr<float>();
-  p.Bt = Bt.data_ptr<float>();
-  p.Ct = Ct.data_ptr<float>();
-  p.D = D.has_value() ? D->data_ptr<float>() : nullptr;
-  p.bias = bias.has_value() ? bias->data_ptr<float>() : nullptr;
-  return p;
+  return vimzoo_cuda::pack_scan_params(u, delta, A, Bt, Ct, D, z, bias, softplus, reverse, W);
 }
 
 void check_launch(cudaError_t err, const char* what) {
@@ -132,25 +104,15 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, co
               "vimzoo scan_cuda: dout must match u");
   auto p = make_params(u, delta, A, Bt, Ct, D, z, bias, softplus, reverse, W);
   p.dout = dout.data_ptr();
-  const int64_t B = u.size(0), Dm = u.size(1), L = u.size(2), N = A.size(1);
-  auto f32 = u.options().dtype(at::kFloat);
-  const int64_t Wc = p.window;  // clamped to [1, L] by make_params; hb/dxl only hold the current window
-  auto hf = at::empty({B, Dm, L, N}, f32);
-  auto hb = at::empty({B, Dm, Wc, N}, f32), dxl = at::empty({B, Dm, Wc, N}, f32);
-  auto du = at::empty_like(u), ddelta = at::empty_like(delta);
-  auto dz = z.has_value() ? at::empty_like(*z) : at::empty({0}, u.options());
-  auto dA_rows = at::zeros({B, Dm, N}, f32), dD_rows = at::zeros({B, Dm}, f32), dbias_rows = at::zeros({B, Dm}, f32);
-  auto dBt = at::zeros({B, L, N}, f32), dCt = at::zeros({B, L, N}, f32);
-  check_launch(vimzoo_cuda::launch_scan_bwd(p, code, hf.data_ptr<float>(), hb.data_ptr<float>(),
-                                            dxl.data_ptr<float>(), du.data_ptr(), ddelta.data_ptr(),
-                                            z.has_value() ? dz.data_ptr() : nullptr, dA_rows.data_ptr<float>(),
-                                            dD_rows.data_ptr<float>(), dbias_rows.data_ptr<float>(),
-                                            dBt.data_ptr<float>(), dCt.data_ptr<float>(),
+  vimzoo_cuda::ScanBwdBuffers g(p, u, delta, z);
+  check_launch(vimzoo_cuda::launch_scan_bwd(p, code, g.hf.data_ptr<float>(), g.hb.data_ptr<float>(),
+                                            g.dxl.data_ptr<float>(), g.du.data_ptr(), g.ddelta.data_ptr(),
+                                            z.has_value() ? g.dz.data_ptr() : nullptr, g.dA_rows.data_ptr<float>(),
+                                            g.dD_rows.data_ptr<float>(), g.dbias_rows.data_ptr<float>(),
+                                            g.dBt.data_ptr<float>(), g.dCt.data_ptr<float>(),
                                             c10::cuda::getCurrentCUDAStream().stream()),
                "scan_bwd");
-  auto dD = D.has_value() ? dD_rows.sum(0) : at::empty({0}, f32);
-  auto dbias = bias.has_value() ? dbias_rows.sum(0) : at::empty({0}, f32);
-  return {du, ddelta, dA_rows.sum(0), dBt, dCt, dD, dz, dbias};
+  return g.results(D.has_value(), bias.has_value());
 }
 
 }  // namespace

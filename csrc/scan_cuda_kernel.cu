@@ -14,24 +14,13 @@
 
 #include <cstdint>
 
+#include "scan_params.h"
+
 namespace vimzoo_cuda {
 
 constexpr int kWarpsPerBlock = 4;
 constexpr int kMaxPerLane = 8;  // n <= 256
 
-struct ScanParams {
-  int64_t batch, dim, len, nstate, window;
-  bool reverse, softplus;
-  const void* u;
-  const void* delta;
-  const void* z;     // may be null
-  const void* dout;  // backward only
-  const float* A;
-  const float* Bt;
-  const float* Ct;
-  const float* D;     // may be null
-  const float* bias;  // may be null
-};
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -30,8 +30,8 @@ def test_cuda_build_fails_loudly_on_bad_source(tmp_path, monkeypatch):
     """A broken kernel source must make the tool exit non-zero with the compiler error, not fall back silently."""
     csrc = tmp_path / 'csrc'
     csrc.mkdir()
-    for name in ('scan_cuda.cpp', 'scan_cuda_kernel.cu'):
-        (csrc / name).write_text((ROOT / 'csrc' / name).read_text())
+    for src in (ROOT / 'csrc').iterdir():   # the sources and the headers they include
+        (csrc / src.name).write_text(src.read_text())
     (csrc / 'scan_cuda_kernel.cu').write_text((csrc / 'scan_cuda_kernel.cu').read_text()
                                                + '\n__global__ void broken() { this_is_not_cuda; }\n')
     code = ('import sys, vimzoo.zoo as z; from pathlib import Path; '

@@ -44,6 +44,7 @@ inline void __syncwarp(unsigned = 0xffffffffu) { tl_warp->bar.arrive_and_wait();
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 
 #include "../../csrc/scan_cuda_kernel.cu"
+#include "../../csrc/scan_params_torch.h"
 
 namespace {
 
@@ -71,30 +72,13 @@ void launch(int64_t rows, F&& kernel) {  // grid = ceil(rows / warps per block),
   }
 }
 
-// Same parameter packing as csrc/scan_cuda.cpp (CPU tensors instead of CUDA ones).
+// The packing of csrc/scan_cuda.cpp (csrc/scan_params_torch.h), with CPU tensors instead of CUDA ones.
 ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
                        const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias,
                        bool softplus, bool reverse, int64_t W) {
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kBFloat16, "emu: fp32/bf16 only");
   TORCH_CHECK(A.size(1) <= 256, "emu: d_state <= 256");
-  ScanParams p;
-  p.batch = u.size(0);
-  p.dim = u.size(1);
-  p.len = u.size(2);
-  p.nstate = A.size(1);
-  p.window = std::max<int64_t>(1, std::min<int64_t>(W, u.size(2)));
-  p.reverse = reverse;
-  p.softplus = softplus;
-  p.u = u.data_ptr();
-  p.delta = delta.data_ptr();
-  p.z = z.has_value() ? z->data_ptr() : nullptr;
-  p.dout = nullptr;
-  p.A = A.data_ptr<float>();
-  p.Bt = Bt.data_ptr<float>();
-  p.Ct = Ct.data_ptr<float>();
-  p.D = D.has_value() ? D->data_ptr<float>() : nullptr;
-  p.bias = bias.has_value() ? bias->data_ptr<float>() : nullptr;
-  return p;
+  return vimzoo_cuda::pack_scan_params(u, delta, A, Bt, Ct, D, z, bias, softplus, reverse, W);
 }
 
 template <typename T>
@@ -141,23 +125,16 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, co
                                  int64_t W) {
   auto p = make_params(u, delta, A, Bt, Ct, D, z, bias, softplus, reverse, W);
   p.dout = dout.data_ptr();
-  const int64_t B = u.size(0), Dm = u.size(1), L = u.size(2), N = A.size(1);
-  auto f32 = u.options().dtype(at::kFloat);
-  const int64_t Wc = p.window;  // clamped to [1, L] by make_params; hb/dxl only hold the current window
-  auto hf = at::empty({B, Dm, L, N}, f32);
-  auto hb = at::empty({B, Dm, Wc, N}, f32), dxl = at::empty({B, Dm, Wc, N}, f32);
-  auto du = at::empty_like(u), ddelta = at::empty_like(delta);
-  auto dz = z.has_value() ? at::empty_like(*z) : at::empty({0}, u.options());
-  auto dA_rows = at::zeros({B, Dm, N}, f32), dD_rows = at::zeros({B, Dm}, f32), dbias_rows = at::zeros({B, Dm}, f32);
-  auto dBt = at::zeros({B, L, N}, f32), dCt = at::zeros({B, L, N}, f32);
+  vimzoo_cuda::ScanBwdBuffers g(p, u, delta, z);
   auto run = [&](auto tag) {
     using T = decltype(tag);
-    launch(B * Dm, [&] {
-      vimzoo_cuda::scan_bwd_kernel<T>(p, hf.data_ptr<float>(), hb.data_ptr<float>(), dxl.data_ptr<float>(),
-                                      static_cast<T*>(du.data_ptr()), static_cast<T*>(ddelta.data_ptr()),
-                                      z.has_value() ? static_cast<T*>(dz.data_ptr()) : nullptr,
-                                      dA_rows.data_ptr<float>(), dD_rows.data_ptr<float>(),
-                                      dbias_rows.data_ptr<float>(), dBt.data_ptr<float>(), dCt.data_ptr<float>());
+    launch(p.batch * p.dim, [&] {
+      vimzoo_cuda::scan_bwd_kernel<T>(p, g.hf.data_ptr<float>(), g.hb.data_ptr<float>(), g.dxl.data_ptr<float>(),
+                                      static_cast<T*>(g.du.data_ptr()), static_cast<T*>(g.ddelta.data_ptr()),
+                                      z.has_value() ? static_cast<T*>(g.dz.data_ptr()) : nullptr,
+                                      g.dA_rows.data_ptr<float>(), g.dD_rows.data_ptr<float>(),
+                                      g.dbias_rows.data_ptr<float>(), g.dBt.data_ptr<float>(),
+                                      g.dCt.data_ptr<float>());
     });
   };
   if (u.scalar_type() == at::kFloat) {
@@ -165,9 +142,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, co
   } else {
     run(c10::BFloat16{});
   }
-  auto dD = D.has_value() ? dD_rows.sum(0) : at::empty({0}, f32);
-  auto dbias = bias.has_value() ? dbias_rows.sum(0) : at::empty({0}, f32);
-  return {du, ddelta, dA_rows.sum(0), dBt, dCt, dD, dz, dbias};
+  return g.results(D.has_value(), bias.has_value());
 }
 
 }  // namespace
