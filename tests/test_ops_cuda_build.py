@@ -3,6 +3,7 @@
 This is a compile check only: the kernels are not run here (no GPU). tools/gpu_check.sh runs them on a GPU.
 Skipped only when nvcc is missing. Takes ~1-3 min on 2 cores.
 """
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,13 +30,11 @@ def test_cuda_extension_compiles_for_sm90(tmp_path):
 def test_cuda_build_fails_loudly_on_bad_source(tmp_path, monkeypatch):
     """A broken kernel source must make the tool exit non-zero with the compiler error, not fall back silently."""
     csrc = tmp_path / 'csrc'
-    csrc.mkdir()
-    for src in (ROOT / 'csrc').iterdir():   # the sources and the headers they include
-        (csrc / src.name).write_text(src.read_text())
-    (csrc / 'scan_cuda_kernel.cu').write_text((csrc / 'scan_cuda_kernel.cu').read_text()
-                                               + '\n__global__ void broken() { this_is_not_cuda; }\n')
-    code = ('import sys, vimzoo.zoo as z; from pathlib import Path; '
-            f'z.resource_path = lambda name: Path({str(csrc)!r}); '
+    shutil.copytree(ROOT / 'csrc', csrc)   # the sources and the headers they include
+    kernel = csrc / 'cuda' / 'scan_cuda_kernel.cu'
+    kernel.write_text(kernel.read_text() + '\n__global__ void broken() { this_is_not_cuda; }\n')
+    code = ('import sys, vimzoo.ops._loader as ld; from pathlib import Path; '
+            f'ld.csrc_dir = lambda: Path({str(csrc)!r}); '
             f'sys.argv = ["build_cuda_ops.py", "--arch", "9.0", "--build-dir", {str(tmp_path / "b")!r}]; '
             f'sys.path.insert(0, {str(ROOT / "tools")!r}); import build_cuda_ops; sys.exit(build_cuda_ops.main())')
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=900, cwd=ROOT)

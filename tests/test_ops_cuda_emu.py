@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vimzoo.ops import _ops
+from vimzoo.ops.backends._common import kernel_inputs
 from vimzoo.ops.reference import bidirectional_selective_scan_ref, selective_scan_bwd_ref, selective_scan_ref
 
 HERE = Path(__file__).resolve().parent
@@ -21,11 +21,11 @@ pytestmark = pytest.mark.skipif(shutil.which('c++') is None and shutil.which('g+
 
 @pytest.fixture(scope='module')
 def emu():
-    from torch.utils.cpp_extension import load
-    from vimzoo.ops._loader import _ensure_ninja
-    _ensure_ninja()
-    return load(name='vimzoo_cuda_emu', sources=[str(HERE / 'cuda_emu' / 'cuda_emu.cpp')],
-                extra_cflags=['-O2', '-std=c++20', '-pthread'], extra_ldflags=['-pthread'])
+    from vimzoo.ops._loader import cuda_sources, load_extension
+    # the harness includes the kernel source: both are part of the build's hash
+    return load_extension('CUDA-kernel CPU emulator (tests only)', 'vimzoo_cuda_emu',
+                          [HERE / 'cuda_emu' / 'cuda_emu.cpp'], ['-O2', '-std=c++20', '-pthread'], ['-pthread'],
+                          fingerprint_extra=[p.read_text() for p in cuda_sources()])
 
 
 def _make(b, d, l, n, dtype, opt, seed=0):
@@ -54,7 +54,7 @@ def test_emulated_cuda_kernel_matches_reference(emu, shape, dtype):
         for reverse in (False, True):
             for opt in (True, False):
                 u, delta, A, B, C, D, z, bias = _make(b, d, l, n, dtype, opt)
-                args = _ops._prep('cuda', u, delta, A, B, C, D, z, bias)
+                args = kernel_inputs(dtype, u, delta, A, B, C, D, z, bias)
                 w = 1 if window is None else window
                 out = emu.scan_fwd(*args, opt, reverse, w)
                 ref = selective_scan_ref(u, delta, A, B, C, D, z, bias, opt, reverse, window)
@@ -77,8 +77,8 @@ def test_emulated_cuda_bidirectional(emu, dtype):
     f = _make(2, 3, 21, 16, dtype, True, seed=1)
     r = _make(2, 3, 21, 16, dtype, True, seed=2)
     z = f[6]
-    fa = _ops._prep('cuda', *f[:6], None, f[7])
-    ra = _ops._prep('cuda', *r[:6], None, r[7])
+    fa = kernel_inputs(dtype, *f[:6], None, f[7])
+    ra = kernel_inputs(dtype, *r[:6], None, r[7])
     out = emu.bidir_fwd(*fa[:6], fa[7], *ra[:6], ra[7], z.contiguous(), True)
     ref = bidirectional_selective_scan_ref(*f[:6], f[7], *r[:6], r[7], z=z)
     assert _rel(out, ref) < (1e-4 if dtype == torch.float32 else 2e-2)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Compile the vimzoo CUDA scan extension (csrc/scan_cuda*.{cpp,cu}) with nvcc for an explicit arch list.
+"""Compile the vimzoo CUDA scan extension (csrc/cuda/*.{cpp,cu}) with nvcc for an explicit arch list.
 
 Needs nvcc, NOT a GPU: the arch list is given explicitly (never queried from a device). Fails loudly (exit 1)
 on any compile/link error, and checks that the built library really holds SASS for every requested arch.

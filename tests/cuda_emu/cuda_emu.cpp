@@ -1,4 +1,4 @@
-// CPU emulation harness for csrc/scan_cuda_kernel.cu (test-only; there is no GPU on the CI machine).
+// CPU emulation harness for csrc/cuda/scan_cuda_kernel.cu (test-only; there is no GPU on the CI machine).
 //
 // Compiles the REAL kernel source as C++ with a tiny shim: every CUDA thread becomes a std::thread, each warp of
 // 32 threads shares a std::barrier that implements __shfl_xor_sync / __syncwarp in lock-step, atomicAdd maps to
@@ -43,8 +43,8 @@ inline float __shfl_xor_sync(unsigned, float v, int off) {
 inline void __syncwarp(unsigned = 0xffffffffu) { tl_warp->bar.arrive_and_wait(); }
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 
-#include "../../csrc/scan_cuda_kernel.cu"
-#include "../../csrc/scan_params_torch.h"
+#include "../../csrc/cuda/scan_cuda_kernel.cu"
+#include "../../csrc/cuda/scan_params_torch.h"
 
 namespace {
 
@@ -72,7 +72,7 @@ void launch(int64_t rows, F&& kernel) {  // grid = ceil(rows / warps per block),
   }
 }
 
-// The packing of csrc/scan_cuda.cpp (csrc/scan_params_torch.h), with CPU tensors instead of CUDA ones.
+// The packing of csrc/cuda/scan_cuda.cpp (csrc/cuda/scan_params_torch.h), with CPU tensors instead of CUDA ones.
 ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
                        const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias,
                        bool softplus, bool reverse, int64_t W) {

@@ -131,7 +131,7 @@ __global__ void bidir_fwd_kernel(ScanParams pf, ScanParams pb, float* y, T* out)
   gate_store<T>(pf, row, lane, y, out);
 }
 
-// Backward (research §3.3). Scratch (fp32): hf (b, d, l, n) indexed by scan step k; hb and dxl (b, d, W, n) for the
+// Backward (docs/kernels.md, "Backward"). Scratch (fp32): hf (b, d, l, n) indexed by scan step k; hb and dxl (b, d, W, n) for the
 // current window only (W = the clamped window; 1 for the plain scan).
 template <typename T>
 __global__ void scan_bwd_kernel(ScanParams p, float* __restrict__ hf, float* __restrict__ hbs,

@@ -6,8 +6,11 @@
 #include <cuda_runtime.h>
 
 #include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
+#include "../common/finite_check.h"
 #include "scan_params_torch.h"
 
 namespace vimzoo_cuda {
@@ -49,13 +52,24 @@ ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::T
   TORCH_CHECK(N <= 256, "vimzoo scan_cuda: d_state must be <= 256");
   TORCH_CHECK(Bt.dim() == 3 && Bt.size(0) == B && Bt.size(1) == L && Bt.size(2) == N && Ct.sizes() == Bt.sizes(),
               "vimzoo scan_cuda: B/C must be (b, l, n)");
-  if (D.has_value()) check_f32(*D, "D");
-  if (bias.has_value()) check_f32(*bias, "delta_bias");
+  for (const auto& [t, name] : {std::pair<const opt_tensor*, const char*>{&D, "D"}, {&bias, "delta_bias"}}) {
+    if (!t->has_value()) continue;
+    check_f32(**t, name);
+    TORCH_CHECK((*t)->dim() == 1 && (*t)->numel() == Dm, "vimzoo scan_cuda: ", name, " must be (d,)");
+  }
   if (z.has_value()) {
     TORCH_CHECK(z->sizes() == u.sizes() && z->is_contiguous() && z->scalar_type() == u.scalar_type(),
                 "vimzoo scan_cuda: z must match u");
   }
   return vimzoo_cuda::pack_scan_params(u, delta, A, Bt, Ct, D, z, bias, softplus, reverse, W);
+}
+
+using Named = std::vector<std::pair<std::string, at::Tensor>>;
+void add_scan_inputs(Named& items, const std::string& sfx, const at::Tensor& u, const at::Tensor& delta,
+                     const at::Tensor& A, const at::Tensor& Bt, const at::Tensor& Ct, const opt_tensor& D,
+                     const opt_tensor& bias) {
+  items.insert(items.end(), {{"u" + sfx, u}, {"delta" + sfx, delta}, {"A" + sfx, A}, {"B" + sfx, Bt}, {"C" + sfx, Ct},
+                             {"D" + sfx, D.value_or(at::Tensor())}, {"delta_bias" + sfx, bias.value_or(at::Tensor())}});
 }
 
 void check_launch(cudaError_t err, const char* what) {
@@ -64,10 +78,16 @@ void check_launch(cudaError_t err, const char* what) {
 
 at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
                     const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias,
-                    bool softplus, bool reverse, int64_t W) {
+                    bool softplus, bool reverse, int64_t W, bool check_finite) {
   const c10::cuda::CUDAGuard guard(u.device());
   const int code = dtype_code(u);
   auto p = make_params(u, delta, A, Bt, Ct, D, z, bias, softplus, reverse, W);
+  if (check_finite) {
+    Named items;
+    add_scan_inputs(items, "", u, delta, A, Bt, Ct, D, bias);
+    items.push_back({"z", z.value_or(at::Tensor())});
+    vimzoo::check_finite_tensors("selective_scan", items);
+  }
   auto y = at::empty(u.sizes(), u.options().dtype(at::kFloat));
   auto out = at::empty_like(u);
   check_launch(vimzoo_cuda::launch_scan_fwd(p, code, y.data_ptr<float>(), out.data_ptr(),
@@ -79,13 +99,21 @@ at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tens
 at::Tensor bidir_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
                      const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& bias, const at::Tensor& u_b,
                      const at::Tensor& delta_b, const at::Tensor& A_b, const at::Tensor& Bt_b, const at::Tensor& Ct_b,
-                     const opt_tensor& D_b, const opt_tensor& bias_b, const opt_tensor& z, bool softplus) {
+                     const opt_tensor& D_b, const opt_tensor& bias_b, const opt_tensor& z, bool softplus,
+                     bool check_finite) {
   const c10::cuda::CUDAGuard guard(u.device());
   const int code = dtype_code(u);
   TORCH_CHECK(u_b.sizes() == u.sizes() && u_b.scalar_type() == u.scalar_type() && A_b.sizes() == A.sizes(),
               "vimzoo bidir_fwd: both directions must have equal shapes/dtypes");
   auto pf = make_params(u, delta, A, Bt, Ct, D, z, bias, softplus, false, 1);
   auto pb = make_params(u_b, delta_b, A_b, Bt_b, Ct_b, D_b, z, bias_b, softplus, true, 1);
+  if (check_finite) {
+    Named items;
+    add_scan_inputs(items, "", u, delta, A, Bt, Ct, D, bias);
+    add_scan_inputs(items, "_b", u_b, delta_b, A_b, Bt_b, Ct_b, D_b, bias_b);
+    items.push_back({"z", z.value_or(at::Tensor())});
+    vimzoo::check_finite_tensors("bidirectional_selective_scan", items);
+  }
   auto y = at::empty(u.sizes(), u.options().dtype(at::kFloat));
   auto out = at::empty_like(u);
   check_launch(vimzoo_cuda::launch_bidir_fwd(pf, pb, code, y.data_ptr<float>(), out.data_ptr(),
@@ -119,7 +147,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, co
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "vimzoo CUDA selective-scan kernels (plain / reverse / LB / bidirectional; forward + backward)";
-  m.def("scan_fwd", &scan_fwd, "selective scan forward (gated by silu(z) when given)");
+  m.def("scan_fwd", &scan_fwd, "selective scan forward (gated by silu(z) when given); ValueError on NaN/inf input");
   m.def("scan_bwd", &scan_bwd, "selective scan backward (recomputes states): du, ddelta, dA, dBt, dCt, dD, dz, dbias");
-  m.def("bidir_fwd", &bidir_fwd, "fused forward + reverse scan, gated by silu(z)");
+  m.def("bidir_fwd", &bidir_fwd, "fused forward + reverse scan, gated by silu(z); ValueError on NaN/inf input");
 }

@@ -1,0 +1,26 @@
+// Python bindings of the vimzoo CPU extension: the same entry points (and signatures) the 'cpu' backend of
+// vimzoo/ops/backends/cpu.py calls; declarations and layout contract in kernels.h.
+#include <torch/extension.h>
+
+#include "kernels.h"
+
+namespace vz = vimzoo::cpu;
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "vimzoo CPU selective-scan kernels (plain / reverse / LB / bidirectional; forward + backward)";
+  m.def("scan_fwd", &vz::scan_fwd, "selective scan forward (gated by silu(z) when given); ValueError on NaN/inf input");
+  m.def("scan_bwd", &vz::scan_bwd, "selective scan backward (recomputes states): du, ddelta, dA, dBt, dCt, dD, dz, dbias");
+  m.def("bidir_fwd", &vz::bidir_fwd, "fused forward + reverse scan, gated by silu(z); ValueError on NaN/inf input");
+  m.def("scan_fwd_tm", &vz::scan_fwd_tm, "scan_fwd for fp32 channel-contiguous (b, d, l) views; output likewise");
+  m.def("bidir_fwd_tm", &vz::bidir_fwd_tm, "bidir_fwd for fp32 channel-contiguous (b, d, l) views; output likewise");
+  m.def("causal_conv1d_tm", &vz::causal_conv1d_tm, "depthwise causal conv (+SiLU) on channel-contiguous (b, d, l) views");
+  m.def("mamba_inner_fwd", &vz::mamba_inner_fwd, "fused inference mixer core: xz -> conv -> x_proj -> scan -> gate");
+  m.def("add_rms_norm_fwd", &vz::add_rms_norm_fwd, "fused residual add + RMSNorm (inference): (normed, summed)");
+  m.def("built_with_openmp", [] {
+#ifdef _OPENMP
+    return true;
+#else
+    return false;
+#endif
+  }, "whether at::parallel_for in this build can fork (the extension must be compiled with OpenMP)");
+}

@@ -1,0 +1,51 @@
+// Entry points of the vimzoo CPU extension (bound to Python in bindings.cpp; called by vimzoo/ops/backends/cpu.py).
+//
+// Layout contract: u, delta, z, dout (b, d, l) in the input dtype; A (d, n), D, delta_bias (d,) and Bt, Ct (b, l, n)
+// contiguous in the compute dtype (fp32; fp64 for fp64 input). The row kernels (scan_rows_*.cpp) take contiguous
+// (b, d, l) tensors; the token-major kernels (*_tm) take fp32 (b, d, l) views whose channels are contiguous
+// (stride(1) == 1, d % 16 == 0) and return outputs in the same layout. Every entry point TORCH_CHECKs the sizes it
+// indexes, so a call that bypasses vimzoo.ops's validation still cannot read out of bounds.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <vector>
+
+namespace vimzoo::cpu {
+
+using opt_tensor = std::optional<at::Tensor>;
+
+// Row kernels: any float dtype.
+at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                    const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias,
+                    bool softplus, bool reverse, int64_t W, bool check_finite);
+at::Tensor bidir_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                     const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& bias, const at::Tensor& u_b,
+                     const at::Tensor& delta_b, const at::Tensor& A_b, const at::Tensor& Bt_b, const at::Tensor& Ct_b,
+                     const opt_tensor& D_b, const opt_tensor& bias_b, const opt_tensor& z, bool softplus,
+                     bool check_finite);
+std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& delta,
+                                 const at::Tensor& A, const at::Tensor& Bt, const at::Tensor& Ct, const opt_tensor& D,
+                                 const opt_tensor& z, const opt_tensor& bias, bool softplus, bool reverse, int64_t W);
+
+// Token-major kernels: fp32, channel-contiguous views (forward only).
+at::Tensor scan_fwd_tm(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                       const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias,
+                       bool softplus, bool reverse, int64_t W, bool check_finite);
+at::Tensor bidir_fwd_tm(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                        const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& bias, const at::Tensor& u_b,
+                        const at::Tensor& delta_b, const at::Tensor& A_b, const at::Tensor& Bt_b,
+                        const at::Tensor& Ct_b, const opt_tensor& D_b, const opt_tensor& bias_b, const opt_tensor& z,
+                        bool softplus, bool check_finite);
+at::Tensor causal_conv1d_tm(const at::Tensor& x, const at::Tensor& weight, const opt_tensor& bias, bool silu,
+                            bool reverse, bool check_finite);
+
+// Fused inference ops (fp32).
+at::Tensor mamba_inner_fwd(const at::Tensor& xz, const std::vector<at::Tensor>& fwd,
+                           const std::vector<at::Tensor>& bwd, bool reverse, int64_t W, double scale,
+                           bool check_finite);
+std::vector<at::Tensor> add_rms_norm_fwd(const at::Tensor& x, const opt_tensor& residual, const at::Tensor& weight,
+                                         double eps, bool check_finite);
+
+}  // namespace vimzoo::cpu
