@@ -35,6 +35,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
 from vimzoo.ops import add_rms_norm, lb_window, mamba_inner
+from vimzoo.ops._validate import check_window
 from vimzoo.zoo import register_zoo_model
 
 from ._input import check_image_input
@@ -91,6 +92,18 @@ class RmsNormF32(nn.Module):
         return add_rms_norm(x, residual, self.weight, self.eps)  # x * rsqrt(mean x² + eps) * w, fp32
 
 
+def _check_mixer_args(dim, d_state, d_conv, expand, dt_rank, local_window) -> None:
+    """Impossible mixer sizes fail here, with the argument's name, not later inside a kernel."""
+    for name, value in (('dim', dim), ('d_state', d_state), ('d_conv', d_conv)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f'MambaMixer: {name} must be an int >= 1, got {value!r}.')
+    if isinstance(expand, bool) or not isinstance(expand, (int, float)) or int(expand * dim) < 1:
+        raise ValueError(f'MambaMixer: expand must be a number with int(expand * dim) >= 1, got {expand!r}.')
+    if dt_rank != 'auto' and (isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1):
+        raise ValueError(f"MambaMixer: dt_rank must be 'auto' or an int >= 1, got {dt_rank!r}.")
+    check_window('MambaMixer', local_window)
+
+
 class MambaMixer(nn.Module):
     """Mamba selective-SSM mixer with the official parameter names.
 
@@ -116,6 +129,7 @@ class MambaMixer(nn.Module):
             scan_backend: Optional[str] = None,
     ):
         super().__init__()
+        _check_mixer_args(dim, d_state, d_conv, expand, dt_rank, local_window)
         self.dim = dim
         self.d_state = d_state
         self.d_inner = int(expand * dim)

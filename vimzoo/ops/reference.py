@@ -1,17 +1,17 @@
 """Pure-PyTorch reference implementations (the ground truth every kernel is tested against).
 
 Readability over speed: the scans are explicit Python loops over the sequence, exactly as the math reads
-(mamba's `selective_scan_ref`, LBMamba's locally bi-directional scan, /work/shared/research/vim_lbmamba.md §3.2).
+(mamba's `selective_scan_ref`, LBMamba's locally bi-directional scan: arXiv 2506.15976, section 3.2).
 Compute happens in fp32 (fp64 when `u` is fp64, so `gradcheck` can run); outputs are cast back to `u.dtype`.
 Gradients come from autograd through these functions.
 """
-from typing import Optional
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ['lb_window', 'compute_dtype', 'selective_scan_ref', 'bidirectional_selective_scan_ref',
-           'causal_conv1d_ref']
+           'causal_conv1d_ref', 'mamba_inner_ref', 'add_rms_norm_ref']
 
 
 def lb_window(length: int) -> int:
@@ -119,6 +119,54 @@ def causal_conv1d_ref(
     return out.to(dtype_in)
 
 
+def mamba_inner_ref(
+        xz: torch.Tensor, weights: Sequence[Optional[torch.Tensor]],
+        weights_b: Optional[Sequence[Optional[torch.Tensor]]] = None, reverse: bool = False,
+        local_window: Optional[int] = None, scale: float = 1.0, conv: Callable = causal_conv1d_ref,
+        scan: Callable = selective_scan_ref, bidirectional_scan: Callable = bidirectional_selective_scan_ref,
+) -> torch.Tensor:
+    """Mamba mixer core after in_proj (the official `mamba_inner_fn` / `bimamba_inner_fn` minus the projections).
+
+    xz (b, l, 2d): x then z. Per direction (conv1d.weight (d, 1, k) or (d, k), conv1d.bias, x_proj.weight
+    (R + 2N, d), dt_proj.weight (d, R), dt_proj.bias, A_log (d, N), D), A = -exp(A_log):
+        u = silu(conv(x)),  (dt, B, C) = x_proj(u),  Δ = dt_proj(dt) (+ bias inside the scan, softplus),
+        out = scale · scan(u, Δ, A, B, C, D) · silu(z)        (two directions: forward + reverse scan)
+    `conv` / `scan` / `bidirectional_scan` default to the reference math; vimzoo.ops passes its differentiable
+    ops instead, so both routes are this one function.
+    """
+    d = xz.shape[-1] // 2
+    xs, z = xz.transpose(1, 2).split(d, dim=1)   # (b, d, l) views of token-major memory
+    dtype = xz.dtype
+
+    def branch(w, rev):
+        conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, a_log, d_skip = w
+        rank, n = dt_proj_w.shape[1], a_log.shape[1]
+        u = conv(xs, conv_w.reshape(conv_w.shape[0], -1).to(dtype), None if conv_b is None else conv_b.to(dtype),
+                 'silu', rev)
+        x_dbl = F.linear(u.transpose(1, 2), x_proj_w.to(dtype))       # (b, l, R + 2N)
+        dt, b_mat, c_mat = torch.split(x_dbl, [rank, n, n], dim=-1)
+        delta = F.linear(dt, dt_proj_w.to(dtype))                      # (b, l, d); the bias goes to the scan
+        return (u, delta.transpose(1, 2), -torch.exp(a_log.float()), b_mat.transpose(1, 2), c_mat.transpose(1, 2),
+                None if d_skip is None else d_skip.float(), None if dt_bias is None else dt_bias.float())
+
+    if weights_b is not None:
+        y = bidirectional_scan(*branch(weights, False), *branch(weights_b, True), z, True)
+    else:
+        u, delta, A, b_mat, c_mat, D, dt_bias = branch(weights, reverse)
+        y = scan(u, delta, A, b_mat, c_mat, D, z, dt_bias, True, reverse, local_window)
+    y = y.transpose(1, 2)
+    return y * scale if scale != 1.0 else y
+
+
+def add_rms_norm_ref(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
+                     eps: float = 1e-5) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Residual add + RMSNorm in fp32 (mamba_ssm's `rms_norm_fn(x, w, None, residual, prenorm=True)`): returns
+    (rms_norm(x + residual) * weight in x.dtype, x + residual in fp32)."""
+    summed = x.float() if residual is None else residual.float() + x.float()
+    normed = F.rms_norm(summed, (summed.shape[-1],), weight.float(), eps)
+    return normed.to(x.dtype), summed
+
+
 def _dsilu(x: torch.Tensor) -> torch.Tensor:
     s = torch.sigmoid(x)
     return s * (1 + x * (1 - s))
@@ -130,7 +178,7 @@ def selective_scan_bwd_ref(
         delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
         reverse: bool = False, local_window: Optional[int] = None,
 ):
-    """Explicit backward of `selective_scan_ref` (the formulas the kernels implement; research §3.3).
+    """Explicit backward of `selective_scan_ref` (the formulas the kernels implement; docs/kernels.md, "Backward").
 
     In scan order (tensors flipped when reverse — fine for a reference), with G_k = g_k C_k, g = dout·silu(z):
         dxl_k = G_k + a_{k+1} dxl_{k+1}        (global reverse scan: grad of the forward state hf_k)

@@ -1,0 +1,76 @@
+"""FLOP formulas for the vimzoo ops, so torch.utils.flop_counter.FlopCounterMode counts each op once.
+
+Per (batch, channel, token, state) and direction the scan does: Δ·A, exp, Δu·B, a·h + b (2), C·h + accumulate (2),
+and ~2 for Δ/softplus/D amortised -> 9·b·d·l·n (the count mamba_ssm uses), + b·d·l for D·u and + b·d·l for the z
+gate. The LB local backward scan adds a·hb + b, h + r and its C-dot: +3·b·d·l·n. Backward (state recompute +
+reverse scan + grads) is counted as 2x forward.
+"""
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+from . import _ops  # noqa: F401  (the ops must be registered before formulas can be attached)
+
+__all__ = ['scan_flops']
+
+_vz = torch.ops.vimzoo
+
+
+def scan_flops(u_shape, n: int, has_d: bool, has_z: bool, window: int = 1) -> int:
+    b, d, l = u_shape
+    per_state = 9 + (3 if window > 1 else 0)
+    return per_state * b * d * l * n + (b * d * l if has_d else 0) + (b * d * l if has_z else 0)
+
+
+@register_flop_formula(_vz.selective_scan)
+def _scan_flop(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, window, backend, check_finite,
+               out_shape=None, **kwargs) -> int:
+    return scan_flops(u, A[1], D is not None, z is not None, window)
+
+
+@register_flop_formula(_vz.selective_scan_bwd)
+def _scan_bwd_flop(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, window, backend,
+                   out_shape=None, **kwargs) -> int:
+    return 2 * scan_flops(u, A[1], D is not None, z is not None, window)
+
+
+@register_flop_formula(_vz.bidirectional_selective_scan)
+def _bidir_flop(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z,
+                delta_softplus, backend, check_finite, out_shape=None, **kwargs) -> int:
+    return scan_flops(u, A[1], D is not None, z is not None) + scan_flops(u_b, A_b[1], D_b is not None, False)
+
+
+@register_flop_formula(_vz.causal_conv1d)
+def _conv_flop(x, weight, bias, activation, reverse, backend, check_finite, out_shape=None, **kwargs) -> int:
+    b, d, l = x
+    return 2 * b * d * l * weight[1]
+
+
+@register_flop_formula(_vz.causal_conv1d_bwd)
+def _conv_bwd_flop(dout, x, weight, bias, activation, reverse, backend, out_shape=None, **kwargs) -> int:
+    b, d, l = x
+    return 4 * b * d * l * weight[1]
+
+
+@register_flop_formula(_vz.mamba_inner_fwd)
+def _mamba_inner_flop(xz, fwd, bwd, reverse, window, scale, backend, check_finite, out_shape=None,
+                      **kwargs) -> int:
+    """The sum of the unfused route's parts: causal conv, x_proj, dt_proj and the scan of each direction."""
+    b, l, two_d = xz
+    d = two_d // 2
+    total = 0
+    for i, weights in enumerate((fwd, bwd)):
+        if not weights:
+            continue
+        conv_w, _, x_proj_w, dt_proj_w, _, a, d_skip = weights
+        total += 2 * b * d * l * conv_w[-1]                    # causal conv
+        total += 2 * b * l * d * x_proj_w[0]                   # x_proj
+        total += 2 * b * l * dt_proj_w[1] * d                  # dt_proj (fused into the scan)
+        total += scan_flops((b, d, l), a[1], d_skip is not None, i == 0, window if i == 0 else 1)
+    return total
+
+
+@register_flop_formula(_vz.add_rms_norm_fwd)
+def _add_rms_norm_flop(x, residual, weight, eps, backend, check_finite, out_shape=None, **kwargs) -> int:
+    """0, like every element-wise aten op (FlopCounterMode counts neither layer_norm nor rms_norm), so models that
+    use the fused norm stay comparable with models that use torch's."""
+    return 0

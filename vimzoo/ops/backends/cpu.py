@@ -1,0 +1,98 @@
+"""The 'cpu' backend: vimzoo's C++ kernels (csrc/cpu/, JIT-built on first use by vimzoo.ops._loader).
+
+Row kernels serve every float dtype and layout (inputs made contiguous); fp32 (b, d, l) views with contiguous
+channels and d % 16 == 0 (the token-major activations the Vim mixer produces) take the 16-channel-vector kernels,
+which also serve the fused inference ops `mamba_inner_fwd` and `add_rms_norm_fwd`. The NaN/inf check happens in
+the kernels while they read the data. The causal-conv backward uses the reference (ATen's conv1d gradients).
+"""
+from typing import Optional, Sequence
+
+import torch
+
+from .. import _loader
+from . import reference
+from ._common import kernel_grads, kernel_inputs, layout_like
+
+NAME = 'cpu'
+_F32 = torch.float32
+
+
+def _ext():
+    return _loader.cpu_extension()
+
+
+def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tensor]] = (),
+            channels: Optional[int] = None, d_state: Optional[int] = None) -> Optional[str]:
+    if device.type != 'cpu':
+        return f'needs CPU tensors, got tensors on {device}'
+    if _loader.cpu_extension(required=False) is None:
+        return f'the C++ CPU scan kernel could not be built ({_loader.build_error("cpu")})'
+    if op == 'mamba_inner_fwd':   # vimzoo.ops.mamba_inner then takes the unfused route (row kernels, any dtype)
+        if any(t is not None and t.dtype != _F32 for t in tensors):
+            return 'the fused mixer kernel runs fp32 only'
+        if channels is not None and channels % 16:
+            return f'the fused mixer needs d % 16 == 0 channels, got d = {channels}'
+    return None
+
+
+def _tok_major(*tensors: Optional[torch.Tensor]) -> bool:
+    """fp32 (b, d, l) views with contiguous channels and d % 16 == 0: the token-major kernels' layout."""
+    return all(t is None or (t.dtype == _F32 and t.stride(1) == 1 and t.shape[1] % 16 == 0) for t in tensors)
+
+
+def _params(A, B, C, D, delta_bias):
+    _, _, a, bt, ct, d, _, bias = kernel_inputs(_F32, None, None, A, B, C, D, None, delta_bias)
+    return a, bt, ct, d, bias
+
+
+def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, window, check_finite):
+    if _tok_major(u, delta, z):
+        a, bt, ct, d, bias = _params(A, B, C, D, delta_bias)
+        return layout_like(_ext().scan_fwd_tm(u, delta, a, bt, ct, d, z, bias, softplus, reverse, window,
+                                              check_finite), u)
+    args = kernel_inputs(u.dtype, u, delta, A, B, C, D, z, delta_bias)
+    return layout_like(_ext().scan_fwd(*args, softplus, reverse, window, check_finite), u)
+
+
+def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, window):
+    args = kernel_inputs(u.dtype, u, delta, A, B, C, D, z, delta_bias)
+    raw = _ext().scan_bwd(dout.to(u.dtype).contiguous(), *args, softplus, reverse, window)
+    return kernel_grads(raw, u, delta, A, B, C, D, z, delta_bias)
+
+
+def bidir_fwd(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, softplus,
+              check_finite):
+    if _tok_major(u, delta, u_b, delta_b, z):
+        a, bt, ct, d, bias = _params(A, B, C, D, delta_bias)
+        a_b, bt_b, ct_b, d_b, bias_b = _params(A_b, B_b, C_b, D_b, delta_bias_b)
+        out = _ext().bidir_fwd_tm(u, delta, a, bt, ct, d, bias, u_b, delta_b, a_b, bt_b, ct_b, d_b, bias_b, z,
+                                  softplus, check_finite)
+        return layout_like(out, u)
+    f = kernel_inputs(u.dtype, u, delta, A, B, C, D, z, delta_bias)
+    r = kernel_inputs(u.dtype, u_b, delta_b, A_b, B_b, C_b, D_b, None, delta_bias_b)
+    out = _ext().bidir_fwd(*f[:6], f[7], *r[:6], r[7], f[6], softplus, check_finite)
+    return layout_like(out, u)
+
+
+def conv_fwd(x, weight, bias, silu, reverse, check_finite):
+    if _tok_major(x) and weight.dtype == _F32 and (bias is None or bias.dtype == _F32):
+        return layout_like(_ext().causal_conv1d_tm(x, weight, bias, silu, reverse, check_finite), x)
+    return reference.conv_fwd(x, weight, bias, silu, reverse, check_finite)
+
+
+conv_bwd = reference.conv_bwd
+
+
+def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):
+    empty = torch.empty(0)   # stands for an absent optional tensor in the kernel's tensor lists
+
+    def pack(weights):
+        return [empty if t is None else t for t in weights] if weights else []
+    return _ext().mamba_inner_fwd(xz.contiguous(), pack(fwd), pack(bwd), reverse, window, scale, check_finite)
+
+
+def add_rms_norm_fwd(x, residual, weight, eps, check_finite):
+    if any(t is not None and t.dtype != _F32 for t in (x, residual, weight)):
+        return reference.add_rms_norm_fwd(x, residual, weight, eps, check_finite)
+    return _ext().add_rms_norm_fwd(x.contiguous(), None if residual is None else residual.contiguous(), weight, eps,
+                                   check_finite)

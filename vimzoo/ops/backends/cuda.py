@@ -1,0 +1,69 @@
+"""The 'cuda' backend: vimzoo's CUDA scan kernels (csrc/cuda/; built for the visible GPU on first use).
+
+The scan kernels take fp32 or bf16 activations (other dtypes run through fp32) and d_state <= 256; the NaN/inf
+check runs in the extension (ATen reductions on the device). The causal conv and add + RMSNorm use PyTorch's
+CUDA ops through the reference; the fused inference mixer is CPU-only (vimzoo.ops.mamba_inner then runs the
+differentiable ops, whose scans are these kernels). Compiled in CI, checked by a CPU warp emulation of the same
+source (tests/test_ops_cuda_emu.py); see docs/kernels.md for what has and has not run on a GPU.
+"""
+from typing import Optional, Sequence
+
+import torch
+
+from .. import _loader
+from . import reference
+from ._common import kernel_grads, kernel_inputs, layout_like
+
+NAME = 'cuda'
+MAX_STATE = 256   # one warp per row, kMaxPerLane states per lane (csrc/cuda/scan_cuda_kernel.cu)
+
+
+def _ext():
+    return _loader.cuda_extension()
+
+
+def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tensor]] = (),
+            channels: Optional[int] = None, d_state: Optional[int] = None) -> Optional[str]:
+    if device.type != 'cuda':
+        return f'needs CUDA tensors, got tensors on {device}'
+    if op == 'mamba_inner_fwd':
+        return 'no fused CUDA mixer kernel (the unfused ops run instead)'
+    if op in ('selective_scan', 'selective_scan_bwd', 'bidirectional_selective_scan'):
+        if _loader.cuda_extension(required=False) is None:
+            return f'the CUDA scan kernel is unavailable ({_loader.build_error("cuda")})'
+        if d_state is not None and d_state > MAX_STATE:
+            return f'the CUDA scan kernel supports d_state <= {MAX_STATE}, got {d_state}'
+    return None
+
+
+def _kernel_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.bfloat16) else torch.float32
+
+
+def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, window, check_finite):
+    args = kernel_inputs(_kernel_dtype(u.dtype), u, delta, A, B, C, D, z, delta_bias)
+    return layout_like(_ext().scan_fwd(*args, softplus, reverse, window, check_finite).to(u.dtype), u)
+
+
+def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, window):
+    args = kernel_inputs(_kernel_dtype(u.dtype), u, delta, A, B, C, D, z, delta_bias)
+    raw = _ext().scan_bwd(dout.to(args[0].dtype).contiguous(), *args, softplus, reverse, window)
+    return kernel_grads(raw, u, delta, A, B, C, D, z, delta_bias)
+
+
+def bidir_fwd(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, softplus,
+              check_finite):
+    kdt = _kernel_dtype(u.dtype)
+    f = kernel_inputs(kdt, u, delta, A, B, C, D, z, delta_bias)
+    r = kernel_inputs(kdt, u_b, delta_b, A_b, B_b, C_b, D_b, None, delta_bias_b)
+    out = _ext().bidir_fwd(*f[:6], f[7], *r[:6], r[7], f[6], softplus, check_finite)
+    return layout_like(out.to(u.dtype), u)
+
+
+conv_fwd = reference.conv_fwd
+conv_bwd = reference.conv_bwd
+add_rms_norm_fwd = reference.add_rms_norm_fwd
+
+
+def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):
+    raise NotImplementedError('vimzoo.ops: the CUDA backend has no fused mixer kernel (can_run says so).')

@@ -1,0 +1,65 @@
+"""The 'reference' backend: vimzoo.ops.reference's readable PyTorch math on any device (the ground truth)."""
+from typing import Optional, Sequence
+
+import torch
+
+from .. import reference as ref
+from .._validate import check_finite as _check_values, mixer_named
+from ._common import layout_like
+
+NAME = 'reference'
+
+
+def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tensor]] = (),
+            channels: Optional[int] = None, d_state: Optional[int] = None) -> Optional[str]:
+    """Every op, any device, any float dtype."""
+    return None
+
+
+def _scan_named(u, delta, A, B, C, D, z, delta_bias, sfx=''):
+    return {f'u{sfx}': u, f'delta{sfx}': delta, f'A{sfx}': A, f'B{sfx}': B, f'C{sfx}': C, f'D{sfx}': D, 'z': z,
+            f'delta_bias{sfx}': delta_bias}
+
+
+def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, window, check_finite):
+    if check_finite:
+        _check_values('selective_scan', _scan_named(u, delta, A, B, C, D, z, delta_bias))
+    out = ref.selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, window)
+    return layout_like(out, u)
+
+
+def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, window):
+    return ref.selective_scan_bwd_ref(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, window)
+
+
+def bidir_fwd(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, softplus,
+              check_finite):
+    if check_finite:
+        op = 'bidirectional_selective_scan'
+        _check_values(op, _scan_named(u, delta, A, B, C, D, z, delta_bias))
+        _check_values(op, _scan_named(u_b, delta_b, A_b, B_b, C_b, D_b, None, delta_bias_b, '_b'))
+    out = ref.bidirectional_selective_scan_ref(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b,
+                                               delta_bias_b, z, softplus)
+    return layout_like(out, u)
+
+
+def conv_fwd(x, weight, bias, silu, reverse, check_finite):
+    if check_finite:
+        _check_values('causal_conv1d', {'x': x, 'weight': weight, 'bias': bias})
+    return layout_like(ref.causal_conv1d_ref(x, weight, bias, 'silu' if silu else None, reverse), x)
+
+
+def conv_bwd(dout, x, weight, bias, silu, reverse):
+    return ref.causal_conv1d_bwd_ref(dout, x, weight, bias, 'silu' if silu else None, reverse)
+
+
+def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):
+    if check_finite:
+        _check_values('mamba_inner', mixer_named(xz, fwd, bwd))
+    return ref.mamba_inner_ref(xz, fwd, bwd, reverse, window, scale)
+
+
+def add_rms_norm_fwd(x, residual, weight, eps, check_finite):
+    if check_finite:
+        _check_values('add_rms_norm', {'x': x, 'residual': residual, 'weight': weight})
+    return ref.add_rms_norm_ref(x, residual, weight, eps)
