@@ -16,6 +16,8 @@ fi
 echo "[vimzoo] installing vimzoo and its dependencies"
 "$PY" -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
 "$PY" -c "import vimzoo, torch, timm; print('[vimzoo]', vimzoo.__version__, 'torch', torch.__version__, 'timm', timm.__version__)"
+# Compile the CPU scan kernel now (once, ~1 min) rather than silently inside the first Vim/LBVim forward.
+"$PY" -m vimzoo.ops build || echo "[vimzoo] WARNING: the CPU scan kernel did not build; Vim/LBVim use the slow PyTorch reference" >&2
 
 cmd="${1:-test}"
 shift || true
