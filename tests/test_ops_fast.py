@@ -97,6 +97,45 @@ def test_token_major_causal_conv_matches_reference(ext, reverse, width):
             torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('shape', [(1, 16, 1, 16), (2, 32, 37, 16), (1, 48, 70, 8), (1, 16, 45, 5)],
+                         ids=lambda s: 'b{}d{}l{}n{}'.format(*s))
+def test_token_major_scan_backward_matches_reference(ext, shape):
+    """The token-major backward kernel (training without layout copies): every gradient, plain / reverse / LB."""
+    b, d, l, n = shape
+    for window in (None, 4, l):
+        for reverse in (False, True):
+            inputs = _scan_inputs(b, d, l, n, seed=l + n + 1, with_z=window != 4)
+            grads = {}
+            for backend in ('cpu', 'reference'):
+                leaves = [None if t is None else t.clone().requires_grad_() for t in inputs]
+                out = ops.selective_scan(*leaves[:8], True, reverse, window, backend=backend)
+                cot = torch.linspace(-1, 1, out.numel()).view(b, l, d).transpose(1, 2)
+                used = [t for t in leaves if t is not None]
+                grads[backend] = torch.autograd.grad(out, used, cot)
+            assert grads['cpu'][0].stride() == inputs[0].stride(), 'du keeps the token-major layout'
+            for i, (got, exp) in enumerate(zip(grads['cpu'], grads['reference'])):
+                assert _rel(got, exp) < 1e-4, f'{shape} W={window} reverse={reverse}: grad #{i}'
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+@pytest.mark.parametrize('width', [1, 4])
+def test_token_major_causal_conv_backward_matches_reference(ext, reverse, width):
+    g = torch.Generator().manual_seed(width)
+    for act in ('silu', None):
+        for with_bias in (True, False):
+            x, w = _tok(2, 32, 29, g), torch.randn(32, width, generator=g)
+            bias = torch.randn(32, generator=g) if with_bias else None
+            cot = _tok(2, 32, 29, g)
+            grads = {}
+            for backend in ('cpu', 'reference'):
+                leaves = [t.clone().requires_grad_() for t in (x, w, bias) if t is not None]
+                out = ops.causal_conv1d(leaves[0], leaves[1], leaves[2] if with_bias else None, act, reverse,
+                                        backend=backend)
+                grads[backend] = torch.autograd.grad(out, leaves, cot)
+            for got, exp in zip(grads['cpu'], grads['reference']):
+                torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-5)
+
+
 def test_token_major_extreme_finite_values_stay_finite(ext):
     """SiLU / sigmoid of very negative values (e^-x overflows fp32) must give ~0, not NaN: gate, conv and row kernel."""
     u, delta, A, B, C, D, z, bias = _scan_inputs(1, 32, 20, 16)
@@ -154,7 +193,9 @@ MIXER_CASES = [dict(bidir=True), dict(bidir=False), dict(bidir=False, reverse=Tr
 
 
 @pytest.mark.parametrize('case', MIXER_CASES, ids=lambda c: '-'.join(f'{k}{v}' for k, v in c.items()))
-def test_mamba_inner_fused_matches_differentiable_and_reference(ext, case):
+def test_mamba_inner_fused_matches_unfused_and_reference(ext, case):
+    """The fused op (inference and training: its backward recomputes conv / x_proj / Δ) == the unfused route (the
+    differentiable row-layout ops) == the reference backend, outputs and every gradient."""
     b, l, d, n, rank = 2, 41, 48, 16, 3
     g = torch.Generator().manual_seed(0)
     xz = torch.randn(b, l, 2 * d, generator=g)
@@ -163,19 +204,28 @@ def test_mamba_inner_fused_matches_differentiable_and_reference(ext, case):
     kw = dict(reverse=case.get('reverse', False), local_window=case.get('window'), scale=0.5 if case['bidir'] else 1.)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         fused = ops.mamba_inner(xz, wf, wb, **kw)
-    counted = {str(op) for op in counter.get_flop_counts()['Global']}
-    assert any('mamba_inner_fwd' in op for op in counted), f'the fused kernel did not run: {counted}'
-    # the differentiable path (grad needed) and the reference backend compute the same function
-    leaf = xz.clone().requires_grad_()
-    with FlopCounterMode(display=False) as counter2:
-        composite = ops.mamba_inner(leaf, wf, wb, **kw)
-    assert counter2.get_total_flops() == counter.get_total_flops(), 'fused FLOP formula == sum of the parts'
-    composite.sum().backward()
-    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
-    with torch.no_grad():
-        reference = ops.mamba_inner(xz, wf, wb, backend='reference', **kw)
-    assert fused.shape == (b, l, d)
-    assert _rel(fused, reference) < 2e-5 and _rel(composite.detach(), reference) < 2e-5
+    assert any('mamba_inner_fwd' in str(op) for op in counter.get_flop_counts()['Global']), 'the fused op did not run'
+    cot = torch.randn(b, l, d, generator=g)
+
+    def run(route):
+        leaves = [xz.clone().requires_grad_()] + [t.clone().requires_grad_() for t in (*wf, *(wb or ()))]
+        ws, wbs = leaves[1:8], leaves[8:] or None
+        if route == 'unfused':   # the composite math with the CPU backend's differentiable ops plugged in
+            from functools import partial
+            out = ops.mamba_inner_ref(leaves[0], ws, wbs, kw['reverse'], kw['local_window'], kw['scale'],
+                                      conv=partial(ops.causal_conv1d, backend='cpu'),
+                                      scan=partial(ops.selective_scan, backend='cpu'),
+                                      bidirectional_scan=partial(ops.bidirectional_selective_scan, backend='cpu'))
+        else:
+            out = ops.mamba_inner(leaves[0], ws, wbs, backend=route, **kw)
+        return out, torch.autograd.grad(out, leaves, cot)
+    results = {route: run(route) for route in ('cpu', 'unfused', 'reference')}
+    exp_out, exp_grads = results['reference']
+    assert fused.shape == (b, l, d) and _rel(fused, exp_out) < 2e-5
+    for route, (out, grads) in results.items():
+        assert _rel(out.detach(), exp_out) < 2e-5, route
+        for i, (got, exp) in enumerate(zip(grads, exp_grads)):
+            assert _rel(got, exp) < 1e-4, f'{route}: grad #{i} rel {_rel(got, exp):.1e}'
 
 
 def test_mamba_inner_errors(ext):

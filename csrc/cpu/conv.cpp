@@ -59,4 +59,72 @@ at::Tensor causal_conv1d_tm(const at::Tensor& x, const at::Tensor& weight, const
   return out;
 }
 
+std::vector<at::Tensor> causal_conv1d_bwd_tm(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& weight,
+                                             const opt_tensor& bias, bool silu, bool reverse) {
+  TORCH_CHECK(tok_major_ok(x) && tok_major_ok(dout) && dout.sizes() == x.sizes(),
+              "vimzoo causal_conv1d_bwd_tm: dout/x must be fp32 (b, d, l) views with contiguous channels");
+  const int64_t Bsz = x.size(0), Dm = x.size(1), L = x.size(2);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == Dm && weight.size(1) >= 1 && weight.scalar_type() == at::kFloat,
+              "vimzoo causal_conv1d_bwd_tm: weight must be (d, k) fp32 with k >= 1");
+  TORCH_CHECK(!bias.has_value() || (bias->dim() == 1 && bias->numel() == Dm && bias->scalar_type() == at::kFloat),
+              "vimzoo causal_conv1d_bwd_tm: bias must be (d,) fp32");
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const int64_t K = w.size(1), nblk = Dm / kLanes;
+  auto dx = tok_major_empty(x);
+  auto dw_rows = at::empty({Bsz, Dm, K}, w.options()), db_rows = at::empty({Bsz, Dm}, w.options());
+  const TokView xv = tok_view(x), gv = tok_view(dout);
+  const float* wp = w.data_ptr<float>();
+  const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
+  float* dxp = dx.data_ptr<float>();
+  const int64_t ob = dx.stride(0), ot = dx.stride(2);
+  parallel_rows(
+      Bsz * nblk, [&](int64_t) { return std::make_pair(std::vector<v16f>(K), std::vector<v16f>(L)); },
+      [&](auto& st, int64_t task) {
+        auto& wv = st.first;
+        v16f* dP = st.second.data();
+        const int64_t bi = task / nblk, c0 = (task % nblk) * kLanes;
+        for (int64_t k = 0; k < K; ++k)
+          for (int j = 0; j < kLanes; ++j) wv[k][j] = wp[(c0 + j) * K + k];
+        const v16f vb = bp ? VecOps<v16f>::load(bp + c0) : splatv<v16f>(0.0f);
+        auto xs = [&](int64_t s) { return VecOps<v16f>::load(xv.at(bi, s, c0)); };
+        // dP_t = dout_t · silu'(P_t), P_t the recomputed pre-activation; db = Σ dP.
+        v16f db = splatv<v16f>(0.0f);
+        for (int64_t t = 0; t < L; ++t) {
+          v16f g = VecOps<v16f>::load(gv.at(bi, t, c0));
+          if (silu) {
+            v16f acc = vb + wv[K - 1] * xs(t);
+            for (int64_t j = 1; j < K; ++j) {
+              const int64_t s = reverse ? t + j : t - j;
+              if (s >= 0 && s < L) acc += wv[K - 1 - j] * xs(s);
+            }
+            const v16f sg = sigmoid_fast(acc);
+            g *= sg * (1.0f + acc * (1.0f - sg));
+          }
+          dP[t] = g;
+          db += g;
+        }
+        // dx_s = Σ_j w[K-1-j] dP_{s±j}; dw[K-1-j] = Σ_t dP_t x_{t∓j}.
+        std::vector<v16f> dwv(K, splatv<v16f>(0.0f));
+        for (int64_t s = 0; s < L; ++s) {
+          const v16f xsv = xs(s);
+          v16f acc = wv[K - 1] * dP[s];
+          dwv[K - 1] += dP[s] * xsv;
+          for (int64_t j = 1; j < K; ++j) {
+            const int64_t t = reverse ? s - j : s + j;   // the output that x_s fed through tap j
+            if (t >= 0 && t < L) {
+              acc += wv[K - 1 - j] * dP[t];
+              dwv[K - 1 - j] += dP[t] * xsv;
+            }
+          }
+          VecOps<v16f>::store(dxp + bi * ob + s * ot + c0, acc);
+        }
+        for (int j = 0; j < kLanes; ++j) {
+          for (int64_t k = 0; k < K; ++k) dw_rows.data_ptr<float>()[(bi * Dm + c0 + j) * K + k] = dwv[k][j];
+          db_rows.data_ptr<float>()[bi * Dm + c0 + j] = db[j];
+        }
+      });
+  return {dx, dw_rows.sum(0), bias.has_value() ? db_rows.sum(0) : at::empty({0}, w.options())};
+}
+
 }  // namespace vimzoo::cpu

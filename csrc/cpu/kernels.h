@@ -41,6 +41,17 @@ at::Tensor bidir_fwd_tm(const at::Tensor& u, const at::Tensor& delta, const at::
 at::Tensor causal_conv1d_tm(const at::Tensor& x, const at::Tensor& weight, const opt_tensor& bias, bool silu,
                             bool reverse, bool check_finite);
 
+// Token-major backward kernels (fp32): dout, u, delta, z and the outputs du, ddelta, dz are channel-contiguous
+// (b, d, l) views; Bt, Ct (b, l, n) with contiguous n; `scale` multiplied the forward output. Returns (du, ddelta,
+// dA, dBt, dCt, dD, dz, dbias) like scan_bwd.
+std::vector<at::Tensor> scan_bwd_tm(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& delta,
+                                    const at::Tensor& A, const at::Tensor& Bt, const at::Tensor& Ct,
+                                    const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias, bool softplus,
+                                    bool reverse, int64_t W, double scale);
+// (dx, dweight, dbias): the conv + bias + SiLU backward in one pass (the pre-activation is recomputed).
+std::vector<at::Tensor> causal_conv1d_bwd_tm(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& weight,
+                                             const opt_tensor& bias, bool silu, bool reverse);
+
 // Fused inference ops (fp32).
 at::Tensor mamba_inner_fwd(const at::Tensor& xz, const std::vector<at::Tensor>& fwd,
                            const std::vector<at::Tensor>& bwd, bool reverse, int64_t W, double scale,

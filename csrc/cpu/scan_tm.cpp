@@ -25,13 +25,8 @@ v16f scan_block_tm(const TmScan& s, int64_t bi, int64_t c0, int64_t L, int64_t N
   v16f* A2 = work;  // A[c0 + j, n] * log2(e) for the 16 channels j
   v16f* h = A2 + N;
   v16f* Wv = h + N;  // Wdt[c0 + j, r]
-  for (int64_t n = 0; n < N; ++n) {
-    for (int j = 0; j < kLanes; ++j) {
-      const float a = s.A[(c0 + j) * N + n];
-      A2[n][j] = (s.a_is_log ? -std::exp(a) : a) * kLog2e;
-    }
-    h[n] = splatv<v16f>(0.0f);
-  }
+  tm_load_A(s, c0, N, A2, nullptr);
+  for (int64_t n = 0; n < N; ++n) h[n] = splatv<v16f>(0.0f);
   for (int64_t r = 0; r < R; ++r)
     for (int j = 0; j < kLanes; ++j) Wv[r][j] = s.Wdt[(c0 + j) * R + r];
   const v16f vbias = s.bias ? O::load(s.bias + c0) : splatv<v16f>(0.0f);
@@ -47,19 +42,7 @@ v16f scan_block_tm(const TmScan& s, int64_t bi, int64_t c0, int64_t L, int64_t N
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t t = s.reverse ? L - 1 - k : k;
       const v16f vu = O::load(s.u.at(bi, t, c0));
-      v16f raw;
-      if (s.dt != nullptr) {
-        const float* d = s.dt + bi * s.dt_sb + t * s.dt_st;
-        v16f r0 = Wv[0] * d[0], r1 = R > 1 ? Wv[1] * d[1] : splatv<v16f>(0.0f);
-        for (int64_t r = 2; r + 1 < R; r += 2) {
-          r0 += Wv[r] * d[r];
-          r1 += Wv[r + 1] * d[r + 1];
-        }
-        if (R > 2 && (R & 1)) r0 += Wv[R - 1] * d[R - 1];
-        raw = r0 + r1;
-      } else {
-        raw = O::load(s.delta.at(bi, t, c0));
-      }
+      const v16f raw = tm_delta_raw(s, Wv, bi, t, c0);
       chk += vu * 0.0f + raw * 0.0f;
       const v16f vd = raw + vbias;
       cd[k - k0] = s.softplus ? softplus_fast(vd) : vd;

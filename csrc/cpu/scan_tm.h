@@ -5,6 +5,7 @@
 // sums and no transposes (B, C of a token are scalar broadcasts). Requires d % 16 == 0.
 #pragma once
 
+#include <cmath>
 #include <optional>
 
 #include "common.h"
@@ -47,6 +48,33 @@ struct TmScan {
 };
 
 enum TmBad : int { kTmBadIn = 1, kTmBadInB = 2, kTmBadZ = 4 };
+
+// A of the 16 channels c0.. as one vector per state n: A2 = A·log2(e) (for exp2) and, if An != null, A itself.
+inline void tm_load_A(const TmScan& s, int64_t c0, int64_t N, v16f* A2, v16f* An) {
+  for (int64_t n = 0; n < N; ++n) {
+    for (int j = 0; j < kLanes; ++j) {
+      const float a = s.A[(c0 + j) * N + n];
+      const float an = s.a_is_log ? -std::exp(a) : a;
+      A2[n][j] = an * kLog2e;
+      if (An != nullptr) An[n][j] = an;
+    }
+  }
+}
+
+// δ of token t for the 16 channels c0.. before bias and softplus: the (b, d, l) view, or the low-rank product
+// Σ_r dt[t, r] Wdt[c, r] with Wv[r] = Wdt[c0.., r] (two accumulators: shorter add chains).
+inline v16f tm_delta_raw(const TmScan& s, const v16f* Wv, int64_t bi, int64_t t, int64_t c0) {
+  if (s.dt == nullptr) return VecOps<v16f>::load(s.delta.at(bi, t, c0));
+  const int64_t R = s.R;
+  const float* d = s.dt + bi * s.dt_sb + t * s.dt_st;
+  v16f r0 = Wv[0] * d[0], r1 = R > 1 ? Wv[1] * d[1] : splatv<v16f>(0.0f);
+  for (int64_t r = 2; r + 1 < R; r += 2) {
+    r0 += Wv[r] * d[r];
+    r1 += Wv[r + 1] * d[r + 1];
+  }
+  if (R > 2 && (R & 1)) r0 += Wv[R - 1] * d[R - 1];
+  return r0 + r1;
+}
 
 // Runs one or two directions (the second accumulates, scanning right-to-left) for every (batch, 16-channel block),
 // gates with silu(z), scales, and writes out (b, l, d) memory at out + bi*out_sb + t*out_st + c. Returns TmBad bits.

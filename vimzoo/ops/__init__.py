@@ -90,18 +90,21 @@ def mamba_inner(xz: torch.Tensor, weights: Sequence[Optional[torch.Tensor]],
     dt_proj.bias (d,) or None, A_log (d, N), D (d,) or None), with A = -exp(A_log). Returns
     scale * scan(conv(x)) * silu(z) as (b, l, d); `reverse` / `local_window` apply to a one-direction mixer (LBVim).
 
-    Without grad, one fused op runs (the C++ kernel for fp32 CPU inputs with d % 16 == 0: conv, x_proj, the Δ
-    projection inside the scan, gating); with grad, or where no fused kernel fits, the same math runs through the
-    differentiable ops (causal_conv1d -> Linear -> selective_scan / bidirectional_selective_scan).
+    One fused, differentiable op runs where a fused kernel fits (the C++ kernel for fp32 CPU inputs with
+    d % 16 == 0: conv, x_proj, the Δ projection inside the scan, gating; its backward recomputes the conv output,
+    x_proj and Δ instead of saving them, like mamba-ssm's checkpoint_lvl=1); elsewhere the same math runs through
+    the differentiable ops (causal_conv1d -> Linear -> selective_scan / bidirectional_selective_scan).
     """
     op = 'mamba_inner'
     window = check_mamba_inner(op, xz, weights, weights_b, reverse, local_window, scale)
     name = requested_backend(op, backend, xz.device)
     fwd, bwd = list(weights), list(weights_b) if weights_b is not None else []
-    if not _needs_grad((xz, *fwd, *bwd)) and choose('mamba_inner_fwd', name, xz.device, (xz, *fwd, *bwd),
-                                                    fallback=False, channels=xz.shape[-1] // 2) is not None:
-        return torch.ops.vimzoo.mamba_inner_fwd(xz, fwd, bwd, bool(reverse), window, float(scale), name,
-                                                check_finite_enabled())
+    if choose('mamba_inner_fwd', name, xz.device, (xz, *fwd, *bwd), fallback=False,
+              channels=xz.shape[-1] // 2) is not None:
+        absent = xz.new_empty(0)   # the op's lists hold tensors only
+        return torch.ops.vimzoo.mamba_inner_fwd(xz, [absent if t is None else t for t in fwd],
+                                                [absent if t is None else t for t in bwd], bool(reverse), window,
+                                                float(scale), name, check_finite_enabled())
     if check_finite_enabled():   # the unfused ops see derived tensors; name the mixer's own inputs here
         check_finite(op, {k: v for k, v in mixer_named(xz, fwd, bwd).items() if k not in ('x', 'z')})
     return mamba_inner_ref(xz, fwd, bwd or None, bool(reverse), window, float(scale),

@@ -51,22 +51,33 @@ def _conv_bwd_flop(dout, x, weight, bias, activation, reverse, backend, out_shap
     return 4 * b * d * l * weight[1]
 
 
-@register_flop_formula(_vz.mamba_inner_fwd)
-def _mamba_inner_flop(xz, fwd, bwd, reverse, window, scale, backend, check_finite, out_shape=None,
-                      **kwargs) -> int:
-    """The sum of the unfused route's parts: causal conv, x_proj, dt_proj and the scan of each direction."""
+def _mixer_parts(xz, fwd, bwd, window):
+    """(conv, x_proj, dt_proj, scan) FLOPs of the fused mixer, summed over its directions."""
     b, l, two_d = xz
     d = two_d // 2
-    total = 0
+    parts = [0, 0, 0, 0]
     for i, weights in enumerate((fwd, bwd)):
         if not weights:
             continue
         conv_w, _, x_proj_w, dt_proj_w, _, a, d_skip = weights
-        total += 2 * b * d * l * conv_w[-1]                    # causal conv
-        total += 2 * b * l * d * x_proj_w[0]                   # x_proj
-        total += 2 * b * l * dt_proj_w[1] * d                  # dt_proj (fused into the scan)
-        total += scan_flops((b, d, l), a[1], d_skip is not None, i == 0, window if i == 0 else 1)
-    return total
+        parts[0] += 2 * b * d * l * conv_w[-1]
+        parts[1] += 2 * b * l * d * x_proj_w[0]
+        parts[2] += 2 * b * l * dt_proj_w[1] * d
+        parts[3] += scan_flops((b, d, l), a[1], bool(d_skip and d_skip[0]), i == 0, window if i == 0 else 1)
+    return parts
+
+
+@register_flop_formula(_vz.mamba_inner_fwd)
+def _mamba_inner_flop(xz, fwd, bwd, reverse, window, scale, backend, check_finite, out_shape=None,
+                      **kwargs) -> int:
+    """The sum of the unfused route's parts: causal conv, x_proj, dt_proj and the scan of each direction."""
+    return sum(_mixer_parts(xz, fwd, bwd, window))
+
+
+@register_flop_formula(_vz.mamba_inner_bwd)
+def _mamba_inner_bwd_flop(dout, xz, fwd, bwd, reverse, window, scale, backend, out_shape=None, **kwargs) -> int:
+    """The recomputed forward (conv, x_proj, dt_proj, scan) plus the backward of each part (2x its forward)."""
+    return 3 * sum(_mixer_parts(xz, fwd, bwd, window))
 
 
 @register_flop_formula(_vz.add_rms_norm_fwd)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ._choose import choose
+from .backends._common import layout_like
 
 _F32 = torch.float32
 
@@ -21,7 +22,7 @@ def _empty_grad(like: Optional[Tensor], ref: Tensor) -> Tensor:
 
 
 def _fill(grads, ref: Tensor) -> Tuple[Tensor, ...]:
-    return tuple(torch.empty(0, dtype=_F32, device=ref.device) if g is None else g.contiguous() for g in grads)
+    return tuple(torch.empty(0, dtype=_F32, device=ref.device) if g is None else g for g in grads)
 
 
 def _zero_grads(*inputs: Optional[Tensor]) -> Tuple[Tensor, ...]:
@@ -61,13 +62,18 @@ def selective_scan_bwd_op(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: 
     if u.numel() == 0:
         return _zero_grads(u, delta, A, B, C, D, z, delta_bias)
     impl = _choose_scan('selective_scan_bwd', backend, u, A, delta, B, C, D, z, delta_bias)
-    return _fill(impl.scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, window), u)
+    du, dd, dA, dB, dC, dD, dz, dbias = impl.scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                      reverse, window)
+    # activations' grads in their inputs' layout (what the fake impl promises), parameters' contiguous
+    return _fill((layout_like(du, u), layout_like(dd, delta), dA, dB, dC, dD,
+                  None if dz is None else layout_like(dz, z), dbias), u)
 
 
 @selective_scan_bwd_op.register_fake
 def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, window, backend):
-    return (u.new_empty(u.shape), delta.new_empty(delta.shape), A.new_empty(A.shape), B.new_empty(B.shape),
-            C.new_empty(C.shape), _empty_grad(D, u), _empty_grad(z, u), _empty_grad(delta_bias, u))
+    return (torch.empty_like(u), torch.empty_like(delta), A.new_empty(A.shape), B.new_empty(B.shape),
+            C.new_empty(C.shape), _empty_grad(D, u), torch.empty(0, dtype=_F32) if z is None else torch.empty_like(z),
+            _empty_grad(delta_bias, u))
 
 
 def _scan_setup(ctx, inputs, output):
@@ -79,7 +85,7 @@ def _scan_setup(ctx, inputs, output):
 def _scan_backward(ctx, dout):
     u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
     du, dd, dA, dB, dC, dD, dz, dbias = torch.ops.vimzoo.selective_scan_bwd(
-        dout.contiguous(), u, delta, A, B, C, D, z, delta_bias, *ctx.cfg)
+        dout, u, delta, A, B, C, D, z, delta_bias, *ctx.cfg)
     return (du, dd, dA, dB, dC, None if D is None else dD, None if z is None else dz,
             None if delta_bias is None else dbias, None, None, None, None, None)
 
@@ -118,7 +124,6 @@ def _bidir_setup(ctx, inputs, output):
 def _bidir_backward(ctx, dout):
     u, delta, A, B, C, D, bias, u_b, delta_b, A_b, B_b, C_b, D_b, bias_b, z = ctx.saved_tensors
     softplus, backend = ctx.cfg
-    dout = dout.contiguous()
     # out = (y_f + y_b)·silu(z) is linear in each y, so each direction's z-gated backward gives its own share of
     # dz (dout·y_dir·silu'(z)) and the right grads for its inputs; dz is their sum.
     gf = torch.ops.vimzoo.selective_scan_bwd(dout, u, delta, A, B, C, D, z, bias, softplus, False, 1, backend)
@@ -158,12 +163,13 @@ def causal_conv1d_bwd_op(dout: Tensor, x: Tensor, weight: Tensor, bias: Optional
     if x.numel() == 0:
         return _zero_grads(x, weight, bias)
     impl = choose('causal_conv1d_bwd', backend, x.device, (x, weight, bias))
-    return _fill(impl.conv_bwd(dout, x, weight, bias, bool(activation), reverse), x)
+    dx, dw, db = impl.conv_bwd(dout, x, weight, bias, bool(activation), reverse)
+    return _fill((layout_like(dx, x), dw.contiguous(), db), x)
 
 
 @causal_conv1d_bwd_op.register_fake
 def _(dout, x, weight, bias, activation, reverse, backend):
-    return x.new_empty(x.shape), weight.new_empty(weight.shape), _empty_grad(bias, x)
+    return torch.empty_like(x), weight.new_empty(weight.shape), _empty_grad(bias, x)
 
 
 def _conv_setup(ctx, inputs, output):
@@ -174,7 +180,7 @@ def _conv_setup(ctx, inputs, output):
 
 def _conv_backward(ctx, dout):
     x, weight, bias = ctx.saved_tensors
-    dx, dw, db = torch.ops.vimzoo.causal_conv1d_bwd(dout.contiguous(), x, weight, bias, *ctx.cfg)
+    dx, dw, db = torch.ops.vimzoo.causal_conv1d_bwd(dout, x, weight, bias, *ctx.cfg)
     return dx, dw, None if bias is None else db, None, None, None, None
 
 
@@ -182,23 +188,70 @@ causal_conv1d_op.register_autograd(_conv_backward, setup_context=_conv_setup)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# mamba_inner_fwd: the fused inference mixer core (no autograd; vimzoo.ops.mamba_inner routes here only when no
-# grad is needed). Each direction is [conv_weight (d, 1, k) or (d, k), conv_bias, x_proj_weight (R + 2N, d),
-# dt_proj_weight (d, R), dt_proj_bias, A_log (d, N), D]; absent optional tensors are None; `bwd` empty = one
-# direction.
+# mamba_inner_fwd: the fused mixer core, differentiable: its backward recomputes the conv output, x_proj and Δ from
+# the saved inputs (mamba-ssm's checkpoint_lvl=1), so only xz and the parameters are kept for it. Each direction is
+# [conv_weight (d, 1, k) or (d, k), conv_bias, x_proj_weight (R + 2N, d), dt_proj_weight (d, R), dt_proj_bias,
+# A_log (d, N), D]; absent optional tensors are None; `bwd` empty = one direction.
 # --------------------------------------------------------------------------------------------------------------
+def _mixer_out(xz: Tensor) -> Tensor:
+    return xz.new_empty((xz.shape[0], xz.shape[1], xz.shape[2] // 2))
+
+
+def _absent_as_none(weights: List[Tensor]) -> Optional[List[Optional[Tensor]]]:
+    """The op's lists carry empty tensors for absent optional parameters (validated ones are never empty)."""
+    return [t if t.numel() else None for t in weights] or None
+
+
+def _choose_mixer(op: str, backend: str, xz: Tensor, fwd, bwd):
+    return choose(op, backend, xz.device, (xz, *fwd, *bwd), channels=xz.shape[2] // 2)
+
+
 @torch.library.custom_op('vimzoo::mamba_inner_fwd', mutates_args=())
-def mamba_inner_fwd_op(xz: Tensor, fwd: List[Optional[Tensor]], bwd: List[Optional[Tensor]], reverse: bool,
-                       window: int, scale: float, backend: str, check_finite: bool) -> Tensor:
+def mamba_inner_fwd_op(xz: Tensor, fwd: List[Tensor], bwd: List[Tensor], reverse: bool, window: int, scale: float,
+                       backend: str, check_finite: bool) -> Tensor:
     if xz.numel() == 0:
-        return xz.new_empty((xz.shape[0], xz.shape[1], xz.shape[2] // 2))
-    impl = choose('mamba_inner_fwd', backend, xz.device, (xz, *fwd, *bwd), channels=xz.shape[2] // 2)
-    return impl.mamba_inner_fwd(xz, list(fwd), list(bwd) or None, reverse, window, scale, check_finite)
+        return _mixer_out(xz)
+    impl = _choose_mixer('mamba_inner_fwd', backend, xz, fwd, bwd)
+    return impl.mamba_inner_fwd(xz, _absent_as_none(fwd), _absent_as_none(bwd), reverse, window, scale, check_finite)
 
 
 @mamba_inner_fwd_op.register_fake
 def _(xz, fwd, bwd, reverse, window, scale, backend, check_finite):
-    return xz.new_empty((xz.shape[0], xz.shape[1], xz.shape[2] // 2))
+    return _mixer_out(xz)
+
+
+@torch.library.custom_op('vimzoo::mamba_inner_bwd', mutates_args=())
+def mamba_inner_bwd_op(dout: Tensor, xz: Tensor, fwd: List[Tensor], bwd: List[Tensor], reverse: bool, window: int,
+                       scale: float, backend: str) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
+    """(dxz, grads of fwd, grads of bwd); empty tensors stand for absent parameters."""
+    if xz.numel() == 0:
+        return torch.zeros_like(xz), [torch.zeros_like(t) for t in fwd], [torch.zeros_like(t) for t in bwd]
+    impl = _choose_mixer('mamba_inner_bwd', backend, xz, fwd, bwd)
+    dxz, dfwd, dbwd = impl.mamba_inner_bwd(dout, xz, _absent_as_none(fwd), _absent_as_none(bwd), reverse, window,
+                                           scale)
+    return dxz, list(_fill(dfwd, xz)), list(_fill(dbwd, xz)) if bwd else []
+
+
+@mamba_inner_bwd_op.register_fake
+def _(dout, xz, fwd, bwd, reverse, window, scale, backend):
+    return torch.empty_like(xz), [torch.empty_like(t) for t in fwd], [torch.empty_like(t) for t in bwd]
+
+
+def _mixer_setup(ctx, inputs, output):
+    xz, fwd, bwd, reverse, window, scale, backend, _ = inputs
+    ctx.save_for_backward(xz, *fwd, *bwd)
+    ctx.cfg = (len(fwd), reverse, window, scale, backend)
+
+
+def _mixer_backward(ctx, dout):
+    n_fwd, reverse, window, scale, backend = ctx.cfg
+    xz, *weights = ctx.saved_tensors
+    dxz, dfwd, dbwd = torch.ops.vimzoo.mamba_inner_bwd(dout.contiguous(), xz, weights[:n_fwd], weights[n_fwd:],
+                                                       reverse, window, scale, backend)
+    return dxz, dfwd, dbwd, None, None, None, None, None
+
+
+mamba_inner_fwd_op.register_autograd(_mixer_backward, setup_context=_mixer_setup)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ['lb_window', 'compute_dtype', 'selective_scan_ref', 'bidirectional_selective_scan_ref',
-           'causal_conv1d_ref', 'mamba_inner_ref', 'add_rms_norm_ref']
+           'causal_conv1d_ref', 'mamba_inner_ref', 'mamba_inner_bwd_ref', 'add_rms_norm_ref']
 
 
 def lb_window(length: int) -> int:
@@ -156,6 +156,71 @@ def mamba_inner_ref(
         y = scan(u, delta, A, b_mat, c_mat, D, z, dt_bias, True, reverse, local_window)
     y = y.transpose(1, 2)
     return y * scale if scale != 1.0 else y
+
+
+def _opt_float(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.float()
+
+
+def _scan_bwd_lnt(dout, u, delta, A, B, C, D, z, delta_bias, reverse, window, scale):
+    """selective_scan_bwd_ref with B, C given and returned as (b, l, n) and the output scaled by `scale`."""
+    grads = selective_scan_bwd_ref(dout * scale, u, delta, A, B.transpose(1, 2), C.transpose(1, 2), D, z, delta_bias,
+                                   True, reverse, window)
+    du, ddelta, dA, dB, dC, dD, dz, dbias = grads
+    return du, ddelta, dA, dB.transpose(1, 2), dC.transpose(1, 2), dD, dz, dbias
+
+
+def _conv_silu_ref(x, weight, bias, reverse):
+    return causal_conv1d_ref(x, weight, bias, 'silu', reverse)
+
+
+def _conv_silu_bwd_ref(dout, x, weight, bias, reverse):
+    return causal_conv1d_bwd_ref(dout, x, weight, bias, 'silu', reverse)
+
+
+def mamba_inner_bwd_ref(
+        dout: torch.Tensor, xz: torch.Tensor, weights: Sequence[Optional[torch.Tensor]],
+        weights_b: Optional[Sequence[Optional[torch.Tensor]]], reverse: bool, window: int, scale: float,
+        conv: Callable = _conv_silu_ref, scan_bwd: Callable = _scan_bwd_lnt, conv_bwd: Callable = _conv_silu_bwd_ref,
+) -> Tuple[torch.Tensor, list, Optional[list]]:
+    """Backward of `mamba_inner_ref` from its inputs alone: the conv output, x_proj and Δ are recomputed rather than
+    saved (mamba-ssm's checkpoint_lvl=1), then per direction the scan backward, the dt_proj / x_proj products and
+    the conv + SiLU backward. Returns (dxz, grads of `weights`, grads of `weights_b`), None for absent parameters.
+
+    `conv(x, w, b, reverse)` (SiLU included), `scan_bwd(dout, u, delta, A, B, C, D, z, dt_bias, reverse, window,
+    scale)` with B, C and their grads as (b, l, n), and `conv_bwd(dout, x, w, b, reverse)` default to the reference
+    math; the CPU backend plugs in its kernels, so both are this one function.
+    """
+    d = xz.shape[-1] // 2
+    dtype = xz.dtype
+    x, z = xz.transpose(1, 2).split(d, dim=1)      # (b, d, l) views of token-major memory
+    g = dout.transpose(1, 2)
+    dx_sum = dz_sum = None
+    grads = []
+    for i, w in enumerate([weights] + ([weights_b] if weights_b is not None else [])):
+        conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, a_log, d_skip = w
+        rev, win = (reverse, window) if i == 0 else (True, 1)
+        rank, n = dt_proj_w.shape[1], a_log.shape[1]
+        cw, cb = conv_w.reshape(d, -1).to(dtype), None if conv_b is None else conv_b.to(dtype)   # as the forward
+        xw, dtw = x_proj_w.to(dtype), dt_proj_w.to(dtype)
+        u = conv(x, cw, cb, rev)                                            # (b, d, l)
+        u_tok = u.transpose(1, 2)
+        xdbl = F.linear(u_tok, xw)                                          # (b, l, R + 2N)
+        dt, b_mat, c_mat = xdbl[..., :rank], xdbl[..., rank:rank + n], xdbl[..., rank + n:]
+        delta = F.linear(dt, dtw).transpose(1, 2)                           # (b, d, l); the bias is the scan's
+        A = -torch.exp(a_log.float())
+        du, ddelta, dA, dB, dC, dD, dz, dbias = scan_bwd(g, u, delta, A, b_mat, c_mat, _opt_float(d_skip), z,
+                                                         _opt_float(dt_bias), rev, win, scale)
+        ddelta_tok = ddelta.transpose(1, 2)
+        dxdbl = torch.cat([ddelta_tok @ dtw, dB.to(dtype), dC.to(dtype)], dim=-1)   # (b, l, R + 2N)
+        dx, dcw, dcb = conv_bwd((du.transpose(1, 2) + dxdbl @ xw).transpose(1, 2), x, cw, cb, rev)
+        raw = [dcw.reshape(conv_w.shape), dcb, dxdbl.flatten(0, 1).t() @ u_tok.flatten(0, 1),
+               ddelta_tok.flatten(0, 1).t() @ dt.flatten(0, 1), dbias, dA * A, dD]
+        grads.append([None if t is None else gr.to(t.dtype) for gr, t in zip(raw, w)])
+        dx_sum = dx if dx_sum is None else dx_sum + dx
+        dz_sum = dz if dz_sum is None else dz_sum + dz
+    dxz = torch.cat([dx_sum.transpose(1, 2), dz_sum.transpose(1, 2)], dim=-1)
+    return dxz, grads[0], grads[1] if weights_b is not None else None
 
 
 def add_rms_norm_ref(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,

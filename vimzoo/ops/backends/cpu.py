@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import torch
 
 from .. import _loader
+from ..reference import mamba_inner_bwd_ref
 from . import reference
 from ._common import kernel_grads, kernel_inputs, layout_like
 
@@ -27,7 +28,7 @@ def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tens
         return f'needs CPU tensors, got tensors on {device}'
     if _loader.cpu_extension(required=False) is None:
         return f'the C++ CPU scan kernel could not be built ({_loader.build_error("cpu")})'
-    if op == 'mamba_inner_fwd':   # vimzoo.ops.mamba_inner then takes the unfused route (row kernels, any dtype)
+    if op in ('mamba_inner_fwd', 'mamba_inner_bwd'):   # else vimzoo.ops.mamba_inner takes the unfused route
         if any(t is not None and t.dtype != _F32 for t in tensors):
             return 'the fused mixer kernel runs fp32 only'
         if channels is not None and channels % 16:
@@ -54,7 +55,17 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, window, che
     return layout_like(_ext().scan_fwd(*args, softplus, reverse, window, check_finite), u)
 
 
+def _channel_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The same (b, d, l) values in token-major memory (a no-op for token-major views)."""
+    return t if t.stride(1) == 1 else t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, window):
+    if _tok_major(u, delta, z) and dout.dtype == _F32:
+        a, bt, ct, d, bias = _params(A, B, C, D, delta_bias)
+        raw = _ext().scan_bwd_tm(_channel_contiguous(dout), u, delta, a, bt, ct, d, z, bias, softplus, reverse,
+                                 window, 1.0)
+        return kernel_grads(raw, u, delta, A, B, C, D, z, delta_bias)
     args = kernel_inputs(u.dtype, u, delta, A, B, C, D, z, delta_bias)
     raw = _ext().scan_bwd(dout.to(u.dtype).contiguous(), *args, softplus, reverse, window)
     return kernel_grads(raw, u, delta, A, B, C, D, z, delta_bias)
@@ -80,7 +91,11 @@ def conv_fwd(x, weight, bias, silu, reverse, check_finite):
     return reference.conv_fwd(x, weight, bias, silu, reverse, check_finite)
 
 
-conv_bwd = reference.conv_bwd
+def conv_bwd(dout, x, weight, bias, silu, reverse):
+    if _tok_major(x) and dout.dtype == weight.dtype == _F32 and (bias is None or bias.dtype == _F32):
+        dx, dw, db = _ext().causal_conv1d_bwd_tm(_channel_contiguous(dout), x, weight, bias, silu, reverse)
+        return dx, dw, db if bias is not None else None
+    return reference.conv_bwd(dout, x, weight, bias, silu, reverse)
 
 
 def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):
@@ -89,6 +104,22 @@ def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):
     def pack(weights):
         return [empty if t is None else t for t in weights] if weights else []
     return _ext().mamba_inner_fwd(xz.contiguous(), pack(fwd), pack(bwd), reverse, window, scale, check_finite)
+
+
+def mamba_inner_bwd(dout, xz, fwd, bwd, reverse, window, scale):
+    """reference.mamba_inner_bwd_ref (recompute conv, x_proj and Δ; scan backward; GEMMs; conv backward) on the
+    token-major kernels: no layout copies, the conv + SiLU backward in one pass."""
+    ext = _ext()
+
+    def conv(x, w, b, rev):
+        return ext.causal_conv1d_tm(x, w, b, True, rev, False)
+
+    def scan_bwd_lnt(g, u, delta, A, B, C, D, z, dt_bias, rev, win, scale_):
+        return ext.scan_bwd_tm(_channel_contiguous(g), u, delta, A, B, C, D, z, dt_bias, True, rev, win, scale_)
+
+    def conv_bwd_(g, x, w, b, rev):
+        return ext.causal_conv1d_bwd_tm(_channel_contiguous(g), x, w, b, True, rev)
+    return mamba_inner_bwd_ref(dout, xz, fwd, bwd, reverse, window, scale, conv, scan_bwd_lnt, conv_bwd_)
 
 
 def add_rms_norm_fwd(x, residual, weight, eps, check_finite):

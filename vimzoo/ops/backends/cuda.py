@@ -26,7 +26,7 @@ def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tens
             channels: Optional[int] = None, d_state: Optional[int] = None) -> Optional[str]:
     if device.type != 'cuda':
         return f'needs CUDA tensors, got tensors on {device}'
-    if op == 'mamba_inner_fwd':
+    if op in ('mamba_inner_fwd', 'mamba_inner_bwd'):
         return 'no fused CUDA mixer kernel (the unfused ops run instead)'
     if op in ('selective_scan', 'selective_scan_bwd', 'bidirectional_selective_scan'):
         if _loader.cuda_extension(required=False) is None:
@@ -67,3 +67,6 @@ add_rms_norm_fwd = reference.add_rms_norm_fwd
 
 def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):
     raise NotImplementedError('vimzoo.ops: the CUDA backend has no fused mixer kernel (can_run says so).')
+
+
+mamba_inner_bwd = mamba_inner_fwd

@@ -59,6 +59,10 @@ def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):
     return ref.mamba_inner_ref(xz, fwd, bwd, reverse, window, scale)
 
 
+def mamba_inner_bwd(dout, xz, fwd, bwd, reverse, window, scale):
+    return ref.mamba_inner_bwd_ref(dout, xz, fwd, bwd, reverse, window, scale)
+
+
 def add_rms_norm_fwd(x, residual, weight, eps, check_finite):
     if check_finite:
         _check_values('add_rms_norm', {'x': x, 'residual': residual, 'weight': weight})

@@ -1,0 +1,303 @@
+// Token-major backward of the selective scan (plain / reverse / LB) for fp32 channel-contiguous (b, d, l) views:
+// the training counterpart of scan_tm.cpp, with no layout copies.
+//
+// Per (batch, 16-channel block) task: a pre-pass computes Δ, u, σ(δ + bias) and the gate terms for every token; the
+// forward recompute keeps h (and, for an LB window, a and b) in the task's buffers (recurrence.h); the reverse pass
+// runs the adjoints and accumulates every gradient (the formulas of docs/kernels.md "Backward", as the row kernel
+// scan_rows_bwd.cpp). Sums over the state dim n are vector adds (lanes are channels); sums over channels (dB, dC)
+// are kept per worker as 16-lane partial sums and reduced once at the end, so no horizontal sum runs per token.
+#include "kernels.h"
+#include "recurrence.h"
+#include "scan_tm.h"
+
+#include <vector>
+
+namespace vimzoo::cpu {
+namespace {
+
+using O = VecOps<v16f>;
+
+struct TmBwd {
+  TmScan s;              // the forward's inputs (Δ from the (b, d, l) view)
+  TokView dout;
+  std::optional<TokView> z;
+  float scale;           // the forward's output was scale · y · silu(z)
+  float *du, *dd, *dz;   // token-major outputs (b, l, d) at bi * o_sb + t * o_st + c
+  int64_t o_sb, o_st;
+  float *dA_rows, *dD_rows, *dbias_rows;  // (b, d, n), (b, d), (b, d)
+  v16f *dBv, *dCv;       // per worker: (slot, b, l, n) 16-lane partial sums over channels
+  int64_t Bsz, Dm, L, N;
+};
+
+// Per-worker buffers; abuf keeps a_k at row k + 1 with zero rows before and after (a_{k-1}, a_{k+1} stay in bounds).
+struct TmBwdWork {
+  std::vector<v16f> A2, An, hs, abuf, bbuf, vd, vu, vg, vsig, vdz, carry, xr, dA, hbw, dxlw;
+  TmBwdWork(int64_t L, int64_t N, int64_t W)
+      : A2(N), An(N), hs(L * N), abuf(W > 1 ? (L + 2) * N : 0), bbuf(W > 1 ? L * N : 0), vd(L), vu(L), vg(L),
+        vsig(L), vdz(L), carry(N), xr(N), dA(N), hbw((W + 1) * N), dxlw(W * N) {}
+};
+
+// Δ, u, σ(δ + bias), g = scale·dout·silu(z) and scale·dout·silu'(z) for every token of the block (original order).
+void bwd_prepass(const TmBwd& p, int64_t bi, int64_t c0, TmBwdWork& w) {
+  const TmScan& s = p.s;
+  const v16f vbias = s.bias ? O::load(s.bias + c0) : splatv<v16f>(0.0f);
+  for (int64_t t = 0; t < p.L; ++t) {
+    const v16f raw = O::load(s.delta.at(bi, t, c0)) + vbias;
+    w.vd[t] = s.softplus ? softplus_fast(raw) : raw;
+    w.vsig[t] = sigmoid_fast(raw);
+    w.vu[t] = O::load(s.u.at(bi, t, c0));
+    const v16f go = O::load(p.dout.at(bi, t, c0)) * p.scale;
+    if (p.z) {
+      const v16f zt = O::load(p.z->at(bi, t, c0));
+      const v16f sz = sigmoid_fast(zt);
+      w.vg[t] = go * zt * sz;
+      w.vdz[t] = go * sz * (1.0f + zt * (1.0f - sz));   // · y gives dz
+    } else {
+      w.vg[t] = go;
+    }
+  }
+}
+
+// Per-token outputs and per-block accumulators shared by the plain and the LB reverse pass.
+struct TokenGrads {
+  v16f vD, dD, dbias;
+  inline void emit(const TmBwd& p, const TmBwdWork& w, int64_t bi, int64_t t, int64_t c0, v16f s_dbB, v16f s_gAA,
+                   v16f y) {
+    const v16f vd = w.vd[t], vu = w.vu[t], g = w.vg[t];
+    const int64_t off = bi * p.o_sb + t * p.o_st + c0;
+    O::store(p.du + off, s_dbB * vd + vD * g);
+    v16f ddt = s_dbB * vu + s_gAA;
+    if (p.s.softplus) ddt *= w.vsig[t];
+    O::store(p.dd + off, ddt);
+    dbias += ddt;
+    dD += g * vu;
+    if (p.z) O::store(p.dz + off, (y + vD * vu) * w.vdz[t]);
+  }
+};
+
+template <int NC>
+void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmBwdWork& w) {
+  const TmScan& s = p.s;
+  const int64_t L = p.L, N = NC > 0 ? NC : p.N, W = s.W;
+  tm_load_A(s, c0, N, w.A2.data(), w.An.data());
+  bwd_prepass(p, bi, c0, w);
+  const float* Bb = s.B + bi * s.bc_sb;
+  const float* Cb = s.C + bi * s.bc_sb;
+  v16f* dBrow = p.dBv + (slot * p.Bsz + bi) * L * N;
+  v16f* dCrow = p.dCv + (slot * p.Bsz + bi) * L * N;
+  const v16f* A2 = w.A2.data();
+  const v16f* An = w.An.data();
+  v16f* hs = w.hs.data();
+  v16f* carry = w.carry.data();
+  v16f* dA = w.dA.data();
+  for (int64_t n = 0; n < N; ++n) carry[n] = dA[n] = splatv<v16f>(0.0f);
+  TokenGrads tg{s.D ? O::load(s.D + c0) : splatv<v16f>(0.0f), splatv<v16f>(0.0f), splatv<v16f>(0.0f)};
+  // 1) forward recompute in scan order: h (and a, b for an LB window).
+  for (int64_t k = 0; k < L; ++k) {
+    const int64_t t = s.reverse ? L - 1 - k : k;
+    const v16f vd = w.vd[t];
+    v16f* hk = hs + k * N;
+    const v16f* hprev = k ? hk - N : carry;   // carry is still zero here: h_{-1} = 0
+    for (int64_t n = 0; n < N; ++n) hk[n] = hprev[n];
+    if (W <= 1) {
+      tm_state_step<NC>(N, vd, vd * w.vu[t], A2, Bb + t * s.bc_st, hk, [](int64_t, v16f, v16f, v16f) {});
+    } else {
+      v16f* ak = w.abuf.data() + (k + 1) * N;
+      v16f* bk = w.bbuf.data() + k * N;
+      tm_state_step<NC>(N, vd, vd * w.vu[t], A2, Bb + t * s.bc_st, hk, [&](int64_t n, v16f a, v16f bv, v16f) {
+        ak[n] = a;
+        bk[n] = bv;
+      });
+    }
+  }
+  const std::vector<v16f> zeros(N, splatv<v16f>(0.0f));
+  if (W <= 1) {
+    // 2) reverse: dxl_k = g_k C_k + a_{k+1} dxl_{k+1} (carry = a_{k+1} dxl_{k+1}); db = dxl;
+    //    gA = dxl (h_k - b_k) = dxl a_k h_{k-1} (the product form has no cancellation).
+    for (int64_t k = L - 1; k >= 0; --k) {
+      const int64_t t = s.reverse ? L - 1 - k : k;
+      const v16f vd = w.vd[t], vdu = vd * w.vu[t], g = w.vg[t];
+      const float* b = Bb + t * s.bc_st;
+      const float* c = Cb + t * s.bc_st;
+      const v16f* hk = hs + k * N;
+      const v16f* hprev = k ? hk - N : zeros.data();
+      v16f* dB = dBrow + t * N;
+      v16f* dC = dCrow + t * N;
+      v16f s_dbB = splatv<v16f>(0.0f), s_gAA = splatv<v16f>(0.0f), y = splatv<v16f>(0.0f);
+      for (int64_t n = 0; n < N; ++n) {
+        const v16f a = exp2_fast(vd * A2[n]);
+        const v16f dxl = g * c[n] + carry[n];
+        carry[n] = a * dxl;
+        const v16f gA = dxl * a * hprev[n];
+        s_dbB += dxl * b[n];
+        s_gAA += gA * An[n];
+        dA[n] += vd * gA;
+        dB[n] += dxl * vdu;
+        dC[n] += g * hk[n];
+        y += hk[n] * c[n];
+      }
+      tg.emit(p, w, bi, t, c0, s_dbB, s_gAA, y);
+    }
+  } else {
+    // 2) LB: windows last to first; 2a) reverse: local state hb and global adjoint dxl; 2b) forward: window-local
+    // adjoint dxr (restarted at the window start) and every gradient (as scan_rows_bwd.cpp).
+    v16f* abuf = w.abuf.data();
+    v16f* bbuf = w.bbuf.data();
+    v16f* hbw = w.hbw.data();
+    v16f* dxlw = w.dxlw.data();
+    v16f* xr = w.xr.data();
+    for (int64_t n = 0; n < N; ++n) abuf[n] = abuf[(L + 1) * N + n] = splatv<v16f>(0.0f);
+    const int64_t nwin = (L + W - 1) / W;
+    for (int64_t win = nwin - 1; win >= 0; --win) {
+      const int64_t k0 = win * W, k1 = std::min(k0 + W, L);
+      for (int64_t n = 0; n < N; ++n) hbw[(k1 - k0) * N + n] = splatv<v16f>(0.0f);
+      for (int64_t k = k1 - 1; k >= k0; --k) {
+        const int64_t t = s.reverse ? L - 1 - k : k;
+        const v16f g = w.vg[t];
+        const float* c = Cb + t * s.bc_st;
+        const v16f* anext = abuf + (k + 2) * N;
+        v16f* dxl = dxlw + (k - k0) * N;
+        v16f* hb = hbw + (k - k0) * N;
+        const v16f* hb_next = hb + N;
+        const v16f* ak = abuf + (k + 1) * N;
+        const v16f* bk = bbuf + k * N;
+        for (int64_t n = 0; n < N; ++n) hb[n] = hb_next[n];
+        tm_local_step<NC>(N, ak, bk, hb, [](int64_t, v16f, v16f) {});
+        for (int64_t n = 0; n < N; ++n) {
+          carry[n] = g * c[n] + anext[n] * carry[n];
+          dxl[n] = carry[n];
+        }
+      }
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t t = s.reverse ? L - 1 - k : k;
+        const v16f vd = w.vd[t], vdu = vd * w.vu[t], g = w.vg[t];
+        const float* b = Bb + t * s.bc_st;
+        const float* c = Cb + t * s.bc_st;
+        const v16f* aprev = abuf + k * N;
+        const v16f* ak = abuf + (k + 1) * N;
+        const v16f* hk = hs + k * N;
+        const v16f* hf_prev = k ? hk - N : zeros.data();
+        const v16f* hb_next = hbw + (k + 1 - k0) * N;   // zero row past the window's end
+        const v16f* dxl = dxlw + (k - k0) * N;
+        v16f* dB = dBrow + t * N;
+        v16f* dC = dCrow + t * N;
+        const bool wstart = (k == k0);
+        v16f s_dbB = splatv<v16f>(0.0f), s_gAA = splatv<v16f>(0.0f), y = splatv<v16f>(0.0f);
+        for (int64_t n = 0; n < N; ++n) {
+          const v16f G = g * c[n];
+          const v16f x = wstart ? G : G + aprev[n] * xr[n];
+          xr[n] = x;
+          const v16f db = dxl[n] + x - G;
+          const v16f r = ak[n] * hb_next[n];                        // hb_k - b_k
+          const v16f gA = ak[n] * (dxl[n] * hf_prev[n]) + x * r;   // (hf_k - b_k) = a_k hf_{k-1}
+          const v16f h = hk[n] + r;
+          s_dbB += db * b[n];
+          s_gAA += gA * An[n];
+          y += h * c[n];
+          dA[n] += vd * gA;
+          dB[n] += db * vdu;
+          dC[n] += g * h;
+        }
+        tg.emit(p, w, bi, t, c0, s_dbB, s_gAA, y);
+      }
+    }
+  }
+  // Per-block results: dA (channels c0.., every n), dD, dbias, for this batch row (summed over the batch later).
+  for (int j = 0; j < kLanes; ++j) {
+    float* dA_row = p.dA_rows + (bi * p.Dm + c0 + j) * N;
+    for (int64_t n = 0; n < N; ++n) dA_row[n] = dA[n][j];
+    p.dD_rows[bi * p.Dm + c0 + j] = tg.dD[j];
+    p.dbias_rows[bi * p.Dm + c0 + j] = tg.dbias[j];
+  }
+}
+
+void check_bc(const at::Tensor& t, int64_t B, int64_t L, int64_t N, const char* name) {
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == B && t.size(1) == L && t.size(2) == N && t.stride(2) == 1 &&
+                  t.scalar_type() == at::kFloat && t.device().is_cpu(),
+              "vimzoo scan_bwd_tm: ", name, " must be an fp32 (b, l, n) tensor with contiguous n");
+}
+
+}  // namespace
+
+std::vector<at::Tensor> scan_bwd_tm(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& delta,
+                                    const at::Tensor& A, const at::Tensor& Bt, const at::Tensor& Ct,
+                                    const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias, bool softplus,
+                                    bool reverse, int64_t W, double scale) {
+  TORCH_CHECK(tok_major_ok(u) && tok_major_ok(delta) && tok_major_ok(dout) && delta.sizes() == u.sizes() &&
+                  dout.sizes() == u.sizes(),
+              "vimzoo scan_bwd_tm: dout/u/delta must be fp32 (b, d, l) views with contiguous channels, d % 16 == 0");
+  TORCH_CHECK(!z.has_value() || (tok_major_ok(*z) && z->sizes() == u.sizes()), "vimzoo scan_bwd_tm: z must match u");
+  const int64_t Bsz = u.size(0), Dm = u.size(1), L = u.size(2);
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == Dm && A.is_contiguous() && A.scalar_type() == at::kFloat,
+              "vimzoo scan_bwd_tm: A must be (d, n) contiguous fp32");
+  const int64_t N = A.size(1);
+  check_bc(Bt, Bsz, L, N, "B");
+  check_bc(Ct, Bsz, L, N, "C");
+  TORCH_CHECK(Bt.strides() == Ct.strides(), "vimzoo scan_bwd_tm: B and C must share strides");
+  for (const opt_tensor* t : {&D, &bias}) {
+    TORCH_CHECK(!t->has_value() || ((*t)->dim() == 1 && (*t)->numel() == Dm && (*t)->is_contiguous() &&
+                                    (*t)->scalar_type() == at::kFloat),
+                "vimzoo scan_bwd_tm: D/delta_bias must be (d,) contiguous fp32");
+  }
+  TmBwd p;
+  p.s.u = tok_view(u);
+  p.s.delta = tok_view(delta);
+  p.s.A = A.data_ptr<float>();
+  p.s.B = Bt.data_ptr<float>();
+  p.s.C = Ct.data_ptr<float>();
+  p.s.bc_sb = Bt.stride(0);
+  p.s.bc_st = Bt.stride(1);
+  p.s.D = opt_ptr(D);
+  p.s.bias = opt_ptr(bias);
+  p.s.softplus = softplus;
+  p.s.reverse = reverse;
+  p.s.W = std::min(std::max<int64_t>(W, 1), std::max<int64_t>(L, 1));
+  p.dout = tok_view(dout);
+  if (z.has_value()) p.z = tok_view(*z);
+  p.scale = static_cast<float>(scale);
+  auto du = tok_major_empty(u), dd = tok_major_empty(u);
+  auto dz = z.has_value() ? tok_major_empty(u) : at::empty({0}, u.options());
+  p.du = du.data_ptr<float>();
+  p.dd = dd.data_ptr<float>();
+  p.dz = z.has_value() ? dz.data_ptr<float>() : nullptr;
+  p.o_sb = du.stride(0);
+  p.o_st = du.stride(2);
+  auto fopts = A.options();
+  auto dA_rows = at::empty({Bsz, Dm, N}, fopts), dD_rows = at::empty({Bsz, Dm}, fopts);
+  auto dbias_rows = at::empty({Bsz, Dm}, fopts);
+  const int64_t nthreads = at::get_num_threads();
+  auto dBv = at::zeros({nthreads, Bsz, L, N, kLanes}, fopts), dCv = at::zeros({nthreads, Bsz, L, N, kLanes}, fopts);
+  p.dA_rows = dA_rows.data_ptr<float>();
+  p.dD_rows = dD_rows.data_ptr<float>();
+  p.dbias_rows = dbias_rows.data_ptr<float>();
+  p.dBv = reinterpret_cast<v16f*>(dBv.data_ptr<float>());
+  p.dCv = reinterpret_cast<v16f*>(dCv.data_ptr<float>());
+  p.Bsz = Bsz;
+  p.Dm = Dm;
+  p.L = L;
+  p.N = N;
+  const int64_t nblk = Dm / kLanes;
+  struct State {
+    int64_t slot;
+    TmBwdWork w;
+  };
+  parallel_rows(
+      Bsz * nblk,
+      [&](int64_t slot) {
+        TORCH_CHECK(slot < nthreads, "vimzoo scan_bwd_tm: more workers than accumulation slots");
+        return State{slot, TmBwdWork(L, N, p.s.W)};
+      },
+      [&](State& st, int64_t task) {
+        const int64_t bi = task / nblk, c0 = (task % nblk) * kLanes;
+        if (N == 16) {
+          scan_block_bwd_tm<16>(p, bi, c0, st.slot, st.w);
+        } else {
+          scan_block_bwd_tm<0>(p, bi, c0, st.slot, st.w);
+        }
+      });
+  auto fo = at::empty({0}, fopts);
+  return {du, dd, dA_rows.sum(0), dBv.sum({0, 4}), dCv.sum({0, 4}), D.has_value() ? dD_rows.sum(0) : fo, dz,
+          bias.has_value() ? dbias_rows.sum(0) : fo};
+}
+
+}  // namespace vimzoo::cpu
