@@ -391,3 +391,12 @@ def test_every_hub_weight_loads_from_an_offline_hub_cache(tmp_path):
         assert info['files'][-1:] == [expected_files[key]], (key, info['files'])
         assert info['same'] in (None, True), key
     assert [v['same'] for v in result.values()].count(True) == 2
+
+
+def test_training_tools_share_the_unwrapping(tmp_path):
+    """tools/train.py --initial-checkpoint and tools/validate.py --checkpoint read official snapshots the same way."""
+    from vimzoo.train.checkpoint import load_model_weights
+    main, ema = {'w': torch.zeros(2)}, {'w': torch.ones(2)}
+    path = _official_file(tmp_path / 'snapshot.pth', 'vim', main, ema)   # carries args=argparse.Namespace(...)
+    assert torch.equal(load_model_weights(path)['w'], main['w'])
+    assert torch.equal(load_model_weights(path, use_ema=True)['w'], ema['w'])

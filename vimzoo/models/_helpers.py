@@ -165,9 +165,10 @@ def build_zoo_model(model_cls: Callable[..., nn.Module], variant: str, pretraine
     """`build_model_with_cfg` for the zoo's own families (models with `load_pretrained`).
 
     A file or URL given through `pretrained_cfg_overlay` is loaded like the released weights, through the model's
-    `load_pretrained` (main weights, not timm's EMA preference), unless the overlay sets `custom_load` itself.
+    `load_pretrained` (main weights, not timm's EMA preference), unless the overlay sets `custom_load` itself
+    (timm resets it to False whenever an overlay names a weight source).
     """
     overlay = kwargs.get('pretrained_cfg_overlay')
-    if overlay and (overlay.get('file') or overlay.get('url')) and 'custom_load' not in overlay:
+    if overlay and 'custom_load' not in overlay:
         kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=True)
     return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, **kwargs)
