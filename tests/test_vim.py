@@ -87,7 +87,9 @@ def test_default_cfgs_point_to_official_weights():
     cfg = timm.create_model('vim_tiny_patch16_224', pretrained=False, depth=1).pretrained_cfg
     assert cfg['hf_hub_id'] == 'hustvl/Vim-tiny-midclstok'
     assert cfg['hf_hub_filename'] == 'vim_t_midclstok_76p1acc.pth'
-    assert cfg['url'].endswith('/hustvl/Vim-tiny-midclstok/resolve/main/vim_t_midclstok_76p1acc.pth')
+    url, file_name = cfg['url']  # (url, cache file name): see tests/test_pretrained.py
+    assert url.endswith('/hustvl/Vim-tiny-midclstok/resolve/main/vim_t_midclstok_76p1acc.pth')
+    assert file_name == 'vim_t_midclstok_76p1acc.pth'
     assert cfg['interpolation'] == 'bicubic' and cfg['crop_pct'] == 0.875
     assert cfg['mean'] == (0.485, 0.456, 0.406) and cfg['std'] == (0.229, 0.224, 0.225)
     files = {n: timm.models.get_pretrained_cfg(n).hf_hub_filename for n in (

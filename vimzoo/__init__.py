@@ -7,6 +7,9 @@ from .zoo import FAMILIES, check_model_name, family_of, list_families, list_mode
 from . import flops  # noqa: F401  (CPU SDPA FLOP formula for FlopCounterMode)
 from . import models  # noqa: F401  (registers the zoo with timm)
 from .factory import create_model
+from .export import install_onnx_translations
+
+install_onnx_translations()  # torch.onnx.export finds the vimzoo op translations (onnxscript imported only then)
 
 __all__ = [
     '__version__', 'FAMILIES', 'create_model', 'list_models', 'list_families', 'family_of', 'model_index',

@@ -27,7 +27,6 @@ Differences in form, not in numbers (see docs/biformer.md):
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -36,9 +35,10 @@ import torch.nn.functional as F
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
+from vimzoo.models._helpers import build_zoo_model, load_checkpoint, match_head, released_weights, unwrap_checkpoint
 from vimzoo.models._input import check_image_input
 from vimzoo.zoo import register_zoo_model
 
@@ -539,29 +539,28 @@ class BiFormer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def load_pretrained(self, checkpoint_path: str, use_ema: bool = False, strict: bool = True) -> None:
+        """Load an official BiFormer or vimzoo checkpoint file: the main weights ('model', what the official
+        evaluation loads) unless `use_ema`. timm calls this for `pretrained=True` URL weights and files."""
+        load_checkpoint(self, checkpoint_path, checkpoint_filter_fn, use_ema=use_ema, strict=strict)
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Checkpoints, cfgs, entrypoints
 # --------------------------------------------------------------------------------------------------------------------
 
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: BiFormer) -> Dict[str, torch.Tensor]:
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: BiFormer, use_ema: bool = False
+                         ) -> Dict[str, torch.Tensor]:
     """Official BiFormer checkpoints -> vimzoo BiFormer (same keys).
 
-    Unwraps the official container (weights under 'model'; 'state_dict' also accepted), strips 'module.', takes the
-    official dense checkpoints too ('backbone.' prefix; their `extra_norms.*` belong to the mm adapter and are
-    dropped), and keeps the model's own head when the checkpoint has none or one of another size.
+    Unwraps the official container (weights under 'model', what the official evaluation loads; 'state_dict' also
+    accepted; the EMA copy with `use_ema`), takes the official dense checkpoints too ('backbone.' prefix; their
+    `extra_norms.*` belong to the mm adapter and are dropped), and keeps the model's own head when the checkpoint has
+    none or one of another size.
     """
-    for key in ('model', 'state_dict'):
-        if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-            break
     out: Dict[str, torch.Tensor] = {}
-    for k, v in state_dict.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        for prefix in ('module.', 'backbone.'):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
+    for k, v in unwrap_checkpoint(state_dict, use_ema=use_ema, main_keys=('model', 'state_dict')).items():
+        k = k[len('backbone.'):] if k.startswith('backbone.') else k
         if k.startswith('extra_norms.'):
             continue
         out[k] = v
@@ -572,19 +571,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: BiFormer) -> Dict[st
         if key in out and key in model_sd and out[key].shape[0] != model_sd[key].shape[0]:
             raise ValueError(f'Checkpoint stage {i} has width {out[key].shape[0]} but the model has '
                              f'{model_sd[key].shape[0]} (embed_dims={list(model.embed_dims)}): wrong variant?')
-
-    cfg_classes = (getattr(model, 'pretrained_cfg', None) or {}).get('num_classes', model.num_classes)
-    if isinstance(model.head, nn.Linear):
-        ckpt_w = out.get('head.weight')
-        if ckpt_w is None or ckpt_w.shape != model.head.weight.shape:
-            if ckpt_w is not None and model.num_classes == cfg_classes:
-                warnings.warn(f'BiFormer checkpoint head {tuple(ckpt_w.shape)} does not match the model head '
-                              f'{tuple(model.head.weight.shape)}; the classifier stays randomly initialised.')
-            out['head.weight'] = model_sd['head.weight']
-            out['head.bias'] = model_sd['head.bias']
-    else:
-        out.pop('head.weight', None)
-        out.pop('head.bias', None)
+    out = match_head(out, model, family='BiFormer')
     if not isinstance(model.norm, nn.BatchNorm2d):  # pruned for features
         out = {k: v for k, v in out.items() if not k.startswith('norm.')}
     return out
@@ -594,20 +581,20 @@ def _create_biformer(variant: str, pretrained: bool = False, **kwargs: Any) -> B
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     # 'getter' (forward_intermediates): the official layout keeps all downsample layers in one ModuleList before the
     # stages, so module-order feature extraction (FeatureListNet / flatten_sequential) would run them out of order.
-    return build_model_with_cfg(
+    return build_zoo_model(
         BiFormer,
         variant,
         pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
 
 
-def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
     # the official eval pipeline: Resize(256/224) bicubic -> CenterCrop -> ImageNet-default mean/std
     return {
-        'url': url,
+        'url': '',
         'num_classes': 1000,
         'input_size': (3, 224, 224),
         'pool_size': (7, 7),
@@ -625,14 +612,20 @@ def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
     }
 
 
-# official OneDrive links (README / models/biformer.py); reported dead since 2026-03 (issue #53): use a local file via
+# official OneDrive links (README / models/biformer.py), cached under the official code's file names
+# (`{model_key}.pth`); reported dead since 2026-03 (issue #53): use a local file via
 # pretrained_cfg_overlay=dict(file=...) -- no hash, weights under 'model'
 _ONEDRIVE = 'https://api.onedrive.com/v1.0/shares/s!{}/root/content'
 
+
+def _onedrive_cfg(share_id: str, file_name: str) -> Dict[str, Any]:
+    return _cfg(**released_weights(_ONEDRIVE.format(share_id), file_name))
+
+
 default_cfgs = generate_default_cfgs({
-    'biformer_tiny.in1k': _cfg(url=_ONEDRIVE.format('AkBbczdRlZvChHEOoGkgwgQzEDlM')),
-    'biformer_small.in1k': _cfg(url=_ONEDRIVE.format('AkBbczdRlZvChHDyM-x9KWRBZ832')),
-    'biformer_base.in1k': _cfg(url=_ONEDRIVE.format('AkBbczdRlZvChHI_XPhoadjaNxtO')),
+    'biformer_tiny.in1k': _onedrive_cfg('AkBbczdRlZvChHEOoGkgwgQzEDlM', 'biformer_tiny_in1k.pth'),
+    'biformer_small.in1k': _onedrive_cfg('AkBbczdRlZvChHDyM-x9KWRBZ832', 'biformer_small_in1k.pth'),
+    'biformer_base.in1k': _onedrive_cfg('AkBbczdRlZvChHI_XPhoadjaNxtO', 'biformer_base_in1k.pth'),
     'test_biformer.untrained': _cfg(input_size=(3, 64, 64), pool_size=(2, 2)),
 })
 

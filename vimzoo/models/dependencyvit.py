@@ -34,9 +34,10 @@ import torch.utils.checkpoint
 
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 
+from vimzoo.models._helpers import build_zoo_model, load_checkpoint, match_head, unwrap_checkpoint
 from vimzoo.models._input import check_image_input
 from vimzoo.zoo import register_zoo_model
 
@@ -371,32 +372,31 @@ class DependencyViT(nn.Module):
             self.reset_classifier(0, '')
         return take_indices
 
+    def load_pretrained(self, checkpoint_path: str, use_ema: bool = False, strict: bool = True) -> None:
+        """Load a trainer checkpoint file: the main weights ('model' / 'state_dict') unless `use_ema`."""
+        load_checkpoint(self, checkpoint_path, checkpoint_filter_fn, use_ema=use_ema, strict=strict)
 
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: DependencyViT) -> Dict[str, torch.Tensor]:
-    """Unwrap trainer checkpoints ('model' / 'state_dict', 'module.' prefix) and resample `pos_embed` to the model's
-    grid. Keys follow timm's ViT naming (also used by the unofficial timm PR #2062), so those load as they are."""
-    for key in ('model', 'state_dict'):
-        if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-            break
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: DependencyViT, use_ema: bool = False
+                         ) -> Dict[str, torch.Tensor]:
+    """Unwrap trainer checkpoints ('model' / 'state_dict', or the EMA copy with `use_ema`), resample `pos_embed` to
+    the model's grid and keep the model's classifier where the checkpoint's does not fit. Keys follow timm's ViT
+    naming (also used by the unofficial timm PR #2062), so those load as they are."""
     out = {}
-    for k, v in state_dict.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        k = k[len('module.'):] if k.startswith('module.') else k
+    for k, v in unwrap_checkpoint(state_dict, use_ema=use_ema, main_keys=('model', 'state_dict')).items():
         if k == 'pos_embed' and v.shape != model.pos_embed.shape:
             v = resample_abs_pos_embed(v, list(model.patch_embed.grid_size), num_prefix_tokens=0)
         out[k] = v
-    return out
+    return match_head(out, model, family='DependencyViT')
 
 
 def _create_dependencyvit(variant: str, pretrained: bool = False, **kwargs: Any) -> DependencyViT:
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
+    return build_zoo_model(
         DependencyViT,
         variant,
         pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )

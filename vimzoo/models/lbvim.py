@@ -25,10 +25,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_tf_
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 
 from vimzoo.zoo import register_zoo_model
 
+from ._helpers import build_zoo_model
 from .vim import VisionMamba, checkpoint_filter_fn
 
 __all__ = ['LBVim', 'LatentAttentionPool']
@@ -114,9 +115,9 @@ class LBVim(VisionMamba):
 
 def _create_lbvim(variant: str, pretrained: bool = False, **kwargs: Any) -> LBVim:
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
+    return build_zoo_model(
         LBVim, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )

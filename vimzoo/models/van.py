@@ -16,7 +16,6 @@ Differences in form, not in numbers:
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -25,9 +24,10 @@ import torch.nn.functional as F
 
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
+from vimzoo.models._helpers import build_zoo_model, load_checkpoint, match_head, released_weights, unwrap_checkpoint
 from vimzoo.models._input import check_image_input
 from vimzoo.zoo import register_zoo_model
 
@@ -310,6 +310,11 @@ class VAN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def load_pretrained(self, checkpoint_path: str, use_ema: bool = False, strict: bool = True) -> None:
+        """Load an official VAN, mmpretrain or vimzoo checkpoint file: the main weights ('state_dict', what the
+        official evaluation loads) unless `use_ema`. timm calls this for `pretrained=True` URL weights and files."""
+        load_checkpoint(self, checkpoint_path, checkpoint_filter_fn, use_ema=use_ema, strict=strict)
+
 
 _MMPRETRAIN_RENAMES = (
     ('.projection.', '.proj.'),
@@ -320,22 +325,16 @@ _MMPRETRAIN_RENAMES = (
 )
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VAN) -> Dict[str, torch.Tensor]:
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VAN, use_ema: bool = False) -> Dict[str, torch.Tensor]:
     """Official VAN checkpoints -> vimzoo VAN.
 
-    Accepts the official timm-trainer files (weights under 'state_dict', optional 'module.' prefix), bare state
-    dicts, and mmpretrain conversions ('backbone.'/'head.fc.' prefixes, `blocks{i}`, `DW_conv`...). Stage widths are
-    checked against the model so a width mismatch (see the VAN-B6 note in docs/van.md) fails with a clear message.
+    Accepts the official timm-trainer files (weights under 'state_dict', what the official evaluation loads; the EMA
+    copy 'state_dict_ema' with `use_ema`), bare state dicts, and mmpretrain conversions ('backbone.'/'head.fc.'
+    prefixes, `blocks{i}`, `DW_conv`...). Stage widths are checked against the model so a width mismatch (see the
+    VAN-B6 note in docs/van.md) fails with a clear message.
     """
-    for key in ('state_dict', 'model'):
-        if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-            break
     out: Dict[str, torch.Tensor] = {}
-    for k, v in state_dict.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        k = k[len('module.'):] if k.startswith('module.') else k
+    for k, v in unwrap_checkpoint(state_dict, use_ema=use_ema, main_keys=('state_dict', 'model')).items():
         if k.startswith('backbone.'):  # mmpretrain layout
             k = k[len('backbone.'):]
             for old, new in _MMPRETRAIN_RENAMES:
@@ -349,45 +348,30 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VAN) -> Dict[str, to
     model_sd = model.state_dict()
     for i in range(model.num_stages):
         key = f'patch_embed{i + 1}.proj.weight'
-        if key in out and key in model_sd and out[key].shape != model_sd[key].shape:
+        if key in out and key in model_sd and out[key].shape[0] != model_sd[key].shape[0]:
             raise ValueError(
                 f'Checkpoint stage {i + 1} has width {out[key].shape[0]} but the model has {model_sd[key].shape[0]} '
                 f'(model embed_dims={list(model.embed_dims)}). Build the model with matching embed_dims.')
-
-    # classifier: keep the model's own (random) head when the checkpoint has none or a different one. When the
-    # user asked for another num_classes than the cfg, timm drops the classifier itself, so no warning then.
-    cfg_classes = (getattr(model, 'pretrained_cfg', None) or {}).get('num_classes', model.num_classes)
-    if isinstance(model.head, nn.Linear):
-        ckpt_w = out.get('head.weight')
-        if ckpt_w is None or ckpt_w.shape != model.head.weight.shape:
-            if ckpt_w is not None and model.num_classes == cfg_classes:
-                warnings.warn(f'VAN checkpoint head {tuple(ckpt_w.shape)} does not match the model head '
-                              f'{tuple(model.head.weight.shape)}; the classifier stays randomly initialised.')
-            out['head.weight'] = model_sd['head.weight']
-            out['head.bias'] = model_sd['head.bias']
-    else:
-        out.pop('head.weight', None)
-        out.pop('head.bias', None)
-    return out
+    return match_head(out, model, family='VAN')
 
 
 def _create_van(variant: str, pretrained: bool = False, **kwargs: Any) -> VAN:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model_with_cfg(
+    return build_zoo_model(
         VAN,
         variant,
         pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
 
 
-def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
     # the official models were trained/evaluated through timm's resolve_data_config with the ViT `_cfg`:
     # mean = std = 0.5, crop 0.9, bicubic
     return {
-        'url': url,
+        'url': '',
         'num_classes': 1000,
         'input_size': (3, 224, 224),
         'pool_size': (7, 7),
@@ -410,10 +394,16 @@ _TSINGHUA = 'https://cloud.tsinghua.edu.cn/d/0100f0cea37d41ba8d08/files/?p=%2F{}
 
 
 def _hf_cfg(repo: str, filename: str, **kwargs: Any) -> Dict[str, Any]:
-    # hf-hub loading goes through timm's torch.load wrapper that allow-lists argparse.Namespace (the files carry
-    # the training `args`); the plain URL is the fallback when huggingface_hub is not installed
-    return _cfg(url=_HF.format(repo, filename), hf_hub_id=f'Visual-Attention-Network/{repo}',
-                hf_hub_filename=filename, **kwargs)
+    # the original files, re-hosted by the authors on the Hub (the official code's model_urls point there); they carry
+    # the training `args` (argparse.Namespace), which timm's and vimzoo's weights_only loaders allow
+    url = _HF.format(repo, filename)
+    return _cfg(**released_weights(url, filename, hf_hub_id=f'Visual-Attention-Network/{repo}'), **kwargs)
+
+
+def _tsinghua_cfg(filename: str, **kwargs: Any) -> Dict[str, Any]:
+    # a file in the authors' Tsinghua Cloud folder: the URL path is the folder ('.../files/'), so the cache needs the
+    # file name given explicitly
+    return _cfg(**released_weights(_TSINGHUA.format(filename), filename), **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
@@ -422,10 +412,10 @@ default_cfgs = generate_default_cfgs({
     'van_b2.in1k': _hf_cfg('VAN-Base-original', 'van_base_828.pth.tar'),
     'van_b3.in1k': _hf_cfg('VAN-Large-original', 'van_large_839.pth.tar'),
     # released in the authors' Tsinghua Cloud folder only (README); file layout not verified offline
-    'van_b4.in1k': _cfg(url=_TSINGHUA.format('van_b4.pth')),
-    'van_b4.in22k': _cfg(url=_TSINGHUA.format('van_b4_22k.pth'), num_classes=21841),
-    'van_b5.in22k': _cfg(url=_TSINGHUA.format('van_b5_22k.pth'), num_classes=21841),
-    'van_b6.in22k': _cfg(url=_TSINGHUA.format('van_b6_22k.pth'), num_classes=21841),
+    'van_b4.in1k': _tsinghua_cfg('van_b4.pth'),
+    'van_b4.in22k': _tsinghua_cfg('van_b4_22k.pth', num_classes=21841),
+    'van_b5.in22k': _tsinghua_cfg('van_b5_22k.pth', num_classes=21841),
+    'van_b6.in22k': _tsinghua_cfg('van_b6_22k.pth', num_classes=21841),
     # no ImageNet-1k weights were released for B5/B6 (VAN-Classification#28); '*' makes these 1000-class,
     # weightless cfgs the default so `create_model('van_b5')` is the 1k classifier
     'van_b5.untrained*': _cfg(),

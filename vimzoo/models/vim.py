@@ -21,7 +21,6 @@ The shared pieces (`PatchEmbed`, `RmsNormF32`, `MambaMixer`, `MambaBlock`, `Visi
 """
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
@@ -30,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, lecun_normal_, resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
@@ -38,17 +37,13 @@ from vimzoo.ops import add_rms_norm, lb_window, mamba_inner
 from vimzoo.ops._validate import check_window
 from vimzoo.zoo import register_zoo_model
 
+from ._helpers import build_zoo_model, load_checkpoint, match_head, released_weights, unwrap_checkpoint
 from ._input import check_image_input
 
 __all__ = [
     'PatchEmbed', 'RmsNormF32', 'MambaMixer', 'MambaBlock', 'VisionMamba', 'checkpoint_filter_fn',
     'split_mid_cls_pos_embed', 'join_mid_cls_pos_embed', 'resample_mid_cls_pos_embed',
 ]
-
-# The released Vim checkpoints are DeiT-style training snapshots: {'model', 'optimizer', ..., 'args': Namespace}.
-# timm loads URL/Hub weights with torch.load(weights_only=True); allow-listing the plain-attribute Namespace (and
-# nothing else) lets those files load without turning weights_only off.
-torch.serialization.add_safe_globals([argparse.Namespace])
 
 
 class PatchEmbed(nn.Module):
@@ -493,24 +488,26 @@ class VisionMamba(nn.Module):
             self.reset_classifier(0, '')
         return take_indices
 
+    def load_pretrained(self, checkpoint_path: str, use_ema: bool = False, strict: bool = True) -> None:
+        """Load an official Vim / LBVim or vimzoo checkpoint file: the main weights ('model', what the official
+        evaluation loads) unless `use_ema`. timm calls this for `pretrained=True` URL weights and files."""
+        load_checkpoint(self, checkpoint_path, checkpoint_filter_fn, use_ema=use_ema, strict=strict)
 
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VisionMamba,
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VisionMamba, use_ema: bool = False,
                          interpolation: str = 'bicubic', antialias: bool = True) -> Dict[str, torch.Tensor]:
     """Official Vim (and LBVim) checkpoint -> this model.
 
-    * unwraps DeiT-style snapshots (`{'model': ...}`, also `'state_dict'` / `'module.'` prefixes);
+    * unwraps DeiT-style snapshots (`{'model': ...}` or `'state_dict'`, the EMA copy with `use_ema`; see
+      `_helpers.unwrap_checkpoint`) and keeps the model's own classifier where the checkpoint's does not fit;
     * drops the unused RoPE buffers of `if_rope=True` training runs;
     * infers the checkpoint's token grid from its `pos_embed` length (stride 16: 14x14 + 1, stride 8: 27x27 + 1 at
       224) and resamples it to this model's grid with the middle class slot kept in the middle. Loading a stride-16
       checkpoint into a stride-8 model (or vice versa) therefore only resamples `pos_embed`; the conv is shared.
     """
-    if 'model' in state_dict and isinstance(state_dict['model'], dict):
-        state_dict = state_dict['model']
-    elif 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
-        state_dict = state_dict['state_dict']
+    state_dict = unwrap_checkpoint(state_dict, use_ema=use_ema, main_keys=('model', 'state_dict'))
     out = {}
     for k, v in state_dict.items():
-        k = k[7:] if k.startswith('module.') else k
         if k.startswith('rope.'):
             continue
         if k == 'pos_embed':
@@ -522,23 +519,23 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VisionMamba,
             v = resample_mid_cls_pos_embed(v, model.patch_embed.grid_size, (side, side), num_prefix,
                                            interpolation=interpolation, antialias=antialias)
         out[k] = v
-    return out
+    return match_head(out, model, family='Vim')
 
 
 def _create_vim(variant: str, pretrained: bool = False, **kwargs: Any) -> VisionMamba:
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
+    return build_zoo_model(
         VisionMamba, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
 
 
-def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
     # Eval transform of the official `vim/datasets.py`: bicubic resize to 224 / 0.875, centre crop, ImageNet stats.
     return {
-        'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
         'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj', 'classifier': 'head',
@@ -549,8 +546,9 @@ def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
 
 
 def _hf(repo: str, filename: str, **kwargs: Any) -> Dict[str, Any]:
-    return _cfg(url=f'https://huggingface.co/{repo}/resolve/main/{filename}',
-                hf_hub_id=repo, hf_hub_filename=filename, **kwargs)
+    # the official weights live on the Hub (hustvl/Vim-*-midclstok); the URL is timm's fallback without huggingface_hub
+    url = f'https://huggingface.co/{repo}/resolve/main/{filename}'
+    return _cfg(**released_weights(url, filename, hf_hub_id=repo), **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

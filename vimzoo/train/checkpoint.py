@@ -143,33 +143,18 @@ def load_model_weights(path: os.PathLike, use_ema: bool = False) -> Dict[str, to
 
     Our checkpoints keep weights under 'model' and 'model_ema'; timm/DeiT-style files use 'state_dict',
     'state_dict_ema', 'model' or 'model_ema'. A DDP/`torch.compile` prefix (`module.`, `_orig_mod.`) is stripped.
+    The unwrapping is the zoo's shared one (`vimzoo.models._helpers`): main weights unless `use_ema`.
     """
+    from vimzoo.models._helpers import read_checkpoint, unwrap_checkpoint
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f'weights file {path} does not exist.')
-    if path.suffix == '.safetensors':
-        if use_ema:
-            raise KeyError(f'{path} is a single set of weights; pass the *_ema.safetensors file without --use-ema.')
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-        state = ckpt
-        if isinstance(ckpt, dict):
-            keys = ('model_ema', 'state_dict_ema') if use_ema else ('model', 'state_dict')
-            for key in keys:
-                if isinstance(ckpt.get(key), dict) and ckpt[key]:
-                    state = ckpt[key]
-                    break
-            else:
-                if use_ema:
-                    raise KeyError(f'{path} has no EMA weights (keys: {sorted(ckpt)[:10]}).')
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f'{path} does not contain a model state_dict.')
-    out = {}
-    for k, v in state.items():
-        for prefix in ('module.', '_orig_mod.'):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
+    if path.suffix == '.safetensors' and use_ema:
+        raise KeyError(f'{path} is a single set of weights; pass the *_ema.safetensors file without --use-ema.')
+    checkpoint = read_checkpoint(path)
+    try:
+        return unwrap_checkpoint(checkpoint, use_ema=use_ema)
+    except KeyError as e:
+        raise KeyError(f'{path}: {e.args[0]}') from None
+    except (TypeError, ValueError):
+        raise ValueError(f'{path} does not contain a model state_dict.') from None
