@@ -375,3 +375,45 @@ def test_no_weight_decay_patterns_reach_the_optimizer():
         assert must in no_decay, must
     assert 'layers.0.mixer.in_proj.weight' in decay and 'layers.0.mixer.x_proj_b.weight' in decay
     assert not any(n.endswith(('A_log', 'A_b_log')) for n in decay)
+
+
+# ---------------------------------------------------------------------------------------- one class, timm options
+def test_lbvim_is_configuration_of_vision_mamba():
+    from vimzoo.models.vim import VisionMamba
+    lb, vim = timm.create_model('test_lbvim'), timm.create_model('test_vim')
+    assert type(lb) is VisionMamba and type(vim) is VisionMamba
+    assert lb.cls_token is None and lb.global_pool == 'avg' and lb.alternate_direction
+    assert {layer.mixer.local_window for layer in lb.layers} == {'auto'}
+    assert {layer.mixer.local_window for layer in vim.layers} == {None}
+    fixed = timm.create_model('test_lbvim', local_window=8)
+    assert {layer.mixer.window for layer in fixed.layers} == {8}
+    for bad in (0, 'wide'):
+        with pytest.raises(ValueError, match='local_window'):
+            timm.create_model('test_lbvim', local_window=bad)
+
+
+def test_fixed_local_window_changes_the_scan():
+    auto = _make('test_lbvim', seed=9)  # 16 tokens -> W(16) = 4
+    wide = timm.create_model('test_lbvim', local_window=8).eval()
+    wide.load_state_dict(auto.state_dict())
+    same = timm.create_model('test_lbvim', local_window=4).eval()
+    same.load_state_dict(auto.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = auto(x)
+        torch.testing.assert_close(same(x), ref, rtol=0, atol=0)
+        assert (wide(x) - ref).abs().max() > 1e-6
+
+
+def test_set_input_size_patch_size_and_fixed_size_errors():
+    model = _make('test_vim', seed=10, dynamic_img_size=False)
+    with pytest.raises(ValueError, match='dynamic_img_size=False'):
+        model(torch.randn(1, 3, 80, 64))
+    model.set_input_size(img_size=(96, 64), patch_size=8)
+    assert model.patch_embed.proj.kernel_size == (8, 8) and model.patch_embed.proj.stride == (8, 8)
+    assert model.pos_embed.shape == (1, 12 * 8 + 1, 32) and model.feature_info[0]['reduction'] == 8
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(1, 3, 96, 64))).all()
+    plus = timm.create_model('test_vim', stride=8)
+    with pytest.raises(ValueError, match='stride'):
+        plus.set_input_size(patch_size=8)
