@@ -24,8 +24,8 @@ What timm's `ConVit` lacks and the zoo adds, in the subclass `ZooConVit` (used o
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_function, resample_abs_pos_embed
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs
 from timm.models._features import feature_take_indices
@@ -133,6 +133,11 @@ class ZooConVit(ConVit):
         weight = self.patch_embed.proj.weight
         grid = self.patch_embed.grid_size
         return grid_rel_indices(grid[0], grid[1], device=weight.device, dtype=weight.dtype)
+
+    @torch.jit.ignore
+    def init_non_persistent_buffers(self) -> None:
+        """Recompute the native grid's GPSA positions (timm's `reinit_non_persistent_buffers`, after `to_empty`)."""
+        self.rel_indices = self._native_rel_indices()
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
