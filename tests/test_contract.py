@@ -1,10 +1,14 @@
 """The model contract: every zoo family, through its tiny `test_<family>` variant, must behave like a good timm
-model; every full-size variant in `models/` must build (on the meta device) with the official parameter count."""
+model -- what timm's own tests/test_models.py checks for its families (forward, backward, cfgs, unpooled features,
+features_only, forward_intermediates, FX, TorchScript) plus torch.compile / torch.export; every full-size variant in
+`models/` must build (on the meta device) with the official parameter count."""
 import math
 
 import pytest
 import timm
 import torch
+from timm.models import get_notrace_functions, get_notrace_modules
+from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor, get_graph_node_names
 
 import vimzoo
 from vimzoo.zoo import FAMILIES
@@ -15,6 +19,10 @@ FULL_VARIANTS = [
     for meta in vimzoo.model_index().values() for v in meta['variants']
 ]
 TIMM_BACKED = {'davit', 'convit', 'halonet'}
+# token (ViT-like) models: forward_features gives (B, N, C) and there is no spatial pool_size (timm's NON_STD_FILTERS)
+TOKEN_MODELS = [n for n in TEST_MODELS if timm.models.get_pretrained_cfg(n).pool_size is None]
+# TorchScript exclusions, each with its reason (timm's EXCLUDE_JIT_FILTERS convention). Every zoo family scripts.
+EXCLUDE_JIT = {}
 
 
 def _input(model: torch.nn.Module, batch: int = 2) -> torch.Tensor:
@@ -118,6 +126,10 @@ def test_forward_intermediates(name):
         reference = model.forward_features(x)
         only = model.forward_intermediates(x, intermediates_only=True)
     torch.testing.assert_close(final, reference, rtol=1e-5, atol=1e-5)
+    model.set_grad_checkpointing(True)
+    with torch.no_grad():
+        final_ckpt, _ = model.forward_intermediates(x, output_fmt='NCHW')
+    torch.testing.assert_close(final_ckpt, reference, rtol=1e-5, atol=1e-5)
     assert len(intermediates) == len(info.channels()) == len(only)
     for feat, again, chs, red in zip(intermediates, only, info.channels(), info.reduction()):
         assert feat.shape[:2] == (x.shape[0], chs)
@@ -185,3 +197,215 @@ def test_full_variant_param_count_on_meta(name, params):
         model = timm.create_model(name)
     count = sum(p.numel() for p in model.parameters())
     assert abs(count - params) / params <= 0.005, f'{name}: {count:,} params vs official {params:,}'
+
+
+# ------------------------------------------------------------------------------------ timm's head / factory contract
+@pytest.mark.parametrize('name', TEST_MODELS)
+def test_unpooled_output_without_pool(name):
+    """global_pool='' (at creation and via reset_classifier(0, '')) returns unpooled features: NCHW maps of
+    pool_size for hierarchical nets, all tokens (= forward_features) for token models."""
+    model = _create(name, num_classes=0, global_pool='').eval()
+    cfg = model.pretrained_cfg
+    x = _input(model, batch=1)
+    with torch.no_grad():
+        out, features = model(x), model.forward_features(x)
+        reset = _create(name).eval()
+        reset.load_state_dict(model.state_dict(), strict=False)
+        reset.reset_classifier(0, '')
+        out_reset = reset(x)
+    if cfg['pool_size'] is None:
+        assert out.ndim == 3 and out.shape[-1] == model.num_features
+    else:
+        assert out.shape == (1, model.num_features, *cfg['pool_size'])
+    torch.testing.assert_close(out_reset, out, rtol=0, atol=0)
+    if vimzoo.family_of(name) != 'davit':  # timm's DaViT head norms the map before pooling (NormMlpClassifierHead)
+        torch.testing.assert_close(out, features, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('name', TEST_MODELS)
+def test_factory_device_dtype_and_classifier_reset(name):
+    """create_model(device=..., dtype=...) builds there; reset_classifier keeps the model's device, dtype, mode."""
+    model = _create(name, device='meta', dtype=torch.float64).eval()
+    tensors = [*model.parameters(), *model.buffers()]
+    assert all(t.device.type == 'meta' for t in tensors)
+    assert all(t.dtype == torch.float64 for t in tensors if t.is_floating_point())
+    model.reset_classifier(3)
+    assert all(p.device.type == 'meta' and p.dtype == torch.float64 for p in model.get_classifier().parameters())
+    assert not any(m.training for m in model.modules())
+
+
+# ------------------------------------------------------------------------------------------------ FX, TorchScript
+def _fx_model(model: torch.nn.Module, train: bool = False) -> torch.nn.Module:
+    """torchvision's create_feature_extractor with timm's leaf modules / notrace functions (as timm's tests)."""
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
+                         param_shapes_constant=True)
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    train_return = [train_nodes[-1]]
+    if train:  # the nodes feeding the graph output (timm's juggling for models with several train outputs)
+        graph_nodes = list(reversed(NodePathTracer(**tracer_kwargs).trace(model).nodes))
+        names = [n.name for n in graph_nodes]
+        train_return = [train_nodes[-names.index(n.name)] for n in graph_nodes[0]._input_nodes.keys()]
+    return create_feature_extractor(model, train_return_nodes=train_return, eval_return_nodes=[eval_nodes[-1]],
+                                    tracer_kwargs=tracer_kwargs)
+
+
+def _state(model: torch.nn.Module) -> dict:
+    """Everything a trace must not change: tensors (by value and identity), plain attributes, train flags."""
+    state = {}
+    for mod_name, module in model.named_modules():
+        for key, value in vars(module).items():
+            if key.startswith('_') and key not in ('_parameters', '_buffers'):
+                continue
+            if key in ('_parameters', '_buffers'):
+                for t_name, t in value.items():
+                    state[f'{mod_name}.{t_name}'] = (id(t), None if t is None else t.detach().clone())
+            elif value is None or isinstance(value, (bool, int, float, str, tuple)):
+                state[f'{mod_name}.{key}'] = value
+            else:
+                state[f'{mod_name}.{key}'] = type(value)
+    return state
+
+
+def _assert_same_state(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys(), sorted(set(before) ^ set(after))
+    for key, value in before.items():
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], torch.Tensor):
+            assert after[key][0] == value[0] and torch.equal(after[key][1], value[1]), f'{key} changed'
+        else:
+            assert after[key] == value, f'{key} changed: {value!r} -> {after[key]!r}'
+
+
+@pytest.mark.parametrize('name', TEST_MODELS)
+def test_fx_forward_is_bitwise_eager_and_writes_no_state(name):
+    model = _create(name).eval()
+    x = _input(model, batch=1)
+    before = _state(model)
+    with torch.no_grad():
+        expected = model(x)
+        fx = _fx_model(model)
+        out = next(iter(fx(x).values()))
+        again = model(x)
+    _assert_same_state(before, _state(model))
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(again, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('name', TEST_MODELS)
+def test_fx_backward_reaches_every_parameter(name):
+    model = _create(name, num_classes=7).train()
+    fx = _fx_model(model, train=True)
+    out = torch.cat(tuple(fx(_input(model)).values()))
+    assert out.shape[-1] == 7
+    out.mean().backward()
+    missing = [n for n, p in fx.named_parameters() if p.grad is None]
+    assert not missing, f'parameters without gradient through the FX graph: {missing}'
+
+
+@pytest.mark.parametrize('name', [n for n in TEST_MODELS if n not in EXCLUDE_JIT])
+def test_torchscript_matches_eager(name):
+    model = _create(name).eval()
+    with timm.layers.set_layer_config(scriptable=True):
+        scriptable = _create(name).eval()
+    scriptable.load_state_dict(model.state_dict())
+    scripted = torch.jit.script(scriptable)
+    x = _input(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)
+    # the scripted model keeps the input checks
+    with pytest.raises(Exception, match='input channels|channels'):
+        scripted(torch.randn(1, x.shape[1] + 1, *x.shape[2:]))
+
+
+# ---------------------------------------------------------------------------------------- torch.compile / export
+@pytest.mark.parametrize('name', TEST_MODELS)
+def test_compile_fullgraph_matches_eager(name):
+    """One graph (no breaks) through dynamo + AOTAutograd (`aot_eager`: the kernels' fake impls and autograd
+    formulas are exercised; inductor's codegen is not, it costs about a minute per model on 2 cores)."""
+    torch._dynamo.reset()
+    model = _create(name).eval()
+    x = _input(model)
+    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize('name', TEST_MODELS)
+def test_export_matches_eager(name):
+    model = _create(name).eval()
+    x = _input(model)
+    before = _state(model)
+    exported = torch.export.export(model, (x,))
+    _assert_same_state(before, _state(model))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- token models: timm ViT options
+def _token_step(name: str) -> int:
+    model = _create(name)
+    return model.feature_info[0]['reduction']
+
+
+@pytest.mark.parametrize('name', TOKEN_MODELS)
+def test_dynamic_img_size_flag(name):
+    """dynamic_img_size=True equals the default path at the training size and runs other sizes; without it the
+    model is pinned to its img_size, like timm's ViT."""
+    fixed = _create(name, dynamic_img_size=False).eval()
+    dynamic = _create(name, dynamic_img_size=True).eval()
+    dynamic.load_state_dict(fixed.state_dict())
+    x = _input(fixed)
+    other = torch.randn(2, 3, x.shape[2] + 2 * _token_step(name), x.shape[3] - _token_step(name))
+    with torch.no_grad():
+        torch.testing.assert_close(dynamic(x), fixed(x), rtol=0, atol=0)
+        assert torch.isfinite(dynamic(other)).all()
+        with pytest.raises((ValueError, AssertionError)):
+            fixed(other)
+
+
+@pytest.mark.parametrize('name', TOKEN_MODELS)
+def test_set_input_size_resamples_position_embedding(name):
+    """set_input_size(img_size) resamples the position embedding once; the model then equals the dynamic model
+    at that size, and the frozen state of the embedding survives."""
+    model = _create(name, dynamic_img_size=True).eval()
+    resized = _create(name, dynamic_img_size=False).eval()
+    resized.load_state_dict(model.state_dict())
+    resized.pos_embed.requires_grad_(False)
+    step = _token_step(name)
+    size = (model.pretrained_cfg['input_size'][1] + 2 * step, model.pretrained_cfg['input_size'][2] - step)
+    resized.set_input_size(img_size=size)
+    assert not resized.pos_embed.requires_grad
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(resized(x), model(x), rtol=1e-5, atol=1e-6)
+    resized.set_input_size(img_size=model.pretrained_cfg['input_size'][1:])
+    assert resized.pos_embed.shape == model.pos_embed.shape
+
+
+@pytest.mark.parametrize('name', TOKEN_MODELS)
+def test_intermediates_nlc_are_the_flattened_maps(name):
+    model = _create(name).eval()
+    x = _input(model)
+    with torch.no_grad():
+        maps = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        tokens = model.forward_intermediates(x, indices=2, output_fmt='NLC', intermediates_only=True)
+    for m, t in zip(maps, tokens):
+        torch.testing.assert_close(t, m.flatten(2).transpose(1, 2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('name', TEST_MODELS)
+def test_features_only_too_small_input_says_what_the_model_says(name):
+    """features_only nets reject a too-small (or wrong-channel) input with the model's own message."""
+    creators = [vimzoo.create_model]
+    if vimzoo.family_of(name) not in TIMM_BACKED or name == 'test_halonet':  # checks inside the zoo's own classes
+        creators.append(_create)
+    size = timm.models.get_pretrained_cfg(name).input_size
+    for create in creators:
+        model, features = create(name).eval(), create(name, features_only=True).eval()
+        for bad in (torch.randn(1, 3, 2, 2), torch.randn(1, 4, *size[1:])):
+            with pytest.raises(ValueError) as from_model:
+                model(bad)
+            with pytest.raises(ValueError) as from_features:
+                features(bad)
+            assert str(from_features.value) == str(from_model.value)

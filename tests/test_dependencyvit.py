@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import vimzoo
-from vimzoo.models.dependencyvit import DependencyViT, ReversedAttention
+from vimzoo.models.dependencyvit import DependencyViT, ReversedAttention, init_message_state
 
 torch.set_num_threads(1)
 
@@ -62,7 +62,7 @@ def test_pruning_keeps_tokens_receiving_most_messages():
     blk = model.blocks[0]
     assert blk.keep_ratio == 0.75
     x, _ = model._embed(torch.randn(2, 3, 64, 64))
-    log_m, pos_idx = model._init_state(x)
+    log_m, pos_idx = init_message_state(x)
     with torch.no_grad():
         _, _, received = blk.attn(blk.norm1(x), log_m, need_received=True)
         out, _, kept = blk(x, log_m, pos_idx, x.shape[1])

@@ -251,3 +251,14 @@ def test_halonet_table_discriminates_value_ratio_readings():
                 self_attn_kwargs=dict(cfg.self_attn_kwargs, qk_ratio=1.0 / paper['rv']))
             widened = _count(ZooByobNet(cfg))
         assert no_rv < 0.7 * official and widened > 1.3 * official, (name, no_rv, widened)
+
+
+def test_halonet_features_only_rejects_bad_sizes_like_the_model():
+    """features_only HaloNets run the model's input check (timm's HaloAttn would fail with a bare assert)."""
+    for name, size, match in (('test_halonet', 224, 'multiples of 64'), ('halonet_h0', 224, 'at least 256x256')):
+        model = timm.create_model(name).eval()
+        features = timm.create_model(name, features_only=True).eval()
+        x = torch.randn(1, 3, size, size)
+        for net in (model, features):
+            with pytest.raises(ValueError, match=match):
+                net(x)

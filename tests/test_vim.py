@@ -64,9 +64,25 @@ def test_lbvim_state_dict_is_vim_without_backward_params_and_cls():
                 if k != 'cls_token' and not any(s in k for s in backward_only)}
     expected['pos_embed'] = (1, 196, 192)
     assert {k: tuple(v.shape) for k, v in lb.items()} == expected
-    assert {k for k in lb528 if k.startswith('head')} == {
-        'head.0.latent', 'head.0.kv.weight', 'head.0.kv.bias', 'head.0.post_norm.weight', 'head.0.post_norm.bias',
-        'head.1.weight', 'head.1.bias'}
+    assert {k for k in lb528 if k.startswith(('head', 'attn_pool'))} == {
+        'attn_pool.latent', 'attn_pool.kv.weight', 'attn_pool.kv.bias', 'attn_pool.post_norm.weight',
+        'attn_pool.post_norm.bias', 'head.weight', 'head.bias'}
+
+
+def test_lbvim_528_official_head_keys_load_through_the_filter():
+    """The official LBVim-528 head is Sequential(pool, Linear): `head.0.*` / `head.1.*` map to attn_pool / head."""
+    model = _make('lbvim_528_patch16_224', depth=2, embed_dim=48, attn_pool_heads=6)
+    renames = {'attn_pool.': 'head.0.', 'head.': 'head.1.'}
+    official = {}
+    for k, v in model.state_dict().items():
+        prefix = next((p for p in renames if k.startswith(p)), None)
+        official[renames[prefix] + k[len(prefix):] if prefix else k] = v
+    assert 'head.0.latent' in official and 'head.1.weight' in official
+    fresh = timm.create_model('lbvim_528_patch16_224', depth=2, embed_dim=48, attn_pool_heads=6).eval()
+    fresh.load_state_dict(checkpoint_filter_fn({'model': official}, fresh), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
 
 
 def test_stride8_variants_and_official_init_quirks():
@@ -288,12 +304,12 @@ def test_lbvim_equals_official_flip_every_layer_formulation():
 
 def test_lbvim_528_attention_pool_head():
     model = timm.create_model('lbvim_528_patch16_224', depth=2, embed_dim=48, attn_pool_heads=6).eval()
-    assert model.global_pool == 'map' and model.pretrained_cfg['classifier'] == 'head.1'
+    assert model.global_pool == 'map' and model.pretrained_cfg['classifier'] == 'head'
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         tokens = model.forward_features(x)
         pooled = model.forward_head(tokens, pre_logits=True)
-        pool = model.head[0]
+        pool = model.attn_pool
         kv = pool.kv(tokens).reshape(2, 16, 2, 6, 8)
         q = pool.latent.reshape(1, 6, 8)
         attn = torch.softmax(torch.einsum('hc,bnhc->bhn', q[0], kv[:, :, 0]) / math.sqrt(8), -1)
@@ -301,7 +317,11 @@ def test_lbvim_528_attention_pool_head():
         torch.testing.assert_close(pooled, want, rtol=1e-4, atol=1e-5)
         assert model(x).shape == (2, 1000)
         model.reset_classifier(10)
-        assert isinstance(model.head[0], type(pool)) and model(x).shape == (2, 10)
+        assert model.attn_pool is pool and model(x).shape == (2, 10)
+        model.reset_classifier(0, 'avg')  # timm's ViT rule: other pooling removes the pool, 'map' never adds one
+        assert model.attn_pool is None and torch.equal(model(x), tokens.mean(1))
+        with pytest.raises(ValueError, match='global_pool="map"'):
+            model.reset_classifier(0, 'map')
 
 
 # ------------------------------------------------------------------------------------------ backends and AMP
@@ -357,3 +377,45 @@ def test_no_weight_decay_patterns_reach_the_optimizer():
         assert must in no_decay, must
     assert 'layers.0.mixer.in_proj.weight' in decay and 'layers.0.mixer.x_proj_b.weight' in decay
     assert not any(n.endswith(('A_log', 'A_b_log')) for n in decay)
+
+
+# ---------------------------------------------------------------------------------------- one class, timm options
+def test_lbvim_is_configuration_of_vision_mamba():
+    from vimzoo.models.vim import VisionMamba
+    lb, vim = timm.create_model('test_lbvim'), timm.create_model('test_vim')
+    assert type(lb) is VisionMamba and type(vim) is VisionMamba
+    assert lb.cls_token is None and lb.global_pool == 'avg' and lb.alternate_direction
+    assert {layer.mixer.local_window for layer in lb.layers} == {'auto'}
+    assert {layer.mixer.local_window for layer in vim.layers} == {None}
+    fixed = timm.create_model('test_lbvim', local_window=8)
+    assert {layer.mixer.window for layer in fixed.layers} == {8}
+    for bad in (0, 'wide'):
+        with pytest.raises(ValueError, match='local_window'):
+            timm.create_model('test_lbvim', local_window=bad)
+
+
+def test_fixed_local_window_changes_the_scan():
+    auto = _make('test_lbvim', seed=9)  # 16 tokens -> W(16) = 4
+    wide = timm.create_model('test_lbvim', local_window=8).eval()
+    wide.load_state_dict(auto.state_dict())
+    same = timm.create_model('test_lbvim', local_window=4).eval()
+    same.load_state_dict(auto.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = auto(x)
+        torch.testing.assert_close(same(x), ref, rtol=0, atol=0)
+        assert (wide(x) - ref).abs().max() > 1e-6
+
+
+def test_set_input_size_patch_size_and_fixed_size_errors():
+    model = _make('test_vim', seed=10, dynamic_img_size=False)
+    with pytest.raises(ValueError, match='dynamic_img_size=False'):
+        model(torch.randn(1, 3, 80, 64))
+    model.set_input_size(img_size=(96, 64), patch_size=8)
+    assert model.patch_embed.proj.kernel_size == (8, 8) and model.patch_embed.proj.stride == (8, 8)
+    assert model.pos_embed.shape == (1, 12 * 8 + 1, 32) and model.feature_info[0]['reduction'] == 8
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(1, 3, 96, 64))).all()
+    plus = timm.create_model('test_vim', stride=8)
+    with pytest.raises(ValueError, match='stride'):
+        plus.set_input_size(patch_size=8)

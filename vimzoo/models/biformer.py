@@ -25,8 +25,6 @@ Differences in form, not in numbers (see docs/biformer.md):
   setting), so any input size works; `auto_pad=False` raises a ValueError instead of a bare assert;
 * `topk` is clamped to n_win**2 (the official code fails in `torch.topk` for n_win**2 < topk).
 """
-from __future__ import annotations
-
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -34,12 +32,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
+from timm.layers import DropPath, get_device_dtype, register_notrace_function, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from vimzoo.models._helpers import build_zoo_model, load_checkpoint, match_head, released_weights, unwrap_checkpoint
 from vimzoo.models._input import check_image_input
+from vimzoo.models._layers import check_pooled_head, create_pool2d
 from vimzoo.zoo import register_zoo_model
 
 __all__ = [
@@ -58,7 +57,7 @@ DEFAULT_CHUNK_ELEMS = 2 ** 24
 
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """(B, L, C) -> (B, heads, L, C/heads): channels split head-major like the official `(m c)` rearrange."""
-    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+    return x.reshape(x.shape[0], x.shape[1], num_heads, -1).transpose(1, 2)
 
 
 def _merge_heads(x: torch.Tensor) -> torch.Tensor:
@@ -125,20 +124,16 @@ def _region_attention_forward(q: torch.Tensor, kv: torch.Tensor, flat_idx: torch
                               scale: float, chunk_elems: int) -> torch.Tensor:
     rows, t, qk_dim = q.shape
     c_kv = kv.shape[-1]
-    out = None
+    outs: List[torch.Tensor] = []
     for a, b in _chunks(rows, topk * t * c_kv, chunk_elems):
         sel = kv.index_select(0, flat_idx[a * topk:b * topk]).view(b - a, topk * t, c_kv)
         k, v = _heads(sel[..., :qk_dim], num_heads), _heads(sel[..., qk_dim:], num_heads)
         o = F.scaled_dot_product_attention(_heads(q[a:b], num_heads), k, v, scale=scale)
-        o = _merge_heads(o)
-        if a == 0 and b == rows:
-            return o
-        if out is None:
-            out = o.new_empty(rows, t, o.shape[-1])
-        out[a:b] = o
-    return out
+        outs.append(_merge_heads(o))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
+@register_notrace_function  # reason: chunking and the autograd-function choice depend on runtime shapes / grad state
 def region_attention(q: torch.Tensor, kv: torch.Tensor, r_idx: torch.Tensor, num_heads: int, scale: float,
                      chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> torch.Tensor:
     """Memory-lean routed attention.
@@ -146,14 +141,16 @@ def region_attention(q: torch.Tensor, kv: torch.Tensor, r_idx: torch.Tensor, num
     q: (N, R, T, qk_dim) region-partitioned queries; kv: (N, R, T, qk_dim + dim) keys|values; r_idx: (N, R, topk)
     routed region indices per query region. Returns (N, R, T, dim): every query token attends (softmax over the union)
     to the T * topk tokens of its routed regions; heads split the channels head-major.
+    Under TorchScript (no custom autograd functions) plain autograd runs the same forward.
     """
     n, r, t, qk_dim = q.shape
     topk = r_idx.shape[-1]
     q2, kv2, flat_idx = q.reshape(n * r, t, qk_dim), kv.reshape(n * r, t, kv.shape[-1]), _flat_index(r_idx)
-    if torch.is_grad_enabled() and (q.requires_grad or kv.requires_grad):
-        out = _RegionAttentionFn.apply(q2, kv2, flat_idx, topk, num_heads, scale, chunk_elems)
-    else:
-        out = _region_attention_forward(q2, kv2, flat_idx, topk, num_heads, scale, chunk_elems)
+    if not torch.jit.is_scripting():
+        if torch.is_grad_enabled() and (q.requires_grad or kv.requires_grad):
+            out = _RegionAttentionFn.apply(q2, kv2, flat_idx, topk, num_heads, scale, chunk_elems)
+            return out.view(n, r, t, -1)
+    out = _region_attention_forward(q2, kv2, flat_idx, topk, num_heads, scale, chunk_elems)
     return out.view(n, r, t, -1)
 
 
@@ -177,13 +174,35 @@ def region_attention_naive(q: torch.Tensor, kv: torch.Tensor, r_idx: torch.Tenso
 # Token mixers
 # --------------------------------------------------------------------------------------------------------------------
 
+@register_notrace_function  # reason: the padding amount (and the auto_pad error) depend on the input size
+def pad_to_regions(x: torch.Tensor, n_win: int, auto_pad: bool) -> torch.Tensor:
+    """Zero-pad an NHWC map right/bottom to multiples of n_win (legacy BRA: the normed input, unmasked)."""
+    h, w = x.shape[1], x.shape[2]
+    pad_r, pad_b = (n_win - w % n_win) % n_win, (n_win - h % n_win) % n_win
+    if pad_r == 0 and pad_b == 0:
+        return x
+    if not auto_pad:
+        raise ValueError(f'BiLevelRoutingAttention: feature map {h}x{w} is not divisible by n_win={n_win}; build '
+                         f'the model with auto_pad=True or change the input size / n_win.')
+    return F.pad(x, [0, 0, 0, pad_r, 0, pad_b])
+
+
+@register_notrace_function  # reason: crops only when the input was padded
+def crop_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Crop an NHWC map back to (height, width) after `pad_to_regions`."""
+    if x.shape[1] == height and x.shape[2] == width:
+        return x
+    return x[:, :height, :width].contiguous()
+
+
 class QKVLinear(nn.Module):
     """One Linear producing [q (qk_dim) | k (qk_dim) | v (dim)]; a wrapper so the key is `attn.qkv.qkv` as released."""
 
-    def __init__(self, dim: int, qk_dim: int, bias: bool = True) -> None:
+    def __init__(self, dim: int, qk_dim: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         self.dim, self.qk_dim = dim, qk_dim
-        self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=bias)
+        self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=bias, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.qkv(x)
@@ -208,8 +227,11 @@ class BiLevelRoutingAttention(nn.Module):
             auto_pad: bool = True,
             attn_impl: str = 'lean',
             chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+            device=None,
+            dtype=None,
     ) -> None:
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         self.dim = dim
         self.qk_dim = qk_dim or dim
         if self.qk_dim % num_heads or dim % num_heads:
@@ -224,20 +246,15 @@ class BiLevelRoutingAttention(nn.Module):
         self.auto_pad = auto_pad
         self.attn_impl = attn_impl
         self.chunk_elems = chunk_elems
-        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
-        self.qkv = QKVLinear(dim, self.qk_dim)
-        self.wo = nn.Linear(dim, dim)
+        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim, **dd)
+        self.qkv = QKVLinear(dim, self.qk_dim, **dd)
+        self.wo = nn.Linear(dim, dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, h_in, w_in, c = x.shape
         nw = self.n_win
-        pad_r, pad_b = (nw - w_in % nw) % nw, (nw - h_in % nw) % nw
-        if pad_r or pad_b:
-            if not self.auto_pad:
-                raise ValueError(f'BiLevelRoutingAttention: feature map {h_in}x{w_in} is not divisible by '
-                                 f'n_win={nw}; build the model with auto_pad=True or change the input size / n_win.')
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))  # zeros on the normed input, before qkv (legacy semantics)
-        h, w = (h_in + pad_b) // nw, (w_in + pad_r) // nw
+        x = pad_to_regions(x, nw, self.auto_pad)  # zeros on the normed input, before qkv (legacy semantics)
+        h, w = x.shape[1] // nw, x.shape[2] // nw
         qk = self.qk_dim
 
         # (N, H, W, C) -> (N, R = nw*nw, T = h*w, C), regions row-major
@@ -249,7 +266,7 @@ class BiLevelRoutingAttention(nn.Module):
         with torch.no_grad():
             q_win, k_win = q.detach().mean(dim=2), kv[..., :qk].detach().mean(dim=2)
             logits = (q_win * self.scale) @ k_win.transpose(-2, -1)
-            r_idx = torch.topk(logits, k=min(self.topk, nw * nw), dim=-1).indices
+            r_idx = torch.topk(logits, k=min(self.topk, nw * nw), dim=-1)[1]
 
         # LePE: depth-wise conv on V over the whole (padded) map
         v_map = kv[..., qk:].reshape(n, nw, nw, h, w, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, nw * h, nw * w)
@@ -261,23 +278,23 @@ class BiLevelRoutingAttention(nn.Module):
             out = region_attention(q, kv, r_idx, self.num_heads, self.scale, self.chunk_elems)
         out = out.view(n, nw, nw, h, w, c).permute(0, 1, 3, 2, 4, 5).reshape(n, nw * h, nw * w, c)
         out = self.wo(out + lepe.permute(0, 2, 3, 1))
-        if pad_r or pad_b:
-            out = out[:, :h_in, :w_in].contiguous()
-        return out
+        return crop_to(out, h_in, w_in)
 
 
 class AttentionLePE(nn.Module):
     """Global multi-head self-attention + LePE on the block input (official stage-4 mixer), NHWC in and out."""
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, side_dwconv: int = 5) -> None:
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, side_dwconv: int = 5,
+                 device=None, dtype=None) -> None:
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         if dim % num_heads:
             raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads}).')
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, h, w, c = x.shape
@@ -308,24 +325,27 @@ class BiFormerBlock(nn.Module):
             before_attn_dwconv: int = 3,
             auto_pad: bool = True,
             attn_impl: str = 'lean',
+            device=None,
+            dtype=None,
     ) -> None:
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         # padding is hard-coded to 1 in the official block (before_attn_dwconv is 3 in every released model)
-        self.pos_embed = nn.Conv2d(dim, dim, before_attn_dwconv, padding=1, groups=dim)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.pos_embed = nn.Conv2d(dim, dim, before_attn_dwconv, padding=1, groups=dim, **dd)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
         if topk > 0:
             self.attn = BiLevelRoutingAttention(dim, num_heads=num_heads, n_win=n_win, qk_dim=qk_dim,
                                                 qk_scale=qk_scale, topk=topk, side_dwconv=side_dwconv,
-                                                auto_pad=auto_pad, attn_impl=attn_impl)
+                                                auto_pad=auto_pad, attn_impl=attn_impl, **dd)
         elif topk == -2:
             # the official Block builds AttentionLePE(dim, side_dwconv) -> always its default 8 heads
-            self.attn = AttentionLePE(dim, num_heads=8, side_dwconv=side_dwconv)
+            self.attn = AttentionLePE(dim, num_heads=8, side_dwconv=side_dwconv, **dd)
         else:
             raise ValueError(f'topk must be >= 1 (routing attention) or -2 (global attention + LePE), got {topk}.')
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
         hidden = int(mlp_ratio * dim)
         # indices 0 and 3 like the official Sequential(Linear, DWConv|Identity, GELU, Linear)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.Identity(), nn.GELU(), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden, **dd), nn.Identity(), nn.GELU(), nn.Linear(hidden, dim, **dd))
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -363,8 +383,11 @@ class BiFormer(nn.Module):
             attn_impl: str = 'lean',
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
     ) -> None:
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         num_stages = len(depths)
         qk_dims = tuple(qk_dims) if qk_dims is not None else tuple(embed_dims)
         if not (len(embed_dims) == len(topks) == len(mlp_ratios) == len(qk_dims) == num_stages == 4):
@@ -380,16 +403,16 @@ class BiFormer(nn.Module):
 
         c0 = embed_dims[0]
         self.downsample_layers = nn.ModuleList([nn.Sequential(
-            nn.Conv2d(in_chans, c0 // 2, 3, stride=2, padding=1),
-            nn.BatchNorm2d(c0 // 2),
+            nn.Conv2d(in_chans, c0 // 2, 3, stride=2, padding=1, **dd),
+            nn.BatchNorm2d(c0 // 2, **dd),
             nn.GELU(),
-            nn.Conv2d(c0 // 2, c0, 3, stride=2, padding=1),
-            nn.BatchNorm2d(c0),
+            nn.Conv2d(c0 // 2, c0, 3, stride=2, padding=1, **dd),
+            nn.BatchNorm2d(c0, **dd),
         )])
         for i in range(1, num_stages):
             self.downsample_layers.append(nn.Sequential(
-                nn.Conv2d(embed_dims[i - 1], embed_dims[i], 3, stride=2, padding=1),
-                nn.BatchNorm2d(embed_dims[i]),
+                nn.Conv2d(embed_dims[i - 1], embed_dims[i], 3, stride=2, padding=1, **dd),
+                nn.BatchNorm2d(embed_dims[i], **dd),
             ))
 
         total = sum(depths)
@@ -405,16 +428,16 @@ class BiFormer(nn.Module):
                     embed_dims[i], drop_path=dpr[cur + j], num_heads=max(qk_dim // head_dim, 1), n_win=n_win,
                     qk_dim=qk_dim, qk_scale=qk_scale, topk=topks[i], mlp_ratio=mlp_ratios[i],
                     side_dwconv=side_dwconv, before_attn_dwconv=before_attn_dwconv, auto_pad=auto_pad,
-                    attn_impl=attn_impl)
+                    attn_impl=attn_impl, **dd)
                 for j in range(depths[i])]))
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=2 ** (i + 2), module=f'stages.{i}'))
             cur += depths[i]
 
-        self.norm = nn.BatchNorm2d(embed_dims[-1])
+        self.norm = nn.BatchNorm2d(embed_dims[-1], **dd)
         self.num_features = self.head_hidden_size = embed_dims[-1]
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = create_pool2d(global_pool)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod
@@ -453,10 +476,14 @@ class BiFormer(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New classifier; global_pool='' (with num_classes=0) returns the unpooled NCHW map, as timm's CNNs do."""
         self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        pool_type = self.global_pool.pool_type if global_pool is None else global_pool
+        self.global_pool = create_pool2d(pool_type)
+        dd = get_device_dtype(self)
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.global_pool.train(self.training)
+        self.head.train(self.training)
 
     def set_n_win(self, n_win: int) -> None:
         """Change the routing grid (7 for classification, 16 detection, 8 segmentation); n_win has no parameters."""
@@ -473,11 +500,11 @@ class BiFormer(nn.Module):
                 m.attn_impl = attn_impl
 
     # ---------------------------------------------------------------- forward
-    def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample_layers[i](x)
+    def _run_stage(self, downsample: nn.Module, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x = downsample(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.stages[i], x)
-        return self.stages[i](x)
+            return checkpoint_seq(stage, x)
+        return stage(x)
 
     def forward_intermediates(
             self,
@@ -494,12 +521,12 @@ class BiFormer(nn.Module):
         """
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"BiFormer intermediates support output_fmt 'NCHW' or 'NHWC', got {output_fmt!r}.")
-        check_image_input(x, self.in_chans, 32, type(self).__name__)
+        x = check_image_input(x, self.in_chans, (32, 32), 'BiFormer')
         take_indices, max_index = feature_take_indices(self.num_stages, indices)
         intermediates = []
         last = max_index if (stop_early or intermediates_only) else self.num_stages - 1
         for i in range(last + 1):
-            x = self._run_stage(i, x)
+            x = self._run_stage(self.downsample_layers[i], self.stages[i], x)
             if i in take_indices:
                 feat = self.norm(x) if (norm and i == self.num_stages - 1) else x
                 feat = feat.permute(0, 2, 3, 1) if output_fmt == 'NHWC' else feat
@@ -526,12 +553,17 @@ class BiFormer(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans, 32, type(self).__name__)
-        for i in range(self.num_stages):
-            x = self._run_stage(i, x)
+        x = check_image_input(x, self.in_chans, (32, 32), 'BiFormer')
+        for downsample, stage in zip(self.downsample_layers, self.stages):
+            x = downsample(x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        check_pooled_head(self.global_pool.pool_type, not isinstance(self.head, nn.Identity))
         x = self.global_pool(x)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)

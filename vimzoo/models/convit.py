@@ -14,24 +14,28 @@ What timm's `ConVit` lacks and the zoo adds, in the subclass `ZooConVit` (used o
   `pos_embed`, and GPSA rebuilds its relative positions from sqrt(N), i.e. square grids only). With
   `dynamic_img_size=True` `ZooConVit` takes any H x W divisible by the patch size: `pos_embed` is resampled
   (timm's `resample_abs_pos_embed`, bicubic) and every GPSA gets the relative positions of the real H x W grid
-  (same values as timm's for square grids, so outputs at the native size are unchanged);
+  (same values as timm's for square grids, so outputs at the native size are unchanged); `set_input_size()`
+  changes the native size like timm's ViT;
+* FX / TorchScript / torch.export friendly GPSA (`ZooGPSA`): the relative positions are an argument computed by the
+  model (a non-persistent buffer for the native grid), so no forward pass ever writes module state;
 * `no_weight_decay()` is inherited ({'pos_embed', 'cls_token'}); `forward_intermediates` and the `getter`
   feature wrapper are timm's.
 """
-from __future__ import annotations
-
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
+import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import resample_abs_pos_embed
+from timm.layers import register_notrace_function, resample_abs_pos_embed
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs
 from timm.models._features import feature_take_indices
+from timm.models._input import update_model_input_size
 from timm.models.convit import GPSA, ConVit
+from torch.jit import Final
 
 from vimzoo.zoo import adopt_timm_models, register_zoo_model
 
-__all__ = ['ZooConVit', 'create_zoo_convit', 'grid_rel_indices', 'TIMM_CONVIT_MODELS']
+__all__ = ['ZooConVit', 'ZooGPSA', 'create_zoo_convit', 'grid_rel_indices', 'TIMM_CONVIT_MODELS']
 
 TIMM_CONVIT_MODELS = ('convit_tiny', 'convit_small', 'convit_base')
 adopt_timm_models('convit', TIMM_CONVIT_MODELS)
@@ -44,13 +48,15 @@ CONVIT_ARGS = {
 }
 
 
-def grid_rel_indices(height: int, width: int, device=None, dtype=None) -> torch.Tensor:
+def grid_rel_indices(height: int, width: int, device: Optional[torch.device] = None,
+                     dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """GPSA relative positions (dx, dy, dx^2 + dy^2) between all tokens of a row-major H x W grid, (1, N, N, 3).
 
     Equals timm's `GPSA.get_rel_indices(N)` for H == W (which assumes a square grid).
     """
     ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing='ij')
+        torch.arange(height, dtype=torch.float32, device=device),
+        torch.arange(width, dtype=torch.float32, device=device), indexing='ij')
     xs, ys = xs.reshape(-1), ys.reshape(-1)
     dx = xs[None, :] - xs[:, None]
     dy = ys[None, :] - ys[:, None]
@@ -58,8 +64,59 @@ def grid_rel_indices(height: int, width: int, device=None, dtype=None) -> torch.
     return rel.to(device=device, dtype=dtype)
 
 
+@register_notrace_function  # reason: the token grid comes from the input size
+def rel_indices_for_grid(native: torch.Tensor, native_grid: Tuple[int, int], grid: Tuple[int, int]) -> torch.Tensor:
+    """The GPSA relative positions for `grid`: the precomputed `native` ones, or built for another grid."""
+    if grid[0] == native_grid[0] and grid[1] == native_grid[1]:
+        return native
+    return grid_rel_indices(grid[0], grid[1], device=native.device, dtype=native.dtype)
+
+
+class ZooGPSA(GPSA):
+    """timm's GPSA (same parameters and math) that takes the relative positions as an argument.
+
+    timm's GPSA rebuilds its `rel_indices` buffer inside forward whenever the token count changes (square grids
+    only); here the model passes the positions of the real grid, and the module never writes its own state.
+    """
+
+    @classmethod
+    def from_gpsa(cls, gpsa: GPSA) -> 'ZooGPSA':
+        """A ZooGPSA holding `gpsa`'s weights (ConVit builds timm's GPSA; the zoo swaps it after construction)."""
+        weight = gpsa.qk.weight
+        new = cls(gpsa.dim, num_heads=gpsa.num_heads, qkv_bias=gpsa.qk.bias is not None, attn_drop=gpsa.attn_drop.p,
+                  proj_drop=gpsa.proj_drop.p, locality_strength=gpsa.locality_strength, device=weight.device,
+                  dtype=weight.dtype)
+        new.load_state_dict(gpsa.state_dict())
+        return new
+
+    def forward(self, x: torch.Tensor, rel_indices: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, N, C); rel_indices (1, N, N, 3) of the token grid (None, e.g. from timm's `Block`: a square grid)."""
+        B, N, C = x.shape
+        if rel_indices is None:
+            side = int(N ** .5)
+            rel_indices = grid_rel_indices(side, side, device=x.device, dtype=self.qk.weight.dtype)
+        qk = self.qk(x).reshape(B, N, 2, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k = qk[0], qk[1]
+        pos_score = self.pos_proj(rel_indices.expand(B, -1, -1, -1)).permute(0, 3, 1, 2)
+        patch_score = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        pos_score = pos_score.softmax(dim=-1)
+        gating = self.gating_param.view(1, -1, 1, 1)
+        attn = (1. - torch.sigmoid(gating)) * patch_score + torch.sigmoid(gating) * pos_score
+        attn = self.attn_drop(attn / attn.sum(dim=-1).unsqueeze(-1))
+        v = self.v(x).reshape(B, N, self.num_heads, C // self.num_heads).permute(0, 2, 1, 3)
+        x = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+def _gpsa_block(blk: nn.Module, x: torch.Tensor, rel_indices: torch.Tensor) -> torch.Tensor:
+    """timm's convit `Block.forward` for a block whose attention is a ZooGPSA."""
+    x = x + blk.drop_path(blk.attn(blk.norm1(x), rel_indices))
+    return x + blk.drop_path(blk.mlp(blk.norm2(x)))
+
+
 class ZooConVit(ConVit):
-    """timm's `ConVit` plus real gradient checkpointing and (opt-in) arbitrary input sizes for dense prediction."""
+    """timm's `ConVit` plus real gradient checkpointing, (opt-in) arbitrary input sizes and `set_input_size`."""
+    dynamic_img_size: Final[bool]
 
     def __init__(self, *args: Any, dynamic_img_size: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -67,49 +124,91 @@ class ZooConVit(ConVit):
         self.dynamic_img_size = dynamic_img_size
         if dynamic_img_size:
             self.patch_embed.strict_img_size = False
-        self._rel_grid: Optional[Tuple[int, int]] = None
+        for blk in self.blocks:
+            if isinstance(blk.attn, GPSA):
+                blk.attn = ZooGPSA.from_gpsa(blk.attn)
+        self.register_buffer('rel_indices', self._native_rel_indices(), persistent=False)
 
-    def _set_grid(self, grid: Tuple[int, int]) -> None:
-        """Give every GPSA the relative positions of this token grid (cached; GPSA keeps them as a buffer)."""
-        gpsa = [blk.attn for blk in self.blocks if isinstance(blk.attn, GPSA)]
-        if not gpsa or (grid == self._rel_grid and gpsa[0].rel_indices.shape[1] == grid[0] * grid[1]):
-            return
-        weight = gpsa[0].pos_proj.weight
-        rel = grid_rel_indices(grid[0], grid[1], device=weight.device, dtype=weight.dtype)
-        for attn in gpsa:
-            attn.rel_indices = rel
-        self._rel_grid = grid
+    def _native_rel_indices(self) -> torch.Tensor:
+        weight = self.patch_embed.proj.weight
+        grid = self.patch_embed.grid_size
+        return grid_rel_indices(grid[0], grid[1], device=weight.device, dtype=weight.dtype)
+
+    @torch.jit.ignore
+    def init_non_persistent_buffers(self) -> None:
+        """Recompute the native grid's GPSA positions (timm's `reinit_non_persistent_buffers`, after `to_empty`)."""
+        self.rel_indices = self._native_rel_indices()
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def _block(self, blk: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(blk, x)
-        return blk(x)
+    @torch.jit.ignore
+    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None,
+                       patch_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
+        """Change the native input size (and patch size): `pos_embed` is resampled once, GPSA positions rebuilt."""
+        prev_grid = self.patch_embed.grid_size
+        self.patch_embed.set_input_size(img_size=img_size, patch_size=patch_size)
+        if self.use_pos_embed and self.patch_embed.grid_size != prev_grid:
+            with torch.no_grad():
+                pos = resample_abs_pos_embed(self.pos_embed, list(self.patch_embed.grid_size), list(prev_grid),
+                                             num_prefix_tokens=0)
+            self.pos_embed = nn.Parameter(pos, requires_grad=self.pos_embed.requires_grad)
+        self.num_patches = self.patch_embed.num_patches
+        self.rel_indices = self._native_rel_indices().to(self.rel_indices.dtype)
+        for info in self.feature_info:
+            info['reduction'] = self.patch_embed.feat_ratio()
+        update_model_input_size(self, self.patch_embed.img_size, patch_size=patch_size)
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        grid = self.patch_embed.dynamic_feat_size(x.shape[-2:]) if self.dynamic_img_size else self.patch_embed.grid_size
-        grid = (int(grid[0]), int(grid[1]))
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Patch tokens + position embedding, and the GPSA relative positions of their grid."""
+        native = self.patch_embed.grid_size
+        grid = native
+        if self.dynamic_img_size:
+            grid = self.patch_embed.dynamic_feat_size((x.shape[-2], x.shape[-1]))
         x = self.patch_embed(x)
         if self.use_pos_embed:
             pos_embed = self.pos_embed
-            if grid != tuple(self.patch_embed.grid_size):
+            if self.dynamic_img_size:
                 pos_embed = resample_abs_pos_embed(
-                    pos_embed, list(grid), old_size=list(self.patch_embed.grid_size), num_prefix_tokens=0)
+                    pos_embed, [grid[0], grid[1]], old_size=[native[0], native[1]], num_prefix_tokens=0)
             x = x + pos_embed
-        self._set_grid(grid)
-        return self.pos_drop(x)
+        rel_indices = self.rel_indices
+        if self.dynamic_img_size:
+            rel_indices = rel_indices_for_grid(rel_indices, native, grid)
+        return self.pos_drop(x), rel_indices
+
+    def _run_blocks(self, x: torch.Tensor, rel_indices: torch.Tensor, take_indices: Optional[List[int]] = None,
+                    last: int = -1) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Blocks up to `last` (-1: all; the class token joins after the GPSA blocks); `take_indices` outputs kept."""
+        intermediates: List[torch.Tensor] = []
+        for i, blk in enumerate(self.blocks):
+            if last < 0 or i <= last:  # (no `break`: TorchScript unrolls loops over ModuleLists)
+                if i == self.local_up_to_layer and self.cls_token is not None:
+                    # class token joins after the GPSA (local) blocks, as in timm/official ConViT
+                    x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+                if isinstance(blk.attn, ZooGPSA):
+                    if self.grad_checkpointing and not torch.jit.is_scripting():
+                        x = checkpoint(_gpsa_block, blk, x, rel_indices)
+                    else:
+                        x = x + blk.drop_path(blk.attn(blk.norm1(x), rel_indices))
+                        x = x + blk.drop_path(blk.mlp(blk.norm2(x)))
+                elif self.grad_checkpointing and not torch.jit.is_scripting():
+                    x = checkpoint(blk, x)
+                else:
+                    x = blk(x)
+                if take_indices is not None and i in take_indices:
+                    intermediates.append(x)
+        return x, intermediates
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._embed(x)
-        for i, blk in enumerate(self.blocks):
-            if i == self.local_up_to_layer and self.cls_token is not None:
-                # class token joins after the GPSA (local) blocks, as in timm/official ConViT
-                x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
-            x = self._block(blk, x)
+        x, rel_indices = self._embed(x)
+        x, _ = self._run_blocks(x, rel_indices)
         return self.norm(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # defined here (same as ConVit's) so FX autowraps this module's notrace functions
+        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
             self,
@@ -121,22 +220,21 @@ class ZooConVit(ConVit):
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """timm's ConViT intermediates (patch tokens of each block, class token dropped), with checkpointing."""
-        assert output_fmt in ('NCHW', 'NLC'), 'Output format must be one of NCHW or NLC.'
+        if output_fmt not in ('NCHW', 'NHWC', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}.")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         B, _, height, width = x.shape
-        x = self._embed(x)
-        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
+        x, rel_indices = self._embed(x)
+        x, taken = self._run_blocks(x, rel_indices, take_indices, max_index if stop_early else -1)
         intermediates = []
-        for i, blk in enumerate(blocks):
-            if i == self.local_up_to_layer and self.cls_token is not None:
-                x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)
-            x = self._block(blk, x)
-            if i in take_indices:
-                y = self.norm(x) if norm else x
-                intermediates.append(y[:, 1:] if i >= self.local_up_to_layer and self.cls_token is not None else y)
-        if output_fmt == 'NCHW':
+        for i, y in zip(sorted(take_indices), taken):
+            y = self.norm(y) if norm else y
+            intermediates.append(y[:, 1:] if i >= self.local_up_to_layer and self.cls_token is not None else y)
+        if output_fmt != 'NLC':
             H, W = self.patch_embed.dynamic_feat_size((height, width))
-            intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+            intermediates = [y.reshape(B, H, W, -1) for y in intermediates]
+            if output_fmt == 'NCHW':
+                intermediates = [y.permute(0, 3, 1, 2).contiguous() for y in intermediates]
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates

@@ -23,22 +23,22 @@ Final features: LayerNorm, then each token is weighted by its cumulative message
 the tokens (a softmax of log M times N), so average pooling becomes message-weighted pooling without the collapse
 to ~0.5^depth that a raw multiplication by M would cause.
 """
-from __future__ import annotations
-
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint
 
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
-from timm.models import generate_default_cfgs
+from timm.layers import (DropPath, LayerScale, Mlp, PatchEmbed, get_device_dtype, register_notrace_function,
+                         resample_abs_pos_embed, trunc_normal_)
+from timm.models import checkpoint, generate_default_cfgs
 from timm.models._features import feature_take_indices
+from timm.models._input import update_model_input_size
+from torch.jit import Final
 
 from vimzoo.models._helpers import build_zoo_model, load_checkpoint, match_head, unwrap_checkpoint
-from vimzoo.models._input import check_image_input
+from vimzoo.models._input import check_image_input, check_input_size
 from vimzoo.zoo import register_zoo_model
 
 __all__ = ['DependencyViT', 'ReversedAttention', 'checkpoint_filter_fn']
@@ -46,6 +46,7 @@ __all__ = ['DependencyViT', 'ReversedAttention', 'checkpoint_filter_fn']
 
 class ReversedAttention(nn.Module):
     """Multi-head reversed attention with head selector and message controller (see module docstring)."""
+    dependency_mask: Optional[torch.Tensor]
 
     def __init__(
             self,
@@ -56,19 +57,22 @@ class ReversedAttention(nn.Module):
             proj_drop: float = 0.,
             head_temperature: float = 0.1,
             controller_ratio: float = 0.5,
+            device=None,
+            dtype=None,
     ) -> None:
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         if dim % num_heads:
             raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}.')
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.head_temperature = head_temperature
-        self.head_selector = nn.Linear(dim, num_heads, bias=False)
-        self.message_controller = Mlp(dim, int(dim * controller_ratio), 1, act_layer=nn.GELU, bias=False)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.head_selector = nn.Linear(dim, num_heads, bias=False, **dd)
+        self.message_controller = Mlp(dim, int(dim * controller_ratio), 1, act_layer=nn.GELU, bias=False, **dd)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
         self.track_dependency = False
         self.dependency_mask: Optional[torch.Tensor] = None
@@ -95,7 +99,7 @@ class ReversedAttention(nn.Module):
 
         attn_r = attn.transpose(-2, -1)  # A_R up to the sender gates: (B, H, N_recv, N_send)
         out = attn_r @ (v * send.to(v.dtype))
-        received = None
+        received: Optional[torch.Tensor] = None
         if need_received or self.track_dependency:
             with torch.no_grad():
                 attn_r32, send32 = attn_r.detach().float(), send.detach()
@@ -105,6 +109,25 @@ class ReversedAttention(nn.Module):
                     self.dependency_mask = (attn_r32 * send32.transpose(-2, -1)).sum(dim=1)  # A^M, (B, N, N)
         out = out.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(out)), log_m, received
+
+
+@register_notrace_function  # reason: how many tokens remain depends on the input's token count
+def prune_leaves(
+        x: torch.Tensor,
+        log_m: torch.Tensor,
+        pos_idx: torch.Tensor,
+        received: torch.Tensor,
+        num_tokens: int,
+        keep_ratio: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep `keep_ratio` of the initial `num_tokens` tokens: those receiving the most messages (non-leaves), in
+    raster order; x (B, N, C)."""
+    keep = max(1, min(x.shape[1], int(num_tokens * keep_ratio + 1e-6)))
+    if keep >= x.shape[1]:
+        return x, log_m, pos_idx
+    idx = received.topk(keep, dim=1)[1].sort(dim=1)[0]
+    x = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return x, log_m.gather(1, idx), pos_idx.gather(1, idx)
 
 
 class DependencyBlock(nn.Module):
@@ -122,18 +145,22 @@ class DependencyBlock(nn.Module):
             drop_path: float = 0.,
             head_temperature: float = 0.1,
             keep_ratio: Optional[float] = None,
+            device=None,
+            dtype=None,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = ReversedAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop, head_temperature)
-        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        dd = {'device': device, 'dtype': dtype}
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        self.attn = ReversedAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop, head_temperature, **dd)
+        self.ls1 = LayerScale(dim, init_values, **dd) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
-        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
+        self.ls2 = LayerScale(dim, init_values, **dd) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         # fraction of the *initial* token count kept after this block (None: no pruning here)
         self.keep_ratio = keep_ratio
+        self.prune = keep_ratio is not None
 
     def forward(
             self,
@@ -142,23 +169,30 @@ class DependencyBlock(nn.Module):
             pos_idx: torch.Tensor,
             num_tokens: int,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        prune = self.keep_ratio is not None
-        y, log_m, received = self.attn(self.norm1(x), log_m, need_received=prune)
+        y, log_m, received = self.attn(self.norm1(x), log_m, need_received=self.prune)
         x = x + self.drop_path1(self.ls1(y))
-        if prune:
-            keep = max(1, min(x.shape[1], int(num_tokens * self.keep_ratio + 1e-6)))
-            if keep < x.shape[1]:
-                # keep the tokens that receive the most messages (non-leaves); sorted to preserve raster order
-                idx = received.topk(keep, dim=1).indices.sort(dim=1).values
-                x = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-                log_m = log_m.gather(1, idx)
-                pos_idx = pos_idx.gather(1, idx)
+        if received is not None and self.keep_ratio is not None:
+            x, log_m, pos_idx = prune_leaves(x, log_m, pos_idx, received, num_tokens, self.keep_ratio)
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x, log_m, pos_idx
 
 
+@register_notrace_function  # reason: builds tensors sized by the token count
+def init_message_state(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-token state for (B, N, C) tokens: cumulative log message strength (0, fp32) and raster positions."""
+    B, N = x.shape[0], x.shape[1]
+    log_m = torch.zeros(B, N, device=x.device, dtype=torch.float32)
+    pos_idx = torch.arange(N, device=x.device).unsqueeze(0).expand(B, N)
+    return log_m, pos_idx
+
+
 class DependencyViT(nn.Module):
-    """Isometric ViT (no class token, learned absolute position embedding) with reversed-attention blocks."""
+    """Isometric ViT (no class token, learned absolute position embedding) with reversed-attention blocks.
+
+    dynamic_img_size=True (default) resamples `pos_embed` on the fly to any input whose sides divide by the patch
+    size; False pins the input to `img_size` like timm's ViT (`set_input_size` changes it).
+    """
+    dynamic_img_size: Final[bool]
 
     def __init__(
             self,
@@ -181,10 +215,14 @@ class DependencyViT(nn.Module):
             proj_drop_rate: float = 0.,
             attn_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            dynamic_img_size: bool = True,
+            device=None,
+            dtype=None,
     ) -> None:
         """prune_layers: 1-based block numbers after whose attention leaves are pruned; after the k-th of them
         `1 - k * prune_ratio` of the initial tokens remain (Lite-Tiny: blocks 2, 5, 8, 11 with 0.16 -> 36%)."""
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         if global_pool not in ('avg', ''):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}.")
         self.num_classes = num_classes
@@ -192,6 +230,7 @@ class DependencyViT(nn.Module):
         self.in_chans = in_chans
         self.patch_size = patch_size
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
 
         keep: Dict[int, float] = {}
@@ -207,18 +246,18 @@ class DependencyViT(nn.Module):
         self.prune_ratio = prune_ratio
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, output_fmt='NHWC',
-                                      strict_img_size=False)
+                                      strict_img_size=not dynamic_img_size, **dd)
         num_patches = self.patch_embed.num_patches
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim, **dd))
         self.pos_drop = nn.Dropout(pos_drop_rate)
         dpr = [drop_path_rate * i / (depth - 1) if depth > 1 else 0. for i in range(depth)]
-        self.blocks = nn.Sequential(*[
+        self.blocks = nn.ModuleList([
             DependencyBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate, init_values,
-                            dpr[i], head_temperature, keep.get(i))
+                            dpr[i], head_temperature, keep.get(i), **dd)
             for i in range(depth)])
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(depth)]
 
         trunc_normal_(self.pos_embed, std=.02)
@@ -253,7 +292,25 @@ class DependencyViT(nn.Module):
             if global_pool not in ('avg', ''):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}.")
             self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        dd = get_device_dtype(self)
+        self.head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
+
+    @torch.jit.ignore
+    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None,
+                       patch_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
+        """Change the input size (and patch size, via timm's PatchEmbed): `pos_embed` is resampled once."""
+        prev_grid = self.patch_embed.grid_size
+        self.patch_embed.set_input_size(img_size=img_size, patch_size=patch_size)
+        if self.patch_embed.grid_size != prev_grid:
+            with torch.no_grad():
+                pos = resample_abs_pos_embed(self.pos_embed, list(self.patch_embed.grid_size), list(prev_grid),
+                                             num_prefix_tokens=0)
+            self.pos_embed = nn.Parameter(pos, requires_grad=self.pos_embed.requires_grad)
+        self.patch_size = self.patch_embed.patch_size[0]
+        for info in self.feature_info:
+            info['reduction'] = self.patch_size
+        update_model_input_size(self, self.patch_embed.img_size, patch_size=patch_size)
 
     @torch.jit.ignore
     def set_dependency_tracking(self, enable: bool = True) -> None:
@@ -267,45 +324,33 @@ class DependencyViT(nn.Module):
         return [blk.attn.dependency_mask for blk in self.blocks]
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        check_image_input(x, self.in_chans, self.patch_size, type(self).__name__)
+        x = check_image_input(x, self.in_chans, (self.patch_size, self.patch_size), 'DependencyViT')
+        if not self.dynamic_img_size:
+            x = check_input_size(x, self.patch_embed.img_size, 'DependencyViT')
         x = self.patch_embed(x)  # (B, gh, gw, C)
         grid = (x.shape[1], x.shape[2])
         pos = self.pos_embed
-        if grid != tuple(self.patch_embed.grid_size):
-            pos = resample_abs_pos_embed(pos, list(grid), list(self.patch_embed.grid_size), num_prefix_tokens=0)
+        if self.dynamic_img_size:
+            base = self.patch_embed.grid_size
+            pos = resample_abs_pos_embed(pos, [grid[0], grid[1]], [base[0], base[1]], num_prefix_tokens=0)
         return self.pos_drop(x.flatten(1, 2) + pos), grid
-
-    def _run_block(
-            self,
-            blk: nn.Module,
-            x: torch.Tensor,
-            log_m: torch.Tensor,
-            pos_idx: torch.Tensor,
-            num_tokens: int,
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return torch.utils.checkpoint.checkpoint(blk, x, log_m, pos_idx, num_tokens, use_reentrant=False)
-        return blk(x, log_m, pos_idx, num_tokens)
 
     def _finalize(self, x: torch.Tensor, log_m: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
         weight = torch.softmax(log_m, dim=1) * x.shape[1]  # message strength, mean 1 over the kept tokens
         return x * weight.unsqueeze(-1).to(x.dtype)
 
-    @staticmethod
-    def _init_state(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        B, N, _ = x.shape
-        log_m = torch.zeros(B, N, device=x.device, dtype=torch.float32)
-        pos_idx = torch.arange(N, device=x.device).unsqueeze(0).expand(B, N)
-        return log_m, pos_idx
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N_kept, C) message-weighted tokens; N_kept < N for Lite (pruned) models."""
         x, _ = self._embed(x)
         num_tokens = x.shape[1]
-        log_m, pos_idx = self._init_state(x)
+        log_m, pos_idx = init_message_state(x)
         for blk in self.blocks:
-            x, log_m, pos_idx = self._run_block(blk, x, log_m, pos_idx, num_tokens)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x, log_m, pos_idx = checkpoint(blk, x, log_m, pos_idx, num_tokens)
+            else:
+                x, log_m, pos_idx = blk(x, log_m, pos_idx, num_tokens)
         return self._finalize(x, log_m)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -334,25 +379,30 @@ class DependencyViT(nn.Module):
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Block outputs as stride-`patch_size` maps (NCHW) or full-grid tokens (NLC).
+        """Block outputs as stride-`patch_size` maps (NCHW / NHWC) or full-grid tokens (NLC).
 
         For Lite models the kept tokens are scattered back to their patch positions and pruned positions are zero,
         so every map has the full grid; the final output equals `forward_features` (kept tokens only).
         """
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"DependencyViT intermediates support output_fmt 'NCHW' or 'NLC', got {output_fmt!r}.")
+        if output_fmt not in ('NCHW', 'NHWC', 'NLC'):
+            raise ValueError(f"DependencyViT intermediates support output_fmt 'NCHW', 'NHWC' or 'NLC', got "
+                             f"{output_fmt!r}.")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         x, grid = self._embed(x)
         num_tokens = x.shape[1]
-        log_m, pos_idx = self._init_state(x)
+        log_m, pos_idx = init_message_state(x)
         blocks = self.blocks if not (stop_early or intermediates_only) else self.blocks[:max_index + 1]
         intermediates = []
         for i, blk in enumerate(blocks):
-            x, log_m, pos_idx = self._run_block(blk, x, log_m, pos_idx, num_tokens)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x, log_m, pos_idx = checkpoint(blk, x, log_m, pos_idx, num_tokens)
+            else:
+                x, log_m, pos_idx = blk(x, log_m, pos_idx, num_tokens)
             if i in take_indices:
                 feat = self._to_grid(self.norm(x) if norm else x, pos_idx, num_tokens)
-                if output_fmt == 'NCHW':
-                    feat = feat.reshape(feat.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
+                if output_fmt != 'NLC':
+                    feat = feat.reshape(feat.shape[0], grid[0], grid[1], -1)
+                    feat = feat.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else feat
                 intermediates.append(feat)
         if intermediates_only:
             return intermediates

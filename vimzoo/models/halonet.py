@@ -20,20 +20,22 @@ The paper released no code or weights, so H0-H7 are untrained architectures. Zoo
 above, `no_weight_decay()` and an input check with a clear message (`HaloAttn` needs every stage's feature map to be
 a multiple of the block size, i.e. the image a multiple of 32 * b), both in the `ZooByobNet` subclass.
 """
-from __future__ import annotations
-
 from functools import partial
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.layers import register_notrace_function
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models.byobnet import ByoBlockCfg, ByoModelCfg, ByobNet, SelfAttnBlock
 
 from vimzoo.models._input import check_image_input
 from vimzoo.zoo import adopt_timm_models, register_zoo_model
 
-__all__ = ['ZooByobNet', 'HaloValueBlock', 'HALONET_PAPER', 'halonet_cfg', 'model_cfgs', 'TIMM_HALONET_MODELS']
+__all__ = [
+    'ZooByobNet', 'HaloValueBlock', 'check_halo_input', 'HALONET_PAPER', 'halonet_cfg', 'model_cfgs',
+    'TIMM_HALONET_MODELS',
+]
 
 # `halonet_h1` is the paper's H1 as configured by timm. `halonet26t` / `halonet50ts` are timm's own ResNet-26/50-like
 # hybrids with halo attention in the later stages (not paper configurations) and the only HaloNets with trained
@@ -79,6 +81,19 @@ class HaloValueBlock(SelfAttnBlock):
         self.conv3_1x1 = layers.conv_norm_act(v_chs, out_chs, 1, apply_act=False, **dd)
 
 
+@register_notrace_function  # reason: checks concrete input sizes
+def check_halo_input(x: torch.Tensor, in_chans: int, multiple: int, name: str = 'ZooByobNet') -> torch.Tensor:
+    """`check_image_input` plus HaloAttn's constraint: sides are multiples of 32 x block size; returns `x`."""
+    x = check_image_input(x, in_chans, (multiple, multiple), name)
+    if not torch.jit.is_scripting() and torch.compiler.is_compiling():
+        return x
+    if x.shape[-2] % multiple or x.shape[-1] % multiple:
+        raise ValueError(
+            f'this HaloNet needs an input height and width that are multiples of {multiple} (32 x its attention '
+            f'block size), got {x.shape[-2]}x{x.shape[-1]}; resize or pad the image.')
+    return x
+
+
 class ZooByobNet(ByobNet):
     """timm's `ByobNet` plus `no_weight_decay()` and an input-size check that names the HaloNet constraint."""
 
@@ -91,19 +106,19 @@ class ZooByobNet(ByobNet):
         # same as timm's ByobNet models (no exclusions beyond timm's 1-D/bias rule, relative position tables decay)
         return set()
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if torch.jit.is_scripting() or torch.compiler.is_compiling():
-            return
-        m = self.input_multiple
-        check_image_input(x, self.in_chans, m, type(self).__name__)
-        if x.shape[-2] % m or x.shape[-1] % m:
-            raise ValueError(
-                f'this HaloNet needs an input height and width that are multiples of {m} (32 x its attention block '
-                f'size), got {x.shape[-2]}x{x.shape[-1]}; resize or pad the image.')
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        return super().forward_features(x)
+        # ByobNet.forward_features after the check, written out: TorchScript has no super() calls
+        x = self.stem(check_halo_input(x, self.in_chans, self.input_multiple))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.stages, x)
+        else:
+            x = self.stages(x)
+        return self.final_conv(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # defined here (same as ByobNet's) so FX autowraps this module's notrace functions (it looks in the globals of
+        # the root's forward)
+        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
             self,
@@ -115,7 +130,7 @@ class ZooByobNet(ByobNet):
             intermediates_only: bool = False,
             **kwargs: Any,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        self._check_input(x)
+        x = check_halo_input(x, self.in_chans, self.input_multiple)
         return super().forward_intermediates(
             x, indices=indices, norm=norm, stop_early=stop_early, output_fmt=output_fmt,
             intermediates_only=intermediates_only, **kwargs)
@@ -166,7 +181,8 @@ def _create_halonet(variant: str, pretrained: bool = False, **kwargs: Any) -> Zo
     """timm's `_create_byoanet`, but with the zoo's config table and class (timm's `model_cfgs` stays untouched).
 
     `features_only` defaults to the four stage outputs (strides 4-32) like the zoo's other hierarchical families;
-    `out_indices=(0, 1, 2, 3, 4)` adds the stride-2 stem output as in timm's own ByobNets.
+    `out_indices=(0, 1, 2, 3, 4)` adds the stride-2 stem output as in timm's own ByobNets. Features come from
+    `forward_intermediates` ('getter'), so a features-only net checks its input like the model does.
     """
     out_indices = kwargs.pop('out_indices', (1, 2, 3, 4))
     return build_model_with_cfg(
@@ -175,7 +191,7 @@ def _create_halonet(variant: str, pretrained: bool = False, **kwargs: Any) -> Zo
         pretrained,
         model_cfg=model_cfgs[variant],
         input_multiple=_INPUT_MULTIPLE[variant],
-        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
 

@@ -13,8 +13,6 @@ Differences in form, not in numbers:
   flatten -> LayerNorm -> reshape), so every stage stays NCHW and dense-task adapters get maps directly;
 * `forward_features` returns the final NCHW map (official: its token mean); `forward_head` does the mean pooling.
 """
-from __future__ import annotations
-
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -23,12 +21,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
+from timm.layers import DropPath, get_device_dtype, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from vimzoo.models._helpers import build_zoo_model, load_checkpoint, match_head, released_weights, unwrap_checkpoint
 from vimzoo.models._input import check_image_input
+from vimzoo.models._layers import check_pooled_head, create_pool2d
 from vimzoo.zoo import register_zoo_model
 
 __all__ = ['VAN', 'LKA', 'checkpoint_filter_fn']
@@ -37,11 +36,12 @@ __all__ = ['VAN', 'LKA', 'checkpoint_filter_fn']
 class LKA(nn.Module):
     """Large Kernel Attention: dw5x5 -> dw7x7 (dilation 3) -> 1x1, then an element-wise product with the input."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, device=None, dtype=None) -> None:
         super().__init__()
-        self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
-        self.conv_spatial = nn.Conv2d(dim, dim, 7, stride=1, padding=9, groups=dim, dilation=3)
-        self.conv1 = nn.Conv2d(dim, dim, 1)
+        dd = {'device': device, 'dtype': dtype}
+        self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim, **dd)
+        self.conv_spatial = nn.Conv2d(dim, dim, 7, stride=1, padding=9, groups=dim, dilation=3, **dd)
+        self.conv1 = nn.Conv2d(dim, dim, 1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.conv1(self.conv_spatial(self.conv0(x)))
@@ -50,12 +50,13 @@ class LKA(nn.Module):
 class SpatialAttention(nn.Module):
     """1x1 -> GELU -> LKA -> 1x1 with its own residual on the (normed) input, as in the official `Attention`."""
 
-    def __init__(self, dim: int, act_layer: type = nn.GELU) -> None:
+    def __init__(self, dim: int, act_layer: type = nn.GELU, device=None, dtype=None) -> None:
         super().__init__()
-        self.proj_1 = nn.Conv2d(dim, dim, 1)
+        dd = {'device': device, 'dtype': dtype}
+        self.proj_1 = nn.Conv2d(dim, dim, 1, **dd)
         self.activation = act_layer()
-        self.spatial_gating_unit = LKA(dim)
-        self.proj_2 = nn.Conv2d(dim, dim, 1)
+        self.spatial_gating_unit = LKA(dim, **dd)
+        self.proj_2 = nn.Conv2d(dim, dim, 1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj_2(self.spatial_gating_unit(self.activation(self.proj_1(x)))) + x
@@ -64,9 +65,10 @@ class SpatialAttention(nn.Module):
 class DWConv(nn.Module):
     """3x3 depth-wise conv; a wrapper only so the key is `mlp.dwconv.dwconv` like the official checkpoints."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, device=None, dtype=None) -> None:
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
+        dd = {'device': device, 'dtype': dtype}
+        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dwconv(x)
@@ -75,13 +77,15 @@ class DWConv(nn.Module):
 class ConvMlp(nn.Module):
     """1x1 conv -> dw3x3 -> GELU -> 1x1 conv (the dw conv gives the MLP positional information)."""
 
-    def __init__(self, dim: int, hidden_dim: int, act_layer: type = nn.GELU, drop: float = 0.) -> None:
+    def __init__(self, dim: int, hidden_dim: int, act_layer: type = nn.GELU, drop: float = 0.,
+                 device=None, dtype=None) -> None:
         super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
-        self.dwconv = DWConv(hidden_dim)
+        dd = {'device': device, 'dtype': dtype}
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1, **dd)
+        self.dwconv = DWConv(hidden_dim, **dd)
         self.act = act_layer()
         self.drop = nn.Dropout(drop)
-        self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
+        self.fc2 = nn.Conv2d(hidden_dim, dim, 1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop(self.act(self.dwconv(self.fc1(x))))
@@ -99,15 +103,18 @@ class VanBlock(nn.Module):
             drop_path: float = 0.,
             ls_init_value: float = 1e-2,
             act_layer: type = nn.GELU,
+            device=None,
+            dtype=None,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.BatchNorm2d(dim)
-        self.attn = SpatialAttention(dim, act_layer=act_layer)
+        dd = {'device': device, 'dtype': dtype}
+        self.norm1 = nn.BatchNorm2d(dim, **dd)
+        self.attn = SpatialAttention(dim, act_layer=act_layer, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = nn.BatchNorm2d(dim)
-        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
-        self.layer_scale_1 = nn.Parameter(ls_init_value * torch.ones(dim))
-        self.layer_scale_2 = nn.Parameter(ls_init_value * torch.ones(dim))
+        self.norm2 = nn.BatchNorm2d(dim, **dd)
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        self.layer_scale_1 = nn.Parameter(ls_init_value * torch.ones(dim, **dd))
+        self.layer_scale_2 = nn.Parameter(ls_init_value * torch.ones(dim, **dd))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.drop_path, nn.Identity):  # residual + scale in one pass over memory
@@ -121,13 +128,30 @@ class VanBlock(nn.Module):
 class OverlapPatchEmbed(nn.Module):
     """Strided conv (7x7/s4 for the stem, 3x3/s2 between stages) + BatchNorm; padding k//2 so any size works."""
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 7, stride: int = 4) -> None:
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 7, stride: int = 4,
+                 device=None, dtype=None) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=stride, padding=patch_size // 2)
-        self.norm = nn.BatchNorm2d(embed_dim)
+        dd = {'device': device, 'dtype': dtype}
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=stride, padding=patch_size // 2, **dd)
+        self.norm = nn.BatchNorm2d(embed_dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(x))
+
+
+class VanStageBlocks(nn.Sequential):
+    """A stage's blocks (`block{i}`), with gradient checkpointing inside, so the stage loop stays TorchScript-able."""
+
+    def __init__(self, *blocks: nn.Module) -> None:
+        super().__init__(*blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self, x)
+        for block in self:
+            x = block(x)
+        return x
 
 
 class StageNorm(nn.LayerNorm):
@@ -163,10 +187,13 @@ class VAN(nn.Module):
             proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             act_layer: type = nn.GELU,
+            device=None,
+            dtype=None,
     ) -> None:
         super().__init__()
-        if not (len(embed_dims) == len(depths) == len(mlp_ratios)):
-            raise ValueError(f'embed_dims, depths and mlp_ratios need one entry per stage, got '
+        dd = {'device': device, 'dtype': dtype}
+        if not (len(embed_dims) == len(depths) == len(mlp_ratios) == 4):
+            raise ValueError(f'VAN has 4 stages: embed_dims, depths and mlp_ratios need 4 entries each, got '
                              f'{len(embed_dims)}, {len(depths)}, {len(mlp_ratios)}.')
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -183,18 +210,18 @@ class VAN(nn.Module):
         for i in range(self.num_stages):
             patch, stride = (7, 4) if i == 0 else (3, 2)
             reduction *= stride
-            setattr(self, f'patch_embed{i + 1}', OverlapPatchEmbed(prev_dim, embed_dims[i], patch, stride))
-            setattr(self, f'block{i + 1}', nn.Sequential(*[
-                VanBlock(embed_dims[i], mlp_ratios[i], proj_drop_rate, dpr[cur + j], ls_init_value, act_layer)
+            setattr(self, f'patch_embed{i + 1}', OverlapPatchEmbed(prev_dim, embed_dims[i], patch, stride, **dd))
+            setattr(self, f'block{i + 1}', VanStageBlocks(*[
+                VanBlock(embed_dims[i], mlp_ratios[i], proj_drop_rate, dpr[cur + j], ls_init_value, act_layer, **dd)
                 for j in range(depths[i])]))
-            setattr(self, f'norm{i + 1}', StageNorm(embed_dims[i], eps=norm_eps))
+            setattr(self, f'norm{i + 1}', StageNorm(embed_dims[i], eps=norm_eps, **dd))
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=f'norm{i + 1}'))
             prev_dim, cur = embed_dims[i], cur + depths[i]
 
         self.num_features = self.head_hidden_size = embed_dims[-1]
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = create_pool2d(global_pool)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod
@@ -213,6 +240,7 @@ class VAN(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    @torch.jit.ignore
     def _stage(self, i: int) -> Tuple[nn.Module, nn.Module, nn.Module]:
         return getattr(self, f'patch_embed{i + 1}'), getattr(self, f'block{i + 1}'), getattr(self, f'norm{i + 1}')
 
@@ -234,25 +262,28 @@ class VAN(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+        for module in self.modules():
+            if isinstance(module, VanStageBlocks):
+                module.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New classifier; global_pool='' (with num_classes=0) returns the unpooled NCHW map, as timm's CNNs do."""
         self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        pool_type = self.global_pool.pool_type if global_pool is None else global_pool
+        self.global_pool = create_pool2d(pool_type)
+        dd = get_device_dtype(self)
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.global_pool.train(self.training)
+        self.head.train(self.training)
 
+    @torch.jit.ignore
     def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
         patch_embed, blocks, norm = self._stage(i)
-        x = patch_embed(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(blocks, x)
-        else:
-            x = blocks(x)
-        return norm(x)
+        return norm(blocks(patch_embed(x)))
 
     def forward_intermediates(
             self,
@@ -269,7 +300,7 @@ class VAN(nn.Module):
         """
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"VAN intermediates support output_fmt 'NCHW' or 'NHWC', got {output_fmt!r}.")
-        check_image_input(x, self.in_chans, 32, type(self).__name__)
+        x = check_image_input(x, self.in_chans, (32, 32), 'VAN')
         take_indices, max_index = feature_take_indices(self.num_stages, indices)
         intermediates = []
         last = max_index if (stop_early or intermediates_only) else self.num_stages - 1
@@ -297,12 +328,15 @@ class VAN(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans, 32, type(self).__name__)
-        for i in range(self.num_stages):
-            x = self._run_stage(i, x)
-        return x
+        x = check_image_input(x, self.in_chans, (32, 32), 'VAN')
+        # the four stages by their official names (TorchScript cannot index modules by a computed name)
+        x = self.norm1(self.block1(self.patch_embed1(x)))
+        x = self.norm2(self.block2(self.patch_embed2(x)))
+        x = self.norm3(self.block3(self.patch_embed3(x)))
+        return self.norm4(self.block4(self.patch_embed4(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        check_pooled_head(self.global_pool.pool_type, not isinstance(self.head, nn.Identity))
         x = self.global_pool(x)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)

@@ -17,20 +17,22 @@ What the official model does, and what this file reproduces without CUDA-only de
 
 State-dict keys and shapes equal the official ones (`layers.{i}.mixer.*`, `layers.{i}.norm.weight`, `norm_f.weight`,
 `patch_embed.proj`, `cls_token`, `pos_embed`, `head`), so `checkpoint['model']` loads with `strict=True`.
-The shared pieces (`PatchEmbed`, `RmsNormF32`, `MambaMixer`, `MambaBlock`, `VisionMamba`) are reused by LBVim.
+LBVim (`lbvim.py`) is a configuration of `VisionMamba` (no class token, single-direction locally bi-directional
+mixers, alternating scan direction, 'avg' or 'map' pooling); its official checkpoints load through the same filter.
 """
-from __future__ import annotations
-
 import math
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.jit import Final
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, lecun_normal_, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import (DropPath, get_device_dtype, lecun_normal_, register_notrace_function, resample_abs_pos_embed,
+                         resample_patch_embed, to_2tuple, trunc_normal_, trunc_normal_tf_)
 from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
+from timm.models._input import update_model_input_size
 from timm.models._manipulate import checkpoint
 
 from vimzoo.ops import add_rms_norm, lb_window, mamba_inner
@@ -38,10 +40,11 @@ from vimzoo.ops._validate import check_window
 from vimzoo.zoo import register_zoo_model
 
 from ._helpers import build_zoo_model, load_checkpoint, match_head, released_weights, unwrap_checkpoint
-from ._input import check_image_input
+from ._input import check_image_input, check_input_size
 
 __all__ = [
-    'PatchEmbed', 'RmsNormF32', 'MambaMixer', 'MambaBlock', 'VisionMamba', 'checkpoint_filter_fn',
+    'PatchEmbed', 'RmsNormF32', 'MambaMixer', 'MambaBlock', 'LatentAttentionPool', 'VisionMamba',
+    'checkpoint_filter_fn', 'fused_add_rms_norm', 'mixer_scan', 'auto_scan_window',
     'split_mid_cls_pos_embed', 'join_mid_cls_pos_embed', 'resample_mid_cls_pos_embed',
 ]
 
@@ -52,23 +55,68 @@ class PatchEmbed(nn.Module):
     Unlike the official module it accepts any input of at least one patch; the grid follows the input.
     """
 
-    def __init__(self, patch_size: int = 16, stride: int = 16, in_chans: int = 3, embed_dim: int = 192,
-                 img_size: Union[int, Tuple[int, int]] = 224):
+    def __init__(
+            self,
+            patch_size: int = 16,
+            stride: int = 16,
+            in_chans: int = 3,
+            embed_dim: int = 192,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            device=None,
+            dtype=None,
+    ):
         super().__init__()
         self.patch_size = to_2tuple(patch_size)
         self.stride = to_2tuple(stride)
         self.img_size = to_2tuple(img_size)
         self.grid_size = self.grid_for(self.img_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.stride)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.stride,
+                              device=device, dtype=dtype)
 
     def grid_for(self, hw: Tuple[int, int]) -> Tuple[int, int]:
         return ((hw[0] - self.patch_size[0]) // self.stride[0] + 1, (hw[1] - self.patch_size[1]) // self.stride[1] + 1)
+
+    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None,
+                       patch_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
+        """New image size and/or patch size; a new patch size resamples the conv (timm's `resample_patch_embed`)."""
+        if patch_size is not None and to_2tuple(patch_size) != self.patch_size:
+            if self.stride != self.patch_size:
+                raise ValueError(f'set_input_size(patch_size=...) needs stride == patch size; this embedding has '
+                                 f'patch {self.patch_size} with stride {self.stride}.')
+            new_patch = to_2tuple(patch_size)
+            old = self.proj
+            with torch.no_grad():
+                new = nn.Conv2d(old.in_channels, old.out_channels, kernel_size=new_patch, stride=new_patch,
+                                bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+                new.weight.copy_(resample_patch_embed(old.weight, list(new_patch)))
+                new.weight.requires_grad_(old.weight.requires_grad)
+                if old.bias is not None:
+                    new.bias.copy_(old.bias)
+                    new.bias.requires_grad_(old.bias.requires_grad)
+            new.train(old.training)
+            self.proj = new
+            self.patch_size = self.stride = new_patch
+        if img_size is not None:
+            self.img_size = to_2tuple(img_size)
+        self.grid_size = self.grid_for(self.img_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         x = self.proj(x)
         grid = (x.shape[-2], x.shape[-1])
         return x.flatten(2).transpose(1, 2), grid
+
+
+@register_notrace_function  # reason: vimzoo.ops.add_rms_norm picks its fused CPU kernel from runtime dtype/grad state
+def fused_add_rms_norm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
+                  eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    if not torch.jit.is_scripting():
+        return add_rms_norm(x, residual, weight, eps)
+    # TorchScript: the same math as the op's torch path (the fused kernel's dispatch is Python-side)
+    summed = x.float() if residual is None else residual.float() + x.float()
+    normed = F.rms_norm(summed, [summed.shape[-1]], weight.float(), eps)
+    return normed.to(x.dtype), summed
 
 
 class RmsNormF32(nn.Module):
@@ -78,17 +126,42 @@ class RmsNormF32(nn.Module):
     keep the residual stream in fp32 (`residual_in_fp32=True`), which is what keeps bf16 autocast stable.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5):
+    def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        return add_rms_norm(x, residual, self.weight, self.eps)  # x * rsqrt(mean x² + eps) * w, fp32
+        return fused_add_rms_norm(x, residual, self.weight, self.eps)  # x * rsqrt(mean x² + eps) * w, fp32
+
+
+@register_notrace_function  # reason: LBMamba's window W(L) is a Python choice on the sequence length
+def auto_scan_window(x: torch.Tensor) -> int:
+    return lb_window(x.shape[1])
+
+
+@register_notrace_function  # reason: vimzoo.ops.mamba_inner validates its inputs in Python
+def mixer_scan(
+        xz: torch.Tensor,
+        w: List[torch.Tensor],
+        w_b: Optional[List[torch.Tensor]],
+        reverse: bool,
+        window: int,
+        scale: float,
+        backend: Optional[str],
+) -> torch.Tensor:
+    """`vimzoo.ops.mamba_inner` (window 1 = plain scan); under TorchScript the op it wraps, called directly (its
+    Python validation does not script; the op still picks the backend when it runs, 'default' = use_backend's)."""
+    if not torch.jit.is_scripting():
+        return mamba_inner(xz, w, w_b, reverse=reverse, local_window=None if window == 1 else window, scale=scale,
+                           backend=backend)
+    return torch.ops.vimzoo.mamba_inner_fwd(xz, w, [] if w_b is None else w_b, reverse, window, scale,
+                                            'default' if backend is None else backend, True)
 
 
 def _check_mixer_args(dim, d_state, d_conv, expand, dt_rank, local_window) -> None:
-    """Impossible mixer sizes fail here, with the argument's name, not later inside a kernel."""
+    """Impossible mixer sizes fail here, with the argument's name, not later inside a kernel (local_window: None,
+    'auto' or an int >= 1)."""
     for name, value in (('dim', dim), ('d_state', d_state), ('d_conv', d_conv)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f'MambaMixer: {name} must be an int >= 1, got {value!r}.')
@@ -96,16 +169,19 @@ def _check_mixer_args(dim, d_state, d_conv, expand, dt_rank, local_window) -> No
         raise ValueError(f'MambaMixer: expand must be a number with int(expand * dim) >= 1, got {expand!r}.')
     if dt_rank != 'auto' and (isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1):
         raise ValueError(f"MambaMixer: dt_rank must be 'auto' or an int >= 1, got {dt_rank!r}.")
-    check_window('MambaMixer', local_window)
+    if local_window != 'auto':
+        check_window('MambaMixer', local_window)
 
 
 class MambaMixer(nn.Module):
     """Mamba selective-SSM mixer with the official parameter names.
 
     bidirectional=True is Vim's "v2" mixer (second set of `_b` parameters scanning right-to-left, outputs averaged);
-    bidirectional=False is the plain Mamba mixer used by LBVim, where `local_window` turns the scan into LBMamba's
-    locally bi-directional scan (`lb_window(L)` = the window the official CUDA kernel uses for length L when None).
+    bidirectional=False is the plain Mamba mixer used by LBVim. `local_window` turns the scan into LBMamba's locally
+    bi-directional scan: an int W, or 'auto' for `lb_window(L)`, the window the official CUDA kernel uses for L tokens.
     """
+    bidirectional: Final[bool]
+    auto_window: Final[bool]
 
     def __init__(
             self,
@@ -119,11 +195,13 @@ class MambaMixer(nn.Module):
             dt_init_floor: float = 1e-4,
             bidirectional: bool = True,
             divide_out: bool = True,
-            local_bidir: bool = False,
-            local_window: Optional[int] = None,
+            local_window: Optional[Union[int, str]] = None,
             scan_backend: Optional[str] = None,
+            device=None,
+            dtype=None,
     ):
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         _check_mixer_args(dim, d_state, d_conv, expand, dt_rank, local_window)
         self.dim = dim
         self.d_state = d_state
@@ -131,27 +209,32 @@ class MambaMixer(nn.Module):
         self.dt_rank = math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank)
         self.bidirectional = bidirectional
         self.divide_out = divide_out
-        self.local_bidir = local_bidir
-        self.local_window = local_window
+        self.auto_window = local_window == 'auto'
+        self.window = 1 if local_window is None or self.auto_window else int(local_window)  # 1 = plain scan
         self.scan_backend = scan_backend
         self._dt_range = (dt_min, dt_max, dt_init_floor)
         d_inner, proj_out = self.d_inner, self.dt_rank + 2 * d_state
 
         # Registration order follows the official module so state_dict() order matches too.
-        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
-        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=True)
-        self.x_proj = nn.Linear(d_inner, proj_out, bias=False)
-        self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
-        self.A_log = nn.Parameter(torch.empty(d_inner, d_state))
-        self.D = nn.Parameter(torch.empty(d_inner))
+        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False, **dd)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=True, **dd)
+        self.x_proj = nn.Linear(d_inner, proj_out, bias=False, **dd)
+        self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True, **dd)
+        self.A_log = nn.Parameter(torch.empty(d_inner, d_state, **dd))
+        self.D = nn.Parameter(torch.empty(d_inner, **dd))
         if bidirectional:
-            self.A_b_log = nn.Parameter(torch.empty(d_inner, d_state))
-            self.conv1d_b = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=True)
-            self.x_proj_b = nn.Linear(d_inner, proj_out, bias=False)
-            self.dt_proj_b = nn.Linear(self.dt_rank, d_inner, bias=True)
-            self.D_b = nn.Parameter(torch.empty(d_inner))
-        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+            self.A_b_log = nn.Parameter(torch.empty(d_inner, d_state, **dd))
+            self.conv1d_b = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=True, **dd)
+            self.x_proj_b = nn.Linear(d_inner, proj_out, bias=False, **dd)
+            self.dt_proj_b = nn.Linear(self.dt_rank, d_inner, bias=True, **dd)
+            self.D_b = nn.Parameter(torch.empty(d_inner, **dd))
+        self.out_proj = nn.Linear(d_inner, dim, bias=False, **dd)
         self.init_weights()
+
+    @property
+    def local_window(self) -> Optional[Union[int, str]]:
+        """The constructor's `local_window` (None: plain scan)."""
+        return 'auto' if self.auto_window else (None if self.window == 1 else self.window)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -171,11 +254,19 @@ class MambaMixer(nn.Module):
                        + math.log(dt_min)).clamp(min=floor)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def _direction(self, suffix: str) -> Tuple[Optional[torch.Tensor], ...]:
-        """One scan direction's parameters, in `vimzoo.ops.mamba_inner` order (it casts them as the kernels need)."""
-        conv, dt_proj = getattr(self, f'conv1d{suffix}'), getattr(self, f'dt_proj{suffix}')
-        return (conv.weight, conv.bias, getattr(self, f'x_proj{suffix}').weight, dt_proj.weight, dt_proj.bias,
-                getattr(self, f'A{suffix}_log'), getattr(self, f'D{suffix}'))
+    def _weights(self) -> List[torch.Tensor]:
+        """Forward-direction parameters in `vimzoo.ops.mamba_inner` order (it casts them as the kernels need)."""
+        conv_bias, dt_bias = self.conv1d.bias, self.dt_proj.bias
+        assert conv_bias is not None and dt_bias is not None  # both built with bias=True (TorchScript refinement)
+        return [self.conv1d.weight, conv_bias, self.x_proj.weight, self.dt_proj.weight, dt_bias, self.A_log, self.D]
+
+    def _weights_b(self) -> Optional[List[torch.Tensor]]:
+        if self.bidirectional:
+            conv_bias, dt_bias = self.conv1d_b.bias, self.dt_proj_b.bias
+            assert conv_bias is not None and dt_bias is not None
+            return [self.conv1d_b.weight, conv_bias, self.x_proj_b.weight, self.dt_proj_b.weight, dt_bias,
+                    self.A_b_log, self.D_b]
+        return None
 
     def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         """x: (B, L, dim). reverse=True runs the whole mixer right-to-left (equals flip -> mixer -> flip).
@@ -186,13 +277,10 @@ class MambaMixer(nn.Module):
         if self.bidirectional and reverse:
             raise NotImplementedError('the bidirectional (v2) mixer already scans both ways; reverse is unused')
         xz = F.linear(x, self.in_proj.weight)  # (b, l, 2 * d_inner)
-        window = None
-        if self.local_bidir:
-            window = self.local_window or lb_window(x.shape[1])
+        window = auto_scan_window(x) if self.auto_window else self.window
         # official: out_proj((y_f + y_b) / 2); the power-of-two scale is applied to y inside mamba_inner (exact)
         scale = 0.5 if self.bidirectional and self.divide_out else 1.0
-        y = mamba_inner(xz, self._direction(''), self._direction('_b') if self.bidirectional else None,
-                        reverse=reverse, local_window=window, scale=scale, backend=self.scan_backend)
+        y = mixer_scan(xz, self._weights(), self._weights_b(), reverse, window, scale, self.scan_backend)
         return self.out_proj(y)
 
 
@@ -202,10 +290,11 @@ class MambaBlock(nn.Module):
     `drop_path` acts on the *incoming* hidden state, as in the official code: block i drops block i-1's output.
     """
 
-    def __init__(self, dim: int, mixer: MambaMixer, drop_path: float = 0., norm_eps: float = 1e-5):
+    def __init__(self, dim: int, mixer: MambaMixer, drop_path: float = 0., norm_eps: float = 1e-5,
+                 device=None, dtype=None):
         super().__init__()
         self.mixer = mixer
-        self.norm = RmsNormF32(dim, eps=norm_eps)
+        self.norm = RmsNormF32(dim, eps=norm_eps, device=device, dtype=dtype)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, hidden: torch.Tensor, residual: Optional[torch.Tensor] = None,
@@ -214,6 +303,33 @@ class MambaBlock(nn.Module):
             hidden = self.drop_path(hidden)
         normed, residual = self.norm(hidden, residual)
         return self.mixer(normed, reverse=reverse), residual
+
+
+class LatentAttentionPool(nn.Module):
+    """Attention pooling with one learned latent query, no query/output projection and no MLP, then LayerNorm.
+
+    LBVim-528's head: the official `AttentionPoolLatentCus(map_q=False, use_proj=False, use_mlp=False,
+    post_norm=True)`; parameter names `latent`, `kv`, `post_norm` match it. timm's `AttentionPoolLatent` always has
+    q / proj / mlp weights.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 6, device=None, dtype=None):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}.')
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.latent = nn.Parameter(torch.zeros(1, 1, dim, device=device, dtype=dtype))
+        self.kv = nn.Linear(dim, 2 * dim, bias=True, device=device, dtype=dtype)
+        self.post_norm = nn.LayerNorm(dim, device=device, dtype=dtype)
+        trunc_normal_tf_(self.latent, std=dim ** -0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q = self.latent.expand(B, -1, -1).reshape(B, 1, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q.to(k.dtype), k, v)  # (B, heads, 1, head_dim)
+        return self.post_norm(x.transpose(1, 2).reshape(B, C))
 
 
 def split_mid_cls_pos_embed(pos_embed: torch.Tensor, num_prefix: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -232,7 +348,8 @@ def join_mid_cls_pos_embed(cls_pos: torch.Tensor, grid_pos: torch.Tensor) -> tor
     return torch.cat([grid_pos[:, :mid], cls_pos, grid_pos[:, mid:]], dim=1)
 
 
-def resample_mid_cls_pos_embed(pos_embed: torch.Tensor, new_size: Tuple[int, int], old_size: Tuple[int, int],
+@register_notrace_function  # reason: compares grid sizes taken from the input
+def resample_mid_cls_pos_embed(pos_embed: torch.Tensor, new_size: List[int], old_size: List[int],
                                num_prefix: int = 1, interpolation: str = 'bicubic',
                                antialias: bool = True) -> torch.Tensor:
     """Resample a Vim position embedding whose class slot sits in the MIDDLE of the patch tokens.
@@ -240,26 +357,34 @@ def resample_mid_cls_pos_embed(pos_embed: torch.Tensor, new_size: Tuple[int, int
     timm's `resample_abs_pos_embed` assumes prefix tokens at index 0; the class entry is cut out at M // 2, the grid
     resampled, and the entry reinserted at the new middle M' // 2 (where the model inserts the class token).
     """
-    if tuple(new_size) == tuple(old_size):
+    if new_size[0] == old_size[0] and new_size[1] == old_size[1]:
         return pos_embed
     cls_pos, grid_pos = split_mid_cls_pos_embed(pos_embed, num_prefix)
-    grid_pos = resample_abs_pos_embed(grid_pos, list(new_size), list(old_size), num_prefix_tokens=0,
-                                      interpolation=interpolation, antialias=antialias)
+    grid_pos = resample_abs_pos_embed(grid_pos, [new_size[0], new_size[1]], [old_size[0], old_size[1]],
+                                      num_prefix_tokens=0, interpolation=interpolation, antialias=antialias)
     return join_mid_cls_pos_embed(cls_pos, grid_pos)
 
 
 class VisionMamba(nn.Module):
-    """Vision Mamba backbone + classifier, timm style; also the base of LBVim (`lbvim.py`).
+    """Vision Mamba backbone + classifier, timm style; Vim and LBVim are configurations of this one class.
 
     Args beyond the usual timm ones:
         stride: patch-embedding stride (16, or 8 for the "+" models).
+        global_pool: 'token' (the middle class token, Vim), 'avg' (mean of the patch tokens, LBVim), 'map' (latent
+            attention pool `attn_pool`, LBVim-528) or '' (all tokens).
         class_token: insert a learned class token in the middle of the patch sequence (Vim) or not (LBVim).
         bidirectional: Vim-v2 mixer with `_b` parameters (Vim) or a single-direction mixer (LBVim).
-        local_bidir / local_window: LBMamba's locally bi-directional scan and its window (None = kernel's W(L)).
+        local_window: LBMamba's locally bi-directional scan: None (off, Vim), 'auto' (the official kernel's W(L),
+            LBVim) or a fixed window W.
         alternate_direction: scan right-to-left in every odd layer (LBVim's per-layer sequence flip, done without
             flipping tensors: the mixer runs mirrored, so hidden states always stay in the original token order).
+        attn_pool_heads: heads of the 'map' pool.
+        dynamic_img_size: resample `pos_embed` on the fly to the input's patch grid (default, any size of at least
+            one patch); False pins the input to `img_size` like timm's ViT (`set_input_size` changes it).
         scan_backend: vimzoo.ops backend for conv + scan ('reference', 'cpu', 'cuda'; None = automatic).
     """
+    dynamic_img_size: Final[bool]
+    alternate_direction: Final[bool]
 
     def __init__(
             self,
@@ -279,15 +404,20 @@ class VisionMamba(nn.Module):
             class_token: bool = True,
             bidirectional: bool = True,
             divide_out: bool = True,
-            local_bidir: bool = False,
-            local_window: Optional[int] = None,
+            local_window: Optional[Union[int, str]] = None,
             alternate_direction: bool = False,
+            attn_pool_heads: int = 6,
+            dynamic_img_size: bool = True,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.1,
             scan_backend: Optional[str] = None,
+            device=None,
+            dtype=None,
     ):
         super().__init__()
-        assert global_pool in ('token', 'avg', '')
+        dd = {'device': device, 'dtype': dtype}
+        if global_pool not in ('token', 'avg', 'map', ''):
+            raise ValueError(f"global_pool must be 'token', 'avg', 'map' or '', got {global_pool!r}.")
         if global_pool == 'token' and not class_token:
             global_pool = 'avg'
         self.num_classes = num_classes
@@ -296,13 +426,17 @@ class VisionMamba(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1 if class_token else 0
         self.alternate_direction = alternate_direction
+        self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
 
-        self.patch_embed = PatchEmbed(patch_size, stride, in_chans, embed_dim, img_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
+        self.patch_embed = PatchEmbed(patch_size, stride, in_chans, embed_dim, img_size, **dd)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd)) if class_token else None
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim, **dd))
         self.pos_drop = nn.Dropout(drop_rate)
-        self.head = self._make_head(num_classes)  # created before the layers: official state_dict order
+        # head (and pool) created before the layers: official state_dict order
+        self.attn_pool = LatentAttentionPool(embed_dim, attn_pool_heads, **dd) if global_pool == 'map' else None
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
         # Official stochastic depth: block i drops with linspace(0, rate, depth)[i - 1] (block 0: none), and a
         # separate DropPath(rate) acts on the last block's output before `norm_f`.
@@ -311,34 +445,31 @@ class VisionMamba(nn.Module):
             MambaBlock(
                 embed_dim,
                 MambaMixer(embed_dim, d_state, d_conv, expand, dt_rank, bidirectional=bidirectional,
-                           divide_out=divide_out, local_bidir=local_bidir, local_window=local_window,
-                           scan_backend=scan_backend),
-                drop_path=dpr[i], norm_eps=norm_eps)
+                           divide_out=divide_out, local_window=local_window, scan_backend=scan_backend, **dd),
+                drop_path=dpr[i], norm_eps=norm_eps, **dd)
             for i in range(depth)])
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. else nn.Identity()
-        self.norm_f = RmsNormF32(embed_dim, eps=norm_eps)
+        self.norm_f = RmsNormF32(embed_dim, eps=norm_eps, **dd)
 
-        reduction = stride
-        self.feature_info = [dict(num_chs=embed_dim, reduction=reduction, module=f'layers.{i}') for i in range(depth)]
+        self.feature_info = [dict(num_chs=embed_dim, reduction=self.patch_embed.stride[0], module=f'layers.{i}')
+                             for i in range(depth)]
         self.init_weights()
-
-    def _make_head(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     @torch.no_grad()
     def init_weights(self) -> None:
         """The official init, so training from scratch behaves as upstream (see the research notes on quirks).
 
-        patch_embed: lecun-normal; head: trunc-normal(.02); pos_embed / cls_token: trunc-normal(.02); every Linear
-        bias zeroed except the dt_proj bias (so `dt_proj_b.bias` is 0, as upstream); out_proj: kaiming-uniform(a=√5)
-        divided by √depth.
+        patch_embed: lecun-normal; head (and the pool's kv): trunc-normal(.02); pos_embed / cls_token:
+        trunc-normal(.02); every Linear bias zeroed except the dt_proj bias (so `dt_proj_b.bias` is 0, as upstream);
+        out_proj: kaiming-uniform(a=√5) divided by √depth.
         """
         lecun_normal_(self.patch_embed.proj.weight)
         nn.init.zeros_(self.patch_embed.proj.bias)
         trunc_normal_(self.pos_embed, std=.02)
         if self.cls_token is not None:
             trunc_normal_(self.cls_token, std=.02)
-        for module in self.head.modules():
+        heads = [self.attn_pool, self.head] if self.attn_pool is not None else [self.head]
+        for module in (m for head in heads for m in head.modules()):
             if isinstance(module, nn.Linear):
                 trunc_normal_(module.weight, std=.02)
                 nn.init.zeros_(module.bias)
@@ -355,6 +486,8 @@ class VisionMamba(nn.Module):
         names = {'pos_embed', '*.A_log', '*.A_b_log', '*.D', '*.D_b'}
         if self.cls_token is not None:
             names.add('cls_token')
+        if self.attn_pool is not None:
+            names.add('attn_pool.latent')
         return names
 
     @torch.jit.ignore
@@ -373,36 +506,56 @@ class VisionMamba(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New classifier; the 'map' pool is kept for 'map', removed for any other pooling, never added."""
         self.num_classes = num_classes
         if global_pool is not None:
-            assert global_pool in ('token', 'avg', '')
+            if global_pool not in ('token', 'avg', 'map', ''):
+                raise ValueError(f"global_pool must be 'token', 'avg', 'map' or '', got {global_pool!r}.")
             if global_pool == 'token' and self.cls_token is None:
                 raise ValueError('global_pool="token" needs a class token; this model has none (use "avg").')
+            if global_pool == 'map' and self.attn_pool is None:
+                raise ValueError('the attention pool is part of the architecture; create the model with '
+                                 'global_pool="map" instead of switching to it.')
+            if global_pool != 'map':
+                self.attn_pool = None
             self.global_pool = global_pool
-        self.head = self._make_head(num_classes)
+        dd = get_device_dtype(self)
+        self.head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        check_image_input(x, self.in_chans, self.patch_embed.patch_size, type(self).__name__)
+    @torch.jit.ignore
+    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None,
+                       patch_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
+        """Change the model's input size (and patch size): `pos_embed` is resampled once, class slot kept mid."""
+        prev_grid = self.patch_embed.grid_size
+        self.patch_embed.set_input_size(img_size=img_size, patch_size=patch_size)
+        new_grid = self.patch_embed.grid_size
+        if new_grid != prev_grid:
+            with torch.no_grad():
+                pos = resample_mid_cls_pos_embed(self.pos_embed, list(new_grid), list(prev_grid),
+                                                 self.num_prefix_tokens)
+            self.pos_embed = nn.Parameter(pos, requires_grad=self.pos_embed.requires_grad)
+        for info in self.feature_info:
+            info['reduction'] = self.patch_embed.stride[0]
+        update_model_input_size(self, self.patch_embed.img_size, patch_size=patch_size)
 
-    def _pos_embed_for(self, grid: Tuple[int, int]) -> torch.Tensor:
-        """The position embedding for a token grid; resampled on the fly when the input size differs."""
-        return resample_mid_cls_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size, self.num_prefix_tokens)
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_image_input(x, self.in_chans, self.patch_embed.patch_size, 'VisionMamba')
+        if not self.dynamic_img_size:
+            x = check_input_size(x, self.patch_embed.img_size, 'VisionMamba')
+        return x
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         x, grid = self.patch_embed(x)
         if self.cls_token is not None:
             mid = x.shape[1] // 2
             x = torch.cat([x[:, :mid], self.cls_token.expand(x.shape[0], -1, -1), x[:, mid:]], dim=1)
-        x = x + self._pos_embed_for(grid)
-        return self.pos_drop(x), grid
-
-    def _run_layer(self, idx: int, hidden: torch.Tensor,
-                   residual: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        reverse = self.alternate_direction and idx % 2 == 1
-        layer = self.layers[idx]
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(layer, hidden, residual, reverse)
-        return layer(hidden, residual, reverse)
+        pos_embed = self.pos_embed
+        if self.dynamic_img_size:
+            base = self.patch_embed.grid_size
+            pos_embed = resample_mid_cls_pos_embed(pos_embed, [grid[0], grid[1]], [base[0], base[1]],
+                                                   self.num_prefix_tokens)
+        return self.pos_drop(x + pos_embed), grid
 
     def _final_norm(self, hidden: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
         if residual is not None:
@@ -413,21 +566,23 @@ class VisionMamba(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> normalised tokens (B, N, C); with a class token it sits at index (N - 1) // 2."""
-        self._check_input(x)
-        hidden, _ = self._embed(x)
-        residual = None
-        for idx in range(len(self.layers)):
-            hidden, residual = self._run_layer(idx, hidden, residual)
+        hidden, _ = self._embed(self._check_input(x))
+        residual: Optional[torch.Tensor] = None
+        for idx, layer in enumerate(self.layers):
+            reverse = self.alternate_direction and idx % 2 == 1
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                hidden, residual = checkpoint(layer, hidden, residual, reverse)
+            else:
+                hidden, residual = layer(hidden, residual, reverse)
         return self._final_norm(hidden, residual)
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attn_pool is not None:
+            return self.attn_pool(x)
         if self.global_pool == 'token':
             return x[:, (x.shape[1] - 1) // 2]
         if self.global_pool == 'avg':
-            if self.num_prefix_tokens:
-                mid = (x.shape[1] - 1) // 2
-                x = torch.cat([x[:, :mid], x[:, mid + 1:]], dim=1)
-            return x.mean(dim=1)
+            return self._patch_tokens(x).mean(dim=1)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -437,10 +592,17 @@ class VisionMamba(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def _tokens_to_map(self, tokens: torch.Tensor, grid: Tuple[int, int], output_fmt: str) -> torch.Tensor:
+    def _patch_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Drop the middle class token: (B, N, C) -> (B, N - prefix, C) in raster order."""
         if self.num_prefix_tokens:
             mid = (tokens.shape[1] - 1) // 2
             tokens = torch.cat([tokens[:, :mid], tokens[:, mid + 1:]], dim=1)
+        return tokens
+
+    def _tokens_to_map(self, tokens: torch.Tensor, grid: Tuple[int, int], output_fmt: str) -> torch.Tensor:
+        tokens = self._patch_tokens(tokens)
+        if output_fmt == 'NLC':
+            return tokens
         tokens = tokens.reshape(tokens.shape[0], grid[0], grid[1], -1)
         return tokens.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else tokens
 
@@ -456,18 +618,22 @@ class VisionMamba(nn.Module):
         """Block outputs as maps (class token removed, original token order).
 
         The output of block i is the residual stream after it, `residual + hidden` (what the official ViTDet wrapper
-        calls `last_layer_process='add'`); norm=True applies `norm_f` to it. Maps are (B, C, H', W') for 'NCHW'
-        or (B, H', W', C) for 'NHWC'.
+        calls `last_layer_process='add'`); norm=True applies `norm_f` to it. Maps are (B, C, H', W') for 'NCHW',
+        (B, H', W', C) for 'NHWC', patch tokens (B, H' * W', C) for 'NLC'.
         """
-        assert output_fmt in ('NCHW', 'NHWC'), 'output_fmt must be NCHW or NHWC'
-        self._check_input(x)
+        if output_fmt not in ('NCHW', 'NHWC', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}.")
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        hidden, grid = self._embed(x)
-        residual = None
-        last = max_index if stop_early else len(self.layers) - 1
+        hidden, grid = self._embed(self._check_input(x))
+        residual: Optional[torch.Tensor] = None
+        last = max_index if (stop_early or intermediates_only) else len(self.layers) - 1
         intermediates = []
-        for idx in range(last + 1):
-            hidden, residual = self._run_layer(idx, hidden, residual)
+        for idx, layer in enumerate(self.layers[:last + 1]):
+            reverse = self.alternate_direction and idx % 2 == 1
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                hidden, residual = checkpoint(layer, hidden, residual, reverse)
+            else:
+                hidden, residual = layer(hidden, residual, reverse)
             if idx in take_indices:
                 if norm and not isinstance(self.norm_f, nn.Identity):
                     feat = self.norm_f(hidden, residual)[0]
@@ -503,20 +669,25 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VisionMamba, use_ema
     * drops the unused RoPE buffers of `if_rope=True` training runs;
     * infers the checkpoint's token grid from its `pos_embed` length (stride 16: 14x14 + 1, stride 8: 27x27 + 1 at
       224) and resamples it to this model's grid with the middle class slot kept in the middle. Loading a stride-16
-      checkpoint into a stride-8 model (or vice versa) therefore only resamples `pos_embed`; the conv is shared.
+      checkpoint into a stride-8 model (or vice versa) therefore only resamples `pos_embed`; the conv is shared;
+    * maps LBVim-528's official attention-pool head (`head.0.*` pool, `head.1.*` Linear) to `attn_pool.*` / `head.*`.
     """
     state_dict = unwrap_checkpoint(state_dict, use_ema=use_ema, main_keys=('model', 'state_dict'))
+    official_map_head = any(k.endswith('head.0.latent') for k in state_dict)
     out = {}
     for k, v in state_dict.items():
         if k.startswith('rope.'):
             continue
+        if official_map_head:  # LBVim-528: Sequential(pool, Linear) -> attn_pool, head
+            k = 'attn_pool.' + k[len('head.0.'):] if k.startswith('head.0.') else k
+            k = 'head.' + k[len('head.1.'):] if k.startswith('head.1.') else k
         if k == 'pos_embed':
             num_prefix = model.num_prefix_tokens
             num_grid = v.shape[1] - num_prefix
             side = int(math.sqrt(num_grid))
             if side * side != num_grid:
                 raise ValueError(f'pos_embed of length {v.shape[1]} is not a square grid (+{num_prefix} class slot)')
-            v = resample_mid_cls_pos_embed(v, model.patch_embed.grid_size, (side, side), num_prefix,
+            v = resample_mid_cls_pos_embed(v, list(model.patch_embed.grid_size), [side, side], num_prefix,
                                            interpolation=interpolation, antialias=antialias)
         out[k] = v
     return match_head(out, model, family='Vim')

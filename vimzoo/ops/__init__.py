@@ -12,20 +12,19 @@ Layout of this package (see docs/kernels.md):
     _loader       JIT build of the compiled kernels (`python -m vimzoo.ops build` prebuilds)
     reference     the readable math every kernel is tested against
 """
-import functools
 from typing import Optional, Sequence, Tuple
 
 import torch
 
 from . import _flops  # noqa: F401  (registers torch.ops.vimzoo.* and their FLOP formulas)
-from ._choose import choose, requested_backend
+from ._choose import requested_backend
 from ._flops import scan_flops
 from ._state import (BACKENDS, check_finite_enabled, get_backend, set_backend, set_check_finite, use_backend,
                      use_check_finite)
 from ._validate import (check_add_rms_norm, check_bidirectional_scan, check_conv, check_finite, check_mamba_inner,
-                        check_scan, check_window, mixer_named)
+                        check_scan, check_window)
 from .reference import (add_rms_norm_ref, bidirectional_selective_scan_ref, causal_conv1d_ref, lb_window,
-                        mamba_inner_ref, selective_scan_ref)
+                        mamba_inner_ref, selective_scan_ref)  # noqa: F401  (mamba_inner_ref: the math, for users)
 
 __all__ = [
     'selective_scan', 'bidirectional_selective_scan', 'causal_conv1d', 'mamba_inner', 'add_rms_norm', 'lb_window',
@@ -90,27 +89,19 @@ def mamba_inner(xz: torch.Tensor, weights: Sequence[Optional[torch.Tensor]],
     dt_proj.bias (d,) or None, A_log (d, N), D (d,) or None), with A = -exp(A_log). Returns
     scale * scan(conv(x)) * silu(z) as (b, l, d); `reverse` / `local_window` apply to a one-direction mixer (LBVim).
 
-    One fused, differentiable op runs where a fused kernel fits (the C++ kernel for fp32 CPU inputs with
-    d % 16 == 0: conv, x_proj, the Δ projection inside the scan, gating; its backward recomputes the conv output,
-    x_proj and Δ instead of saving them, like mamba-ssm's checkpoint_lvl=1); elsewhere the same math runs through
-    the differentiable ops (causal_conv1d -> Linear -> selective_scan / bidirectional_selective_scan).
+    One differentiable custom op, `vimzoo::mamba_inner_fwd`, whatever the backend: the fused C++ kernel where it fits
+    (fp32 CPU inputs with d % 16 == 0: conv, x_proj, the Δ projection inside the scan, gating), elsewhere the same
+    math step by step on the backend's kernels. Its backward recomputes the conv output, x_proj and Δ instead of
+    saving them (mamba-ssm's checkpoint_lvl=1), so training keeps only xz and the parameters per mixer.
     """
     op = 'mamba_inner'
     window = check_mamba_inner(op, xz, weights, weights_b, reverse, local_window, scale)
     name = requested_backend(op, backend, xz.device)
-    fwd, bwd = list(weights), list(weights_b) if weights_b is not None else []
-    if choose('mamba_inner_fwd', name, xz.device, (xz, *fwd, *bwd), fallback=False,
-              channels=xz.shape[-1] // 2) is not None:
-        absent = xz.new_empty(0)   # the op's lists hold tensors only
-        return torch.ops.vimzoo.mamba_inner_fwd(xz, [absent if t is None else t for t in fwd],
-                                                [absent if t is None else t for t in bwd], bool(reverse), window,
-                                                float(scale), name, check_finite_enabled())
-    if check_finite_enabled():   # the unfused ops see derived tensors; name the mixer's own inputs here
-        check_finite(op, {k: v for k, v in mixer_named(xz, fwd, bwd).items() if k not in ('x', 'z')})
-    return mamba_inner_ref(xz, fwd, bwd or None, bool(reverse), window, float(scale),
-                           conv=functools.partial(causal_conv1d, backend=name),
-                           scan=functools.partial(selective_scan, backend=name),
-                           bidirectional_scan=functools.partial(bidirectional_selective_scan, backend=name))
+    absent = xz.new_empty(0)   # the op's lists hold tensors only
+    fwd = [absent if t is None else t for t in weights]
+    bwd = [absent if t is None else t for t in weights_b] if weights_b is not None else []
+    return torch.ops.vimzoo.mamba_inner_fwd(xz, fwd, bwd, bool(reverse), window, float(scale), name,
+                                            check_finite_enabled())
 
 
 def add_rms_norm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor, eps: float = 1e-5,

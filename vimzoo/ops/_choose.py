@@ -12,20 +12,29 @@ import torch
 from ._state import BACKENDS, get_backend, warn_once
 from .backends import REGISTRY
 
-__all__ = ['AUTO_ORDER', 'requested_backend', 'choose']
+__all__ = ['AUTO_ORDER', 'DEFAULT', 'requested_backend', 'resolve_default', 'choose']
+
+# The op argument for backend=None: "this context's choice when the op runs" (vimzoo.ops.use_backend / set_backend),
+# so compiled, scripted and exported graphs follow use_backend() like eager calls.
+DEFAULT = 'default'
 
 AUTO_ORDER = {'cpu': ('cpu', 'reference'), 'cuda': ('cuda', 'reference')}
 
 
 def requested_backend(op: str, backend: Optional[str], device: torch.device) -> str:
-    """The backend name an op call asks for (None -> this context's choice), checked against the inputs' device
-    (meta tensors are shape-only and go with any backend)."""
+    """The backend argument an op call passes on: DEFAULT for None, else the name, checked against the inputs'
+    device now (meta tensors are shape-only and go with any backend)."""
     name = get_backend() if backend is None else backend
     if not isinstance(name, str) or name not in BACKENDS:
         raise ValueError(f'{op}: backend must be None or one of {BACKENDS}, got {name!r}.')
     if name in ('cpu', 'cuda') and device.type not in (name, 'meta'):
         raise ValueError(f"{op}: backend {name!r} needs {name.upper()} tensors, got tensors on {device}.")
-    return name
+    return DEFAULT if backend is None else name
+
+
+def resolve_default(name: str) -> str:
+    """An op's backend argument with DEFAULT replaced by this context's choice."""
+    return get_backend() if name == DEFAULT else name
 
 
 def choose(op: str, requested: str, device: torch.device, tensors: Sequence[Optional[torch.Tensor]] = (),
@@ -35,6 +44,7 @@ def choose(op: str, requested: str, device: torch.device, tensors: Sequence[Opti
 
     `fallback=False` is for ops with an unfused alternative (the fused mixer): None instead of raising, and instead
     of settling for the reference under 'auto'."""
+    requested = resolve_default(requested)
     if requested != 'auto':
         backend = REGISTRY[requested]
         reason = backend.can_run(op, device, tensors, **info)

@@ -10,7 +10,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._choose import choose
+from ._choose import choose, resolve_default
+from ._unfused import mixer_bwd, mixer_fwd
 from .backends._common import layout_like
 
 _F32 = torch.float32
@@ -79,7 +80,7 @@ def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, window
 def _scan_setup(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, softplus, reverse, window, backend, _ = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
-    ctx.cfg = (softplus, reverse, window, backend)
+    ctx.cfg = (softplus, reverse, window, resolve_default(backend))
 
 
 def _scan_backward(ctx, dout):
@@ -118,7 +119,7 @@ def _(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_
 
 def _bidir_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:15])
-    ctx.cfg = (inputs[15], inputs[16])
+    ctx.cfg = (inputs[15], resolve_default(inputs[16]))
 
 
 def _bidir_backward(ctx, dout):
@@ -175,7 +176,7 @@ def _(dout, x, weight, bias, activation, reverse, backend):
 def _conv_setup(ctx, inputs, output):
     x, weight, bias, activation, reverse, backend, _ = inputs
     ctx.save_for_backward(x, weight, bias)
-    ctx.cfg = (activation, reverse, backend)
+    ctx.cfg = (activation, reverse, resolve_default(backend))
 
 
 def _conv_backward(ctx, dout):
@@ -202,8 +203,13 @@ def _absent_as_none(weights: List[Tensor]) -> Optional[List[Optional[Tensor]]]:
     return [t if t.numel() else None for t in weights] or None
 
 
-def _choose_mixer(op: str, backend: str, xz: Tensor, fwd, bwd):
-    return choose(op, backend, xz.device, (xz, *fwd, *bwd), channels=xz.shape[2] // 2)
+def _mixer_kernel(op: str, backend: str, xz: Tensor, fwd, bwd):
+    """The backend with a fused kernel for these inputs, or None (then the unfused orchestration runs)."""
+    return choose(op, backend, xz.device, (xz, *fwd, *bwd), fallback=False, channels=xz.shape[2] // 2)
+
+
+def _picker(backend: str, device: torch.device):
+    return lambda op, tensors, **info: choose(op, backend, device, tensors, **info)
 
 
 @torch.library.custom_op('vimzoo::mamba_inner_fwd', mutates_args=())
@@ -211,8 +217,11 @@ def mamba_inner_fwd_op(xz: Tensor, fwd: List[Tensor], bwd: List[Tensor], reverse
                        backend: str, check_finite: bool) -> Tensor:
     if xz.numel() == 0:
         return _mixer_out(xz)
-    impl = _choose_mixer('mamba_inner_fwd', backend, xz, fwd, bwd)
-    return impl.mamba_inner_fwd(xz, _absent_as_none(fwd), _absent_as_none(bwd), reverse, window, scale, check_finite)
+    weights, weights_b = _absent_as_none(fwd), _absent_as_none(bwd)
+    impl = _mixer_kernel('mamba_inner_fwd', backend, xz, fwd, bwd)
+    if impl is not None:
+        return impl.mamba_inner_fwd(xz, weights, weights_b, reverse, window, scale, check_finite)
+    return mixer_fwd(xz, weights, weights_b, reverse, window, scale, check_finite, _picker(backend, xz.device))
 
 
 @mamba_inner_fwd_op.register_fake
@@ -226,9 +235,12 @@ def mamba_inner_bwd_op(dout: Tensor, xz: Tensor, fwd: List[Tensor], bwd: List[Te
     """(dxz, grads of fwd, grads of bwd); empty tensors stand for absent parameters."""
     if xz.numel() == 0:
         return torch.zeros_like(xz), [torch.zeros_like(t) for t in fwd], [torch.zeros_like(t) for t in bwd]
-    impl = _choose_mixer('mamba_inner_bwd', backend, xz, fwd, bwd)
-    dxz, dfwd, dbwd = impl.mamba_inner_bwd(dout, xz, _absent_as_none(fwd), _absent_as_none(bwd), reverse, window,
-                                           scale)
+    weights, weights_b = _absent_as_none(fwd), _absent_as_none(bwd)
+    impl = _mixer_kernel('mamba_inner_bwd', backend, xz, fwd, bwd)
+    if impl is not None:
+        dxz, dfwd, dbwd = impl.mamba_inner_bwd(dout, xz, weights, weights_b, reverse, window, scale)
+    else:
+        dxz, dfwd, dbwd = mixer_bwd(dout, xz, weights, weights_b, reverse, window, scale, _picker(backend, xz.device))
     return dxz, list(_fill(dfwd, xz)), list(_fill(dbwd, xz)) if bwd else []
 
 
@@ -240,7 +252,7 @@ def _(dout, xz, fwd, bwd, reverse, window, scale, backend):
 def _mixer_setup(ctx, inputs, output):
     xz, fwd, bwd, reverse, window, scale, backend, _ = inputs
     ctx.save_for_backward(xz, *fwd, *bwd)
-    ctx.cfg = (len(fwd), reverse, window, scale, backend)
+    ctx.cfg = (len(fwd), reverse, window, scale, resolve_default(backend))
 
 
 def _mixer_backward(ctx, dout):
