@@ -33,7 +33,7 @@ struct TmBwd {
 struct TmBwdWork {
   std::vector<v16f> A2, An, hs, abuf, bbuf, vd, vu, vg, vsig, vdz, carry, xr, dA, hbw, dxlw;
   TmBwdWork(int64_t L, int64_t N, int64_t W)
-      : A2(N), An(N), hs(L * N), abuf(W > 1 ? (L + 2) * N : 0), bbuf(W > 1 ? L * N : 0), vd(L), vu(L), vg(L),
+      : A2(N), An(N), hs(L * N), abuf((L + 2) * N), bbuf(W > 1 ? L * N : 0), vd(L), vu(L), vg(L),
         vsig(L), vdz(L), carry(N), xr(N), dA(N), hbw((W + 1) * N), dxlw(W * N) {}
 };
 
@@ -99,10 +99,12 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
     v16f* hk = hs + k * N;
     const v16f* hprev = k ? hk - N : carry;   // carry is still zero here: h_{-1} = 0
     for (int64_t n = 0; n < N; ++n) hk[n] = hprev[n];
+    v16f* ak = w.abuf.data() + (k + 1) * N;
     if (W <= 1) {
-      tm_state_step<NC>(N, vd, vd * w.vu[t], A2, Bb + t * s.bc_st, hk, [](int64_t, v16f, v16f, v16f) {});
+      tm_state_step<NC>(N, vd, vd * w.vu[t], A2, Bb + t * s.bc_st, hk, [&](int64_t n, v16f a, v16f, v16f) {
+        ak[n] = a;
+      });
     } else {
-      v16f* ak = w.abuf.data() + (k + 1) * N;
       v16f* bk = w.bbuf.data() + k * N;
       tm_state_step<NC>(N, vd, vd * w.vu[t], A2, Bb + t * s.bc_st, hk, [&](int64_t n, v16f a, v16f bv, v16f) {
         ak[n] = a;
@@ -113,7 +115,11 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
   const std::vector<v16f> zeros(N, splatv<v16f>(0.0f));
   if (W <= 1) {
     // 2) reverse: dxl_k = g_k C_k + a_{k+1} dxl_{k+1} (carry = a_{k+1} dxl_{k+1}); db = dxl;
-    //    gA = dxl (h_k - b_k) = dxl a_k h_{k-1} (the product form has no cancellation).
+    //    gA = dxl (h_k - b_k) = dxl a_k h_{k-1} (the product form has no cancellation). The carry lives in a local
+    //    array (registers when N is a compile-time 16), not behind the dB / dC stores.
+    v16f cr_local[NC > 0 ? NC : 1];
+    v16f* cr = NC > 0 ? cr_local : carry;
+    for (int64_t n = 0; n < N; ++n) cr[n] = splatv<v16f>(0.0f);
     for (int64_t k = L - 1; k >= 0; --k) {
       const int64_t t = s.reverse ? L - 1 - k : k;
       const v16f vd = w.vd[t], vdu = vd * w.vu[t], g = w.vg[t];
@@ -121,13 +127,14 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
       const float* c = Cb + t * s.bc_st;
       const v16f* hk = hs + k * N;
       const v16f* hprev = k ? hk - N : zeros.data();
+      const v16f* ak = w.abuf.data() + (k + 1) * N;
       v16f* dB = dBrow + t * N;
       v16f* dC = dCrow + t * N;
       v16f s_dbB = splatv<v16f>(0.0f), s_gAA = splatv<v16f>(0.0f), y = splatv<v16f>(0.0f);
       for (int64_t n = 0; n < N; ++n) {
-        const v16f a = exp2_fast(vd * A2[n]);
-        const v16f dxl = g * c[n] + carry[n];
-        carry[n] = a * dxl;
+        const v16f a = ak[n];
+        const v16f dxl = g * c[n] + cr[n];
+        cr[n] = a * dxl;
         const v16f gA = dxl * a * hprev[n];
         s_dbB += dxl * b[n];
         s_gAA += gA * An[n];

@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""vimzoo's forward selective scan against a floor: the simplest register-resident C++ scan of the same math
+(benchmarks/floor_scan/floor_scan.cpp, built here, not shipped), on Vim-T's mixer shape, interleaved call by call.
+
+Both take fp32 token-major (b, d, l) views (what the Vim mixer passes), d_state 16, softplus(δ + bias), D and the
+silu(z) gate. 'ops' is the public vimzoo.ops.selective_scan (validation, dispatch and the kernel's NaN/inf check
+included); 'kernel' calls the extension's entry point directly. Reported: median over rounds of time / floor time
+(process CPU time, load-robust at 1 thread; and wall), the load average before and after.
+
+    python benchmarks/bench_scan_floor.py [--threads 1,2] [--shape 8,384,197,16] [--rounds 31]
+"""
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import vimzoo.ops as ops  # noqa: E402
+from vimzoo.ops import _loader  # noqa: E402
+from vimzoo.ops.backends._common import kernel_inputs  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--threads', default='1')
+    ap.add_argument('--shape', default='8,384,197,16')
+    ap.add_argument('--rounds', type=int, default=31)
+    ap.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results' / 'scan_floor.csv'))
+    args = ap.parse_args(argv)
+    b, d, l, n = (int(v) for v in args.shape.split(','))
+    floor = _loader.load_extension('scan floor (benchmark only)', 'vimzoo_scan_floor',
+                                   [ROOT / 'benchmarks' / 'floor_scan' / 'floor_scan.cpp'], _loader.cpu_build_flags(),
+                                   ['-fopenmp'], fingerprint_extra=[(ROOT / 'csrc' / 'cpu' / 'vec_math.h').read_text()])
+    ext = _loader.cpu_extension()
+    g = torch.Generator().manual_seed(0)
+
+    def tok(scale=1.0):
+        return (torch.randn(b, l, d, generator=g) * scale).transpose(1, 2)
+    u, delta, z = tok(), tok(0.5), tok()
+    A = -torch.exp(torch.randn(d, n, generator=g) * 0.5)
+    B, C = torch.randn(b, n, l, generator=g), torch.randn(b, n, l, generator=g)
+    D, bias = torch.randn(d, generator=g), torch.randn(d, generator=g) * 0.5
+    _, _, a, bt, ct, dk, _, bk = kernel_inputs(torch.float32, None, None, A, B, C, D, None, bias)
+    calls = {
+        'floor': lambda: floor.floor_scan(u, delta, a, bt, ct, dk, z, bk),
+        'kernel': lambda: ext.scan_fwd_tm(u, delta, a, bt, ct, dk, z, bk, True, False, 1, True),
+        'ops': lambda: ops.selective_scan(u, delta, A, B, C, D, z, bias, True, backend='cpu'),
+    }
+    ref = calls['floor']()
+    for name in ('kernel', 'ops'):
+        err = ((calls[name]() - ref).abs().max() / ref.abs().max()).item()
+        assert err < 1e-5, f'{name} differs from the floor: {err}'
+    load_before = os.getloadavg()[0]
+    rows = []
+    with torch.no_grad():
+        for threads in (int(t) for t in args.threads.split(',')):
+            torch.set_num_threads(threads)
+            for fn in calls.values():
+                fn(), fn()
+            times = {k: [] for k in calls}
+            for r in range(args.rounds):
+                for k in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    calls[k]()
+                    times[k].append((time.process_time() - c0, time.perf_counter() - t0))
+            for k in ('kernel', 'ops'):
+                cpu = statistics.median(x[0] / f[0] for x, f in zip(times[k], times['floor']))
+                wall = statistics.median(x[1] / f[1] for x, f in zip(times[k], times['floor']))
+                rows.append(dict(what=k, threads=threads, vs_floor_cpu=round(cpu, 3), vs_floor_wall=round(wall, 3),
+                                 floor_cpu_ms=round(statistics.median(f[0] for f in times['floor']) * 1e3, 3),
+                                 cpu_ms=round(statistics.median(x[0] for x in times[k]) * 1e3, 3)))
+                print(rows[-1], flush=True)
+    load_after = os.getloadavg()[0]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, 'w', newline='') as fh:
+        fh.write(f'# b,d,l,n={args.shape}; {args.rounds} interleaved rounds; torch {torch.__version__}; '
+                 f'load {load_before:.2f}/{load_after:.2f}; {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}\n')
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == '__main__':
+    main()
