@@ -22,9 +22,11 @@ def _ext():
 
 
 def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tensor]] = (),
-            channels: Optional[int] = None, d_state: Optional[int] = None) -> Optional[str]:
+            channels: Optional[int] = None, d_state: Optional[int] = None, window: int = 1) -> Optional[str]:
     if device.type != 'cpu':
         return f'needs CPU tensors, got tensors on {device}'
+    if op == 'add_rms_norm':   # vimzoo.ops.add_rms_norm then differentiates PyTorch's ops
+        return 'no fused add + RMSNorm backward kernel'
     if _loader.cpu_extension(required=False) is None:
         return f'the C++ CPU scan kernel could not be built ({_loader.build_error("cpu")})'
     if op == 'mamba_inner_fwd':   # vimzoo.ops.mamba_inner then takes the unfused route (row kernels, any dtype)
@@ -81,6 +83,7 @@ def conv_fwd(x, weight, bias, silu, reverse, check_finite):
 
 
 conv_bwd = reference.conv_bwd
+add_rms_norm_bwd = reference.add_rms_norm_bwd
 
 
 def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):

@@ -11,7 +11,7 @@ NAME = 'reference'
 
 
 def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tensor]] = (),
-            channels: Optional[int] = None, d_state: Optional[int] = None) -> Optional[str]:
+            channels: Optional[int] = None, d_state: Optional[int] = None, window: int = 1) -> Optional[str]:
     """Every op, any device, any float dtype."""
     return None
 
@@ -63,3 +63,7 @@ def add_rms_norm_fwd(x, residual, weight, eps, check_finite):
     if check_finite:
         _check_values('add_rms_norm', {'x': x, 'residual': residual, 'weight': weight})
     return ref.add_rms_norm_ref(x, residual, weight, eps)
+
+
+def add_rms_norm_bwd(dnormed, dsummed, summed, weight, eps):
+    return ref.add_rms_norm_bwd_ref(dnormed, dsummed, summed, weight, eps)
