@@ -8,9 +8,11 @@ cross-checking vimzoo's kernels and as a known-good fallback on GPU machines tha
 the packages' own autograd functions (`SelectiveScanFn` / `CausalConv1dFn`: forward, then backward) directly,
 because vimzoo's backward ops run below PyTorch's autograd, where no graph can be recorded.
 
-Not covered (can_run says so, and 'auto' moves on): LB windows (local_window > 1), fp64, B or C in fp32 with
-bf16/fp16 activations (the package wants them in the activations' dtype), conv widths outside 2..4, the fused
-mixer and add + RMSNorm. The packages are imported on first use, never by `import vimzoo`; they need a CUDA GPU.
+add + RMSNorm runs PyTorch's ops (the reference), as on the 'cuda' backend, so a whole model runs under
+`use_backend('mamba_ssm')`. Not covered (can_run says so, and 'auto' moves on): LB windows (local_window > 1),
+fp64, B or C in fp32 with bf16/fp16 activations (the package wants them in the activations' dtype), conv widths
+outside 2..4, and the fused inference mixer (`mamba_inner` then runs the differentiable ops). The packages are
+imported on first use, never by `import vimzoo`; they need a CUDA GPU.
 """
 import functools
 import importlib
@@ -20,6 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from .._validate import check_finite as _check_values
+from . import reference
 from ._common import layout_like
 
 NAME = 'mamba_ssm'
@@ -49,24 +52,27 @@ def _get(name: str) -> ModuleType:
 
 def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tensor]] = (),
             channels: Optional[int] = None, d_state: Optional[int] = None, window: int = 1) -> Optional[str]:
-    if op not in _SCAN_OPS + _CONV_OPS:
-        return 'the mamba_ssm backend covers the scans and the causal conv only'
+    if op not in _SCAN_OPS + _CONV_OPS + ('add_rms_norm_fwd',):
+        return 'the mamba_ssm backend has no fused mixer and no fused add + RMSNorm backward'
     if device.type not in _DEVICE_TYPES:
         return f'needs CUDA tensors, got tensors on {device}'
+    if op == 'add_rms_norm_fwd':
+        return None
     present = [t for t in tensors if t is not None]
     if any(t.dtype == torch.float64 for t in present):
         return 'mamba_ssm / causal_conv1d have no fp64 kernels'
     if op in _SCAN_OPS:
         if window > 1:
             return f'mamba_ssm has no locally bi-directional (LB) scan, got local_window={window}'
-        u = present[0]
-        if u.dtype not in _ACT_DTYPES or any(t.dim() == 3 and t.dtype != u.dtype for t in present):
+        u = tensors[0] if tensors else None   # tensors: (u, A, ...) as vimzoo.ops._ops passes them
+        if u is not None and (u.dtype not in _ACT_DTYPES
+                              or any(t.dim() == 3 and t.dtype != u.dtype for t in present)):
             return 'mamba_ssm needs B and C in the dtype of u (fp32, bf16 or fp16)'
         module = _module(SCAN_MODULE)
     else:
-        width = present[1].shape[1]
-        if not 2 <= width <= 4:
-            return f'causal_conv1d supports conv widths 2..4, got {width}'
+        weight = tensors[1] if len(tensors) > 1 else None   # (x, weight, bias)
+        if weight is not None and not 2 <= weight.shape[1] <= 4:
+            return f'causal_conv1d supports conv widths 2..4, got {weight.shape[1]}'
         module = _module(CONV_MODULE)
     return module if isinstance(module, str) else None
 
@@ -162,9 +168,5 @@ def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):
     raise NotImplementedError('vimzoo.ops: the mamba_ssm backend has no fused mixer (can_run says so).')
 
 
-def add_rms_norm_fwd(x, residual, weight, eps, check_finite):
-    raise NotImplementedError('vimzoo.ops: the mamba_ssm backend has no add + RMSNorm (can_run says so).')
-
-
-def add_rms_norm_bwd(dnormed, dsummed, summed, weight, eps):
-    raise NotImplementedError('vimzoo.ops: the mamba_ssm backend has no add + RMSNorm (can_run says so).')
+add_rms_norm_fwd = reference.add_rms_norm_fwd
+add_rms_norm_bwd = reference.add_rms_norm_bwd

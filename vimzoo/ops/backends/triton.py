@@ -61,6 +61,8 @@ def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tens
                 'TRITON_INTERPRET=1, which is for tests)')
     if any(t is not None and t.dtype == torch.float64 for t in tensors):
         return 'the Triton kernels compute in fp32; fp64 inputs run on the reference'
+    if any(t is not None and t.numel() >= 2 ** 31 for t in tensors):
+        return 'the Triton kernels index with int32; a tensor has 2^31 elements or more'
     if op in _SCAN_OPS and d_state is not None and d_state > MAX_STATE:
         return f'the Triton scan supports d_state <= {MAX_STATE}, got {d_state}'
     if op in ('add_rms_norm_fwd', 'add_rms_norm', 'add_rms_norm_bwd') and tensors and tensors[-1] is not None \

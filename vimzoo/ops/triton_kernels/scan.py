@@ -389,7 +389,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, reverse: bool,
     cfg = cfg or scan_config(d, n, l, window, backward=False)
     A, D, delta_bias = _f32(A), _f32(D), _f32(delta_bias)
     nchunk = triton.cdiv(l, cfg.chunk)
-    local = 0 if window <= 1 or l <= 1 else (1 if cfg.chunk % window == 0 else 2)
+    local = 0 if window <= 1 or l <= 1 else (1 if cfg.chunk % window == 0 or nchunk == 1 else 2)
     grid = (triton.cdiv(d, cfg.block_d), b)
     carry = u.new_empty(0, dtype=_F32)
     if local == 2:
