@@ -116,11 +116,14 @@ def test_triton_backend_reasons():
 
 def test_scan_configs_are_powers_of_two_within_budget_and_align_windows():
     for d, n, l, w, bwd in [(384, 16, 197, 1, False), (384, 16, 197, 8, True), (3, 1, 1, 1, False),
-                            (192, 64, 4096, 16, True), (8, 256, 50, 3, False), (16, 16, 100, 128, False)]:
+                            (192, 64, 4096, 16, True), (8, 256, 50, 3, False), (16, 16, 100, 128, False),
+                            (8, 256, 50, 1, True)]:
         cfg = scan_config(d, n, l, w, bwd)
-        assert cfg.block_n >= n and cfg.block_d * cfg.block_n * cfg.chunk <= max(4096, cfg.block_n * 256)
-        if 1 < w < l and w & (w - 1) == 0:
-            assert cfg.chunk % w == 0, (d, n, l, w, cfg)   # LB windows never cross a chunk
+        tile = cfg.block_d * cfg.block_n * cfg.chunk
+        assert cfg.block_n >= n and tile <= max(512 if bwd else 2048, cfg.block_n * max(8, w)), (d, n, l, w, cfg)
+        assert tile <= cfg.num_warps * 32 * (4 if bwd else 8) or cfg.num_warps == 16, cfg   # elements per thread
+        if not bwd and 1 < w < l and w & (w - 1) == 0:
+            assert cfg.chunk % w == 0, (d, n, l, w, cfg)   # forward LB windows never cross a chunk
     with pytest.raises(ValueError, match='power of two'):
         ScanConfig(block_d=3, block_n=4, chunk=8)
 
@@ -163,3 +166,86 @@ def test_gpu_check_script_runs_its_cpu_smoke_test(tmp_path):
     assert all(isinstance(row['errors'][backends], float) for row in report['correctness'])
     assert {r['mode'] for r in report['speed']} >= {'fwd', 'fwd+bwd', 'forward', 'train step'}
     assert (tmp_path / 'gpu_check.md').read_text().count('|') > 20 and (tmp_path / 'gpu_check_speed.csv').exists()
+
+
+# ----------------------------------------------------------------------------------- compiled for a GPU, no GPU
+class _Recorder:
+    """Stands in for a @triton.jit kernel: records each launch (arguments, constexprs, num_warps) instead."""
+
+    def __init__(self, kernel, log):
+        self.kernel, self.log = kernel, log
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.log.append((self.kernel, args, kwargs))
+        return launch
+
+
+def _signature(kernel, args, kwargs):
+    import inspect
+    types = {torch.float32: '*fp32', torch.bfloat16: '*bf16', torch.float16: '*fp16'}
+    names = list(inspect.signature(kernel.fn).parameters)
+    sig, const = {}, {k: v for k, v in kwargs.items() if k != 'num_warps'}
+    for name, value in zip(names, args):
+        sig[name] = types[value.dtype] if isinstance(value, torch.Tensor) else 'fp32' if isinstance(value, float) \
+            else 'i32'
+    sig.update({name: 'constexpr' for name in const})
+    return sig, const
+
+
+@needs_triton
+@pytest.mark.slow
+def test_kernels_compile_for_sm90_without_a_gpu_and_without_register_spills(monkeypatch):
+    """The launch variants Vim-T uses (bf16, d_inner 384, n 16, l 197; LB windows inside and across chunks, the
+    bidirectional accumulate, the LB backward, the conv with SiLU, the norm at C = 192) compiled by Triton for
+    sm_90 down to a cubin, then ptxas's register report: compiled, not run; ~40 s."""
+    import shutil
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from vimzoo.ops.triton_kernels import load
+    kernels = load()
+    log = []
+    for module in (kernels.scan, kernels.conv, kernels.norm):
+        for name in dir(module):
+            if name.endswith('_kernel'):
+                monkeypatch.setattr(module, name, _Recorder(getattr(module, name), log))
+    meta = dict(device='meta', dtype=torch.bfloat16)
+    b, d, l, n = 8, 384, 197, 16
+    u, delta, z = (torch.empty(b, l, d, **meta).transpose(1, 2) for _ in range(3))
+    A, D, bias = torch.empty(d, n, device='meta'), torch.empty(d, device='meta'), torch.empty(d, device='meta')
+    B, C = torch.empty(b, n, l, **meta), torch.empty(b, n, l, **meta)
+    kernels.scan.scan_fwd(u, delta, A, B, C, D, z, bias, True, False, 8)
+    kernels.scan.scan_fwd(u, delta, A, B, C, D, z, bias, True, True, 3)
+    acc = torch.empty(b, d, l, device='meta')
+    kernels.scan.scan_fwd(u, delta, A, B, C, D, z, bias, True, True, 1, acc=acc)
+    kernels.scan.scan_bwd(u, u, delta, A, B, C, D, z, bias, True, False, 8)
+    kernels.conv.conv_bwd(u, u, torch.empty(d, 4, **meta), torch.empty(d, **meta), True, False)
+    kernels.conv.conv_fwd(u, torch.empty(d, 4, **meta), torch.empty(d, **meta), True, False)
+    x = torch.empty(b, l, 192, **meta)
+    kernels.norm.add_rms_norm_fwd(x, x, torch.empty(192, device='meta'), 1e-5)
+    kernels.norm.add_rms_norm_bwd(x, torch.empty(b, l, 192, device='meta'), torch.empty(b, l, 192, device='meta'),
+                                  torch.empty(192, device='meta'), 1e-5)
+    ptxas = Path(triton.__file__).parent / 'backends' / 'nvidia' / 'bin' / 'ptxas'
+    seen, reports = set(), []
+    for kernel, args, kwargs in log:
+        sig, const = _signature(kernel, args, kwargs)
+        key = (kernel.fn.__name__, tuple(sorted(const.items())), tuple(sorted(sig.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=const),
+                                  target=GPUTarget('cuda', 90, 32), options=dict(num_warps=kwargs.get('num_warps', 4)))
+        assert compiled.asm['cubin'], key
+        if ptxas.exists() and shutil.which(str(ptxas)):
+            ptx = Path(os.environ.get('TMPDIR', '/tmp')) / f'vimzoo_{os.getpid()}_{len(seen)}.ptx'
+            ptx.write_text(compiled.asm['ptx'])
+            res = subprocess.run([str(ptxas), '-arch=sm_90a', '-v', str(ptx), '-o', os.devnull],
+                                 capture_output=True, text=True)
+            ptx.unlink()
+            assert res.returncode == 0, res.stderr[-2000:]
+            usage = ' '.join(line.strip() for line in res.stderr.splitlines() if 'registers' in line or 'spill' in line)
+            reports.append(f'{key[0]} {dict(const)}: {usage}')
+            assert ' 0 bytes spill stores' in usage, reports[-1]
+    assert len(seen) >= 10, [k[0] for k in seen]
+    print('\n'.join(reports))

@@ -1,6 +1,6 @@
 """Depthwise causal conv1d in Triton (+ bias, SiLU; `reverse` = anti-causal), forward and backward.
 
-One program per (block of channels, block of tokens, batch): the width-K filter is K shifted loads of the same
+One program per (16 channels, up to 64 tokens, batch): the width-K filter is K shifted loads of the same
 (BLOCK_D, BLOCK_L) tile (cache hits after the first) and K fused multiply-adds, vectorised over channels and
 tokens; any strides. K is a compile-time constant (one compiled kernel per conv width).
 
@@ -16,10 +16,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ._config import CONV_BLOCKS
+
 __all__ = ['conv_fwd', 'conv_bwd']
 
 _F32 = torch.float32
-_BLOCK_D, _BLOCK_L = 16, 128
 
 
 @triton.jit
@@ -110,7 +111,7 @@ def _grid(x: torch.Tensor, block_d: int, block_l: int):
 
 
 def _blocks(length: int, block_d: Optional[int], block_l: Optional[int]):
-    return block_d or _BLOCK_D, block_l or min(_BLOCK_L, triton.next_power_of_2(max(length, 1)))
+    return block_d or CONV_BLOCKS[0], block_l or min(CONV_BLOCKS[1], triton.next_power_of_2(max(length, 1)))
 
 
 def conv_fwd(x, weight, bias, silu: bool, reverse: bool, block_d: Optional[int] = None,

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._config import norm_blocks
+
 __all__ = ['add_rms_norm_fwd', 'add_rms_norm_bwd', 'MAX_C']
 
 MAX_C = 16384
@@ -62,8 +64,8 @@ def _norm_bwd_kernel(dn_ptr, ds_in_ptr, s_ptr, w_ptr, ds_ptr, dw_ptr, R, C, eps,
 
 
 def _blocks(c: int, block_r: Optional[int]):
-    block_c = triton.next_power_of_2(c)
-    return block_r or max(1, min(16, 4096 // block_c)), block_c
+    rows, block_c, warps = norm_blocks(c)
+    return block_r or rows, block_c, warps
 
 
 def add_rms_norm_fwd(x, residual, weight, eps: float, block_r: Optional[int] = None):
@@ -71,14 +73,15 @@ def add_rms_norm_fwd(x, residual, weight, eps: float, block_r: Optional[int] = N
     c = x.shape[-1]
     x2 = x.reshape(-1, c).contiguous()
     r = x2.shape[0]
-    br, bc = _blocks(c, block_r)
+    br, bc, warps = _blocks(c, block_r)
     normed = torch.empty(r, c, device=x.device, dtype=x.dtype)
     summed = torch.empty(r, c, device=x.device, dtype=_F32)
     if normed.numel() == 0:
         return normed.view(x.shape), summed.view(x.shape)
     res = residual.reshape(-1, c).contiguous() if residual is not None else x2
     _norm_fwd_kernel[(triton.cdiv(r, br),)](x2, res, weight.contiguous(), normed, summed, r, c, float(eps),
-                                            HAS_RES=residual is not None, BLOCK_R=br, BLOCK_C=bc)
+                                            HAS_RES=residual is not None, BLOCK_R=br, BLOCK_C=bc,
+                                            num_warps=warps)
     return normed.view(x.shape), summed.view(x.shape)
 
 
@@ -87,7 +90,7 @@ def add_rms_norm_bwd(dnormed, dsummed, summed, weight, eps: float, block_r: Opti
     c = summed.shape[-1]
     s2 = summed.reshape(-1, c).contiguous()
     r = s2.shape[0]
-    br, bc = _blocks(c, block_r)
+    br, bc, warps = _blocks(c, block_r)
     nprog = triton.cdiv(r, br)
     ds = torch.empty(r, c, device=summed.device, dtype=_F32)
     dw = torch.empty(nprog, c, device=summed.device, dtype=_F32)
@@ -96,5 +99,5 @@ def add_rms_norm_bwd(dnormed, dsummed, summed, weight, eps: float, block_r: Opti
     dn = dnormed.reshape(-1, c).contiguous()
     ds_in = dsummed.reshape(-1, c).contiguous() if dsummed is not None else s2
     _norm_bwd_kernel[(nprog,)](dn, ds_in, s2, weight.contiguous(), ds, dw, r, c, float(eps),
-                               HAS_DS=dsummed is not None, BLOCK_R=br, BLOCK_C=bc)
+                               HAS_DS=dsummed is not None, BLOCK_R=br, BLOCK_C=bc, num_warps=warps)
     return ds.view(summed.shape), dw.sum(0)
