@@ -93,13 +93,9 @@ def _scan(u, delta, A, B, C, D, z, delta_bias, softplus, reverse):
     return _flip(out, reverse)
 
 
-def _named(**tensors):
-    return tensors
-
-
 def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, window, check_finite):
     if check_finite:
-        _check_values('selective_scan', _named(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias))
+        _check_values('selective_scan', dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias))
     return layout_like(_scan(u, delta, A, B, C, D, z, delta_bias, softplus, reverse), u)
 
 
@@ -133,9 +129,9 @@ def bidir_fwd(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b
               check_finite):
     if check_finite:
         op = 'bidirectional_selective_scan'
-        _check_values(op, _named(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias))
-        _check_values(op, _named(u_b=u_b, delta_b=delta_b, A_b=A_b, B_b=B_b, C_b=C_b, D_b=D_b,
-                                 delta_bias_b=delta_bias_b))
+        _check_values(op, dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias))
+        _check_values(op, dict(u_b=u_b, delta_b=delta_b, A_b=A_b, B_b=B_b, C_b=C_b, D_b=D_b,
+                               delta_bias_b=delta_bias_b))
     y = _scan(u, delta, A, B, C, D, None, delta_bias, softplus, False).float()
     y = y + _scan(u_b, delta_b, A_b, B_b, C_b, D_b, None, delta_bias_b, softplus, True).float()
     if z is not None:
