@@ -6,7 +6,9 @@ Layout of this package (see docs/kernels.md):
     _validate     every input rule, in one place
     _state        per-thread / per-context settings: backend, NaN/inf check (process defaults: set_*)
     _choose       which backend runs an op ('auto' = best available for the device)
-    backends/     one module per backend, same functions each: reference (PyTorch), cpu (C++), cuda
+    backends/     one module per backend, same functions each: reference (PyTorch), cpu (C++), cuda, triton,
+                  mamba_ssm (the official kernels, when installed)
+    triton_kernels/  the Triton kernels
     _ops          torch.library custom ops `torch.ops.vimzoo.*`: registration, fake impls, autograd
     _flops        FLOP formulas for FlopCounterMode
     _loader       JIT build of the compiled kernels (`python -m vimzoo.ops build` prebuilds)
@@ -17,7 +19,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from . import _flops  # noqa: F401  (registers torch.ops.vimzoo.* and their FLOP formulas)
-from ._choose import requested_backend
+from ._choose import choose, requested_backend
 from ._flops import scan_flops
 from ._state import (BACKENDS, check_finite_enabled, get_backend, set_backend, set_check_finite, use_backend,
                      use_check_finite)
@@ -108,11 +110,17 @@ def add_rms_norm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torc
                  backend: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Residual add + RMSNorm in fp32 (mamba_ssm's fused `rms_norm_fn(..., residual, prenorm=True)` semantics):
     returns (rms_norm(x + residual) * weight cast to x.dtype, x + residual in fp32). Without grad one fused op runs
-    (C++ for fp32 CPU tensors); with grad, PyTorch's differentiable ops."""
+    (C++ for fp32 CPU tensors); with grad, a fused differentiable op where the backend has a fused backward
+    (Triton), else PyTorch's differentiable ops."""
     op = 'add_rms_norm'
     check_add_rms_norm(op, x, residual, weight, eps)
     name = requested_backend(op, backend, x.device)
     if _needs_grad((x, residual, weight)):
+        # a fused differentiable op where a backend has one (Triton); not chosen while compiling (the compiler
+        # fuses the plain ops itself, and the choice would trace into kernel loading)
+        if not torch.compiler.is_compiling() and choose(op, name, x.device, (x, residual, weight),
+                                                         fallback=False) is not None:
+            return torch.ops.vimzoo.add_rms_norm(x, residual, weight, float(eps), name, check_finite_enabled())
         if check_finite_enabled():
             check_finite(op, {'x': x, 'residual': residual, 'weight': weight})
         return add_rms_norm_ref(x, residual, weight, float(eps))

@@ -1,9 +1,14 @@
 """Picks the backend that runs an op: the one requested, or for 'auto' the first in the device's order that can.
 
-    auto on CPU:   cpu (C++ kernel)  -> reference
-    auto on CUDA:  cuda (CUDA kernel) -> reference (with a one-time warning: far slower)
+    auto on CPU:   cpu (C++ kernel) -> reference
+    auto on CUDA:  triton (Triton kernels) -> mamba_ssm (if installed) -> cuda (CUDA C++ kernel, nvcc JIT build)
+                   -> reference (with a one-time warning: far slower)
     anything else: reference
+
+On CUDA, the first choice of a backend for an op is logged once (logger 'vimzoo.ops', level INFO), with the
+reasons the backends before it could not run.
 """
+import logging
 from types import ModuleType
 from typing import Optional, Sequence
 
@@ -18,7 +23,17 @@ __all__ = ['AUTO_ORDER', 'DEFAULT', 'requested_backend', 'resolve_default', 'cho
 # so compiled, scripted and exported graphs follow use_backend() like eager calls.
 DEFAULT = 'default'
 
-AUTO_ORDER = {'cpu': ('cpu', 'reference'), 'cuda': ('cuda', 'reference')}
+AUTO_ORDER = {'cpu': ('cpu', 'reference'), 'cuda': ('triton', 'mamba_ssm', 'cuda', 'reference')}
+_logger = logging.getLogger('vimzoo.ops')
+_logged = set()
+
+
+def _log_choice_once(op: str, device: torch.device, name: str, reasons: Sequence[str]) -> None:
+    key = (op, device.type, name)
+    if key not in _logged:
+        _logged.add(key)
+        skipped = f' (skipped: {"; ".join(reasons)})' if reasons else ''
+        _logger.info(f"vimzoo.ops: {op} on {device.type.upper()} tensors runs on backend {name!r} (auto){skipped}.")
 
 
 def requested_backend(op: str, backend: Optional[str], device: torch.device) -> str:
@@ -62,6 +77,8 @@ def choose(op: str, requested: str, device: torch.device, tensors: Sequence[Opti
             if name == 'reference' and device.type == 'cuda':
                 warn_once(f'auto-cuda-{op}', f'vimzoo.ops: {op} runs the (slow) PyTorch reference on CUDA tensors ('
                           + '; '.join(reasons) + ').')
+            elif device.type == 'cuda':
+                _log_choice_once(op, device, name, reasons)
             return REGISTRY[name]
         reasons.append(f'{name}: {reason}')
     raise RuntimeError(f'vimzoo.ops: no backend can run {op} here ({"; ".join(reasons)}).')

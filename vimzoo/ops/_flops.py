@@ -85,3 +85,13 @@ def _add_rms_norm_flop(x, residual, weight, eps, backend, check_finite, out_shap
     """0, like every element-wise aten op (FlopCounterMode counts neither layer_norm nor rms_norm), so models that
     use the fused norm stay comparable with models that use torch's."""
     return 0
+
+
+@register_flop_formula(_vz.add_rms_norm)
+def _add_rms_norm_diff_flop(x, residual, weight, eps, backend, check_finite, out_shape=None, **kwargs) -> int:
+    return 0
+
+
+@register_flop_formula(_vz.add_rms_norm_bwd)
+def _add_rms_norm_bwd_flop(dnormed, dsummed, summed, weight, eps, backend, out_shape=None, **kwargs) -> int:
+    return 0

@@ -32,8 +32,8 @@ def _zero_grads(*inputs: Optional[Tensor]) -> Tuple[Tensor, ...]:
     return tuple(torch.empty(0, dtype=_F32, device=ref.device) if t is None else torch.zeros_like(t) for t in inputs)
 
 
-def _choose_scan(op: str, backend: str, u: Tensor, A: Tensor, *tensors: Optional[Tensor]):
-    return choose(op, backend, u.device, (u, A, *tensors), d_state=A.shape[1])
+def _choose_scan(op: str, backend: str, u: Tensor, A: Tensor, *tensors: Optional[Tensor], window: int = 1):
+    return choose(op, backend, u.device, (u, A, *tensors), d_state=A.shape[1], window=window)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -45,7 +45,7 @@ def selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                       window: int, backend: str, check_finite: bool) -> Tensor:
     if u.numel() == 0:
         return torch.empty_like(u)
-    impl = _choose_scan('selective_scan', backend, u, A, delta, B, C, D, z, delta_bias)
+    impl = _choose_scan('selective_scan', backend, u, A, delta, B, C, D, z, delta_bias, window=window)
     return impl.scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, window, check_finite)
 
 
@@ -62,7 +62,7 @@ def selective_scan_bwd_op(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: 
     """Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias); empty tensors stand for absent inputs."""
     if u.numel() == 0:
         return _zero_grads(u, delta, A, B, C, D, z, delta_bias)
-    impl = _choose_scan('selective_scan_bwd', backend, u, A, delta, B, C, D, z, delta_bias)
+    impl = _choose_scan('selective_scan_bwd', backend, u, A, delta, B, C, D, z, delta_bias, window=window)
     du, dd, dA, dB, dC, dD, dz, dbias = impl.scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                                       reverse, window)
     # activations' grads in their inputs' layout (what the fake impl promises), parameters' contiguous
@@ -282,3 +282,52 @@ def add_rms_norm_fwd_op(x: Tensor, residual: Optional[Tensor], weight: Tensor, e
 @add_rms_norm_fwd_op.register_fake
 def _(x, residual, weight, eps, backend, check_finite):
     return torch.empty_like(x), torch.empty_like(x, dtype=_F32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# add_rms_norm: the same fused forward, differentiable, for backends with a fused backward (vimzoo.ops.add_rms_norm
+# takes this route under grad only where the chosen backend's can_run('add_rms_norm') accepts; elsewhere autograd
+# differentiates PyTorch's ops).
+# --------------------------------------------------------------------------------------------------------------
+@torch.library.custom_op('vimzoo::add_rms_norm', mutates_args=())
+def add_rms_norm_op(x: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float, backend: str,
+                    check_finite: bool) -> Tuple[Tensor, Tensor]:
+    impl = choose('add_rms_norm', backend, x.device, (x, residual, weight))
+    normed, summed = impl.add_rms_norm_fwd(x, residual, weight, eps, check_finite)
+    if summed.data_ptr() == x.data_ptr() and summed.numel():
+        summed = summed.clone()
+    return normed, summed
+
+
+@add_rms_norm_op.register_fake
+def _(x, residual, weight, eps, backend, check_finite):
+    return torch.empty_like(x), torch.empty_like(x, dtype=_F32)
+
+
+@torch.library.custom_op('vimzoo::add_rms_norm_bwd', mutates_args=())
+def add_rms_norm_bwd_op(dnormed: Tensor, dsummed: Optional[Tensor], summed: Tensor, weight: Tensor, eps: float,
+                        backend: str) -> Tuple[Tensor, Tensor]:
+    """Returns (dsummed_total fp32: the gradient of x and of residual, dweight fp32)."""
+    impl = choose('add_rms_norm_bwd', backend, summed.device, (dnormed, dsummed, summed, weight))
+    return impl.add_rms_norm_bwd(dnormed, dsummed, summed, weight, eps)
+
+
+@add_rms_norm_bwd_op.register_fake
+def _(dnormed, dsummed, summed, weight, eps, backend):
+    return torch.empty_like(summed, dtype=_F32), weight.new_empty(weight.shape, dtype=_F32)
+
+
+def _norm_setup(ctx, inputs, output):
+    x, residual, weight, eps, backend, _ = inputs
+    ctx.save_for_backward(output[1], weight)
+    ctx.cfg = (eps, backend, x.dtype, None if residual is None else residual.dtype)
+
+
+def _norm_backward(ctx, dnormed, dsummed):
+    summed, weight = ctx.saved_tensors
+    eps, backend, x_dtype, res_dtype = ctx.cfg
+    ds, dw = torch.ops.vimzoo.add_rms_norm_bwd(dnormed.contiguous(), dsummed, summed, weight, eps, backend)
+    return ds.to(x_dtype), None if res_dtype is None else ds.to(res_dtype), dw.to(weight.dtype), None, None, None
+
+
+add_rms_norm_op.register_autograd(_norm_backward, setup_context=_norm_setup)

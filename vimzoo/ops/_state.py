@@ -14,7 +14,7 @@ __all__ = ['BACKENDS', 'get_backend', 'set_backend', 'use_backend', 'check_finit
            'use_check_finite', 'validate_backend_name', 'warn_once']
 
 # Names a caller may request; 'auto' picks per device (see vimzoo.ops._choose).
-BACKENDS = ('auto', 'reference', 'cpu', 'cuda')
+BACKENDS = ('auto', 'reference', 'cpu', 'cuda', 'triton', 'mamba_ssm')
 
 _defaults = {'backend': 'auto', 'check_finite': True}
 _backend_var: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar('vimzoo_ops_backend', default=None)

@@ -22,7 +22,7 @@ def mixer_fwd(xz, fwd, bwd, reverse: bool, window: int, scale: float, check_fini
         return pick('causal_conv1d', (x, weight, bias)).conv_fwd(x, weight, bias, True, rev, check_finite)
 
     def scan(u, delta, A, B, C, D, z, delta_bias, softplus, rev, win):
-        impl = pick('selective_scan', (u, A, delta, B, C, D, z, delta_bias), d_state=A.shape[1])
+        impl = pick('selective_scan', (u, A, delta, B, C, D, z, delta_bias), d_state=A.shape[1], window=win or 1)
         return impl.scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, rev, win or 1, check_finite)
 
     def bidirectional_scan(*args):
@@ -37,7 +37,7 @@ def mixer_bwd(dout, xz, fwd, bwd, reverse: bool, window: int, scale: float, pick
         return pick('causal_conv1d', (x, weight, bias)).conv_fwd(x, weight, bias, True, rev, False)
 
     def scan_bwd(g, u, delta, A, B, C, D, z, delta_bias, rev, win, s):   # B, C and their grads as (b, l, n)
-        impl = pick('selective_scan_bwd', (u, A, delta, B, C, D, z, delta_bias), d_state=A.shape[1])
+        impl = pick('selective_scan_bwd', (u, A, delta, B, C, D, z, delta_bias), d_state=A.shape[1], window=win)
         du, dd, dA, dB, dC, dD, dz, db = impl.scan_bwd(g * s, u, delta, A, B.transpose(1, 2), C.transpose(1, 2), D, z,
                                                        delta_bias, True, rev, win)
         return du, dd, dA, dB.transpose(1, 2), dC.transpose(1, 2), dD, dz, db

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ['lb_window', 'compute_dtype', 'selective_scan_ref', 'bidirectional_selective_scan_ref',
-           'causal_conv1d_ref', 'mamba_inner_ref', 'mamba_inner_bwd_ref', 'add_rms_norm_ref']
+           'causal_conv1d_ref', 'mamba_inner_ref', 'mamba_inner_bwd_ref', 'add_rms_norm_ref', 'add_rms_norm_bwd_ref']
 
 
 def lb_window(length: int) -> int:
@@ -327,3 +327,19 @@ def causal_conv1d_bwd_ref(dout, x, weight, bias=None, activation=None, reverse=F
         dw = dw.flip(-1)
     db = None if bias is None else g.sum((0, 2)).to(bias.dtype)
     return dx.to(x.dtype), dw.to(weight.dtype), db
+
+
+def add_rms_norm_bwd_ref(dnormed: torch.Tensor, dsummed: Optional[torch.Tensor], summed: torch.Tensor,
+                         weight: torch.Tensor, eps: float = 1e-5) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Explicit backward of `add_rms_norm_ref` from its fp32 sum s = x + residual: with r = rsqrt(mean(s²) + eps),
+    n̂ = s·r and dn̂ = dnormed·w, ds = r·(dn̂ - n̂·mean(dn̂·n̂)) + dsummed (the gradient of x and of residual) and
+    dw = Σ dnormed·n̂. Returns (ds, dw) in fp32."""
+    s = summed.float()
+    r = torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps)
+    nhat = s * r
+    dn = dnormed.float()
+    dnh = dn * weight.float()
+    ds = r * (dnh - nhat * (dnh * nhat).mean(-1, keepdim=True))
+    if dsummed is not None:
+        ds = ds + dsummed.float()
+    return ds, (dn * nhat).reshape(-1, s.shape[-1]).sum(0)

@@ -23,9 +23,11 @@ def _ext():
 
 
 def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tensor]] = (),
-            channels: Optional[int] = None, d_state: Optional[int] = None) -> Optional[str]:
+            channels: Optional[int] = None, d_state: Optional[int] = None, window: int = 1) -> Optional[str]:
     if device.type != 'cpu':
         return f'needs CPU tensors, got tensors on {device}'
+    if op == 'add_rms_norm':   # vimzoo.ops.add_rms_norm then differentiates PyTorch's ops
+        return 'no fused add + RMSNorm backward kernel'
     if _loader.cpu_extension(required=False) is None:
         return f'the C++ CPU scan kernel could not be built ({_loader.build_error("cpu")})'
     if op in ('mamba_inner_fwd', 'mamba_inner_bwd'):   # else vimzoo.ops.mamba_inner takes the unfused route
@@ -96,6 +98,9 @@ def conv_bwd(dout, x, weight, bias, silu, reverse):
         dx, dw, db = _ext().causal_conv1d_bwd_tm(_channel_contiguous(dout), x, weight, bias, silu, reverse)
         return dx, dw, db if bias is not None else None
     return reference.conv_bwd(dout, x, weight, bias, silu, reverse)
+
+
+add_rms_norm_bwd = reference.add_rms_norm_bwd
 
 
 def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):

@@ -23,11 +23,13 @@ def _ext():
 
 
 def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tensor]] = (),
-            channels: Optional[int] = None, d_state: Optional[int] = None) -> Optional[str]:
+            channels: Optional[int] = None, d_state: Optional[int] = None, window: int = 1) -> Optional[str]:
     if device.type != 'cuda':
         return f'needs CUDA tensors, got tensors on {device}'
     if op in ('mamba_inner_fwd', 'mamba_inner_bwd'):
         return 'no fused CUDA mixer kernel (the unfused ops run instead)'
+    if op == 'add_rms_norm':   # vimzoo.ops.add_rms_norm then differentiates PyTorch's ops
+        return 'no fused add + RMSNorm backward kernel'
     if op in ('selective_scan', 'selective_scan_bwd', 'bidirectional_selective_scan'):
         if _loader.cuda_extension(required=False) is None:
             return f'the CUDA scan kernel is unavailable ({_loader.build_error("cuda")})'
@@ -63,6 +65,7 @@ def bidir_fwd(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b
 conv_fwd = reference.conv_fwd
 conv_bwd = reference.conv_bwd
 add_rms_norm_fwd = reference.add_rms_norm_fwd
+add_rms_norm_bwd = reference.add_rms_norm_bwd
 
 
 def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):

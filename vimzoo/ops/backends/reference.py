@@ -11,8 +11,11 @@ NAME = 'reference'
 
 
 def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tensor]] = (),
-            channels: Optional[int] = None, d_state: Optional[int] = None) -> Optional[str]:
-    """Every op, any device, any float dtype."""
+            channels: Optional[int] = None, d_state: Optional[int] = None, window: int = 1) -> Optional[str]:
+    """Every op, any device, any float dtype. Under grad, add_rms_norm declines the fused differentiable op:
+    autograd differentiates the reference math."""
+    if op == 'add_rms_norm':
+        return 'autograd differentiates the reference math'
     return None
 
 
@@ -67,3 +70,7 @@ def add_rms_norm_fwd(x, residual, weight, eps, check_finite):
     if check_finite:
         _check_values('add_rms_norm', {'x': x, 'residual': residual, 'weight': weight})
     return ref.add_rms_norm_ref(x, residual, weight, eps)
+
+
+def add_rms_norm_bwd(dnormed, dsummed, summed, weight, eps):
+    return ref.add_rms_norm_bwd_ref(dnormed, dsummed, summed, weight, eps)
