@@ -125,6 +125,7 @@ def main(argv=None):
     ap.add_argument('--shape', default='8,384,197,16', help='b,d,l,n (default: Vim-T d_inner, 224 px, batch 8)')
     ap.add_argument('--warmup', type=int, default=3)
     ap.add_argument('--rounds', type=int, default=21)
+    ap.add_argument('--cases', default='', help='comma-separated case names (default: all)')
     ap.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results' / 'kernel_ab'))
     args = ap.parse_args(argv)
     b, d, l, n = (int(x) for x in args.shape.split(','))
@@ -138,7 +139,10 @@ def main(argv=None):
         rows = []
         for threads in (int(t) for t in args.threads.split(',')):
             torch.set_num_threads(threads)
+            wanted = [c.strip() for c in args.cases.split(',') if c.strip()]
             for name, fn in cases(b, d, l, n).items():
+                if wanted and name not in wanted:
+                    continue
                 cpu_r, wall_r, a_cpu, a_wall = paired(fn, ext_a, ext_b, args.warmup, args.rounds)
                 rows.append(dict(case=name, threads=threads, ratio_cpu=round(cpu_r, 3), ratio_wall=round(wall_r, 3),
                                  baseline_cpu_ms=round(a_cpu, 3), baseline_wall_ms=round(a_wall, 3)))

@@ -47,14 +47,18 @@ void scan_row_bwd(const Shape& s, const typename VecOps<V>::S* __restrict A,
   for (int64_t n = 0; n < N; ++n) cr[n] = 0;
   for (int64_t k = 0; k < L; ++k) {
     const int64_t t = s.pos(k);
-    acc_t* ak = abuf + (k + 1) * N;
-    acc_t* bk = bbuf + k * N;
-    acc_t* hk = hf + k * N;
-    row_state_step<V, NC>(N, O::splat(dt[t]), O::splat(dtu[t]), A, Bt + t * N, cr, [&](int64_t n, V a, V bv, V hv) {
-      O::store(ak + n, a);
-      O::store(bk + n, bv);
-      O::store(hk + n, hv);
-    });
+    const V vd = O::splat(dt[t]), vdu = O::splat(dtu[t]);
+    const acc_t* __restrict b = Bt + t * N;
+    acc_t* __restrict ak = abuf + (k + 1) * N;
+    acc_t* __restrict bk = bbuf + k * N;
+    acc_t* __restrict hk = hf + k * N;
+    for (int64_t n = 0; n < N; n += O::W) {
+      const StateStep<V> st = row_state_step(vd, vdu, O::load(A + n), O::load(b + n), O::load(cr + n));
+      O::store(ak + n, st.a);
+      O::store(bk + n, st.b);
+      O::store(cr + n, st.h);
+      O::store(hk + n, st.h);
+    }
   }
   // 2) windows, last to first.
   for (int64_t n = 0; n < N; ++n) {
@@ -71,9 +75,12 @@ void scan_row_bwd(const Shape& s, const typename VecOps<V>::S* __restrict A,
       const acc_t* __restrict c = Ct + t * N;
       const acc_t* __restrict anext = abuf + (k + 2) * N;  // a_{k+1}; zero row past the end
       acc_t* __restrict dxl = dxlw + (k - k0) * N;
-      row_local_step<V, NC>(N, abuf + (k + 1) * N, bbuf + k * N, hbw + (k + 1 - k0) * N, hbw + (k - k0) * N,
-                            [](int64_t, V, V) {});
+      const acc_t* __restrict ak = abuf + (k + 1) * N;
+      const acc_t* __restrict bk = bbuf + k * N;
+      const acc_t* __restrict hb_next = hbw + (k + 1 - k0) * N;   // zero row past the window's end
+      acc_t* __restrict hbk = hbw + (k - k0) * N;
       for (int64_t n = 0; n < N; n += O::W) {
+        O::store(hbk + n, local_step(O::load(ak + n), O::load(bk + n), O::load(hb_next + n)).hb);
         const V x = vg * O::load(c + n) + O::load(anext + n) * O::load(cr + n);
         O::store(cr + n, x);
         O::store(dxl + n, x);

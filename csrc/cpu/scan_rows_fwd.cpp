@@ -27,10 +27,15 @@ void scan_row_fwd(const Shape& s, const typename VecOps<V>::S* __restrict A, con
   if (W <= 1) {
     for (int64_t k = 0; k < L; ++k) {
       const int64_t t = s.pos(k);
+      const V vd = O::splat(dt[t]), vdu = O::splat(dtu[t]);
+      const acc_t* __restrict b = Bt + t * N;
       const acc_t* __restrict c = Ct + t * N;
       V acc = O::splat(0);
-      row_state_step<V, NC>(N, O::splat(dt[t]), O::splat(dtu[t]), A, Bt + t * N, h,
-                            [&](int64_t n, V, V, V hv) { acc += hv * O::load(c + n); });
+      for (int64_t n = 0; n < N; n += O::W) {
+        const V hv = row_state_step(vd, vdu, O::load(A + n), O::load(b + n), O::load(h + n)).h;
+        O::store(h + n, hv);
+        acc += hv * O::load(c + n);
+      }
       y[t] = O::sum(acc);
     }
     return;
@@ -44,23 +49,32 @@ void scan_row_fwd(const Shape& s, const typename VecOps<V>::S* __restrict A, con
     const int64_t k1 = std::min(k0 + W, L);
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t t = s.pos(k);
-      acc_t* ak = abuf + (k - k0) * N;
-      acc_t* bk = bbuf + (k - k0) * N;
-      acc_t* hk = hbuf + (k - k0) * N;
-      row_state_step<V, NC>(N, O::splat(dt[t]), O::splat(dtu[t]), A, Bt + t * N, h, [&](int64_t n, V a, V bv, V hv) {
-        O::store(ak + n, a);
-        O::store(bk + n, bv);
-        O::store(hk + n, hv);
-      });
+      const V vd = O::splat(dt[t]), vdu = O::splat(dtu[t]);
+      const acc_t* __restrict b = Bt + t * N;
+      acc_t* __restrict ak = abuf + (k - k0) * N;
+      acc_t* __restrict bk = bbuf + (k - k0) * N;
+      acc_t* __restrict hk = hbuf + (k - k0) * N;
+      for (int64_t n = 0; n < N; n += O::W) {
+        const StateStep<V> st = row_state_step(vd, vdu, O::load(A + n), O::load(b + n), O::load(h + n));
+        O::store(ak + n, st.a);
+        O::store(bk + n, st.b);
+        O::store(h + n, st.h);
+        O::store(hk + n, st.h);
+      }
     }
     for (int64_t n = 0; n < N; ++n) hb[n] = 0;
     for (int64_t k = k1 - 1; k >= k0; --k) {
       const int64_t t = s.pos(k);
-      const acc_t* c = Ct + t * N;
-      const acc_t* hk = hbuf + (k - k0) * N;
+      const acc_t* __restrict c = Ct + t * N;
+      const acc_t* __restrict ak = abuf + (k - k0) * N;
+      const acc_t* __restrict bk = bbuf + (k - k0) * N;
+      const acc_t* __restrict hk = hbuf + (k - k0) * N;
       V acc = O::splat(0);
-      row_local_step<V, NC>(N, abuf + (k - k0) * N, bbuf + (k - k0) * N, hb, hb,
-                            [&](int64_t n, V r, V) { acc += (O::load(hk + n) + r) * O::load(c + n); });
+      for (int64_t n = 0; n < N; n += O::W) {
+        const LocalStep<V> ls = local_step(O::load(ak + n), O::load(bk + n), O::load(hb + n));
+        O::store(hb + n, ls.hb);
+        acc += (O::load(hk + n) + ls.r) * O::load(c + n);
+      }
       y[t] = O::sum(acc);
     }
   }

@@ -55,11 +55,19 @@ v16f scan_block_tm(const TmScan& s, int64_t bi, int64_t c0, int64_t L, int64_t N
       const int64_t t = s.reverse ? L - 1 - k : k;
       const v16f vd = cd[k % kChunk], vu = cu[k % kChunk];
       const float* c = Cb + t * s.bc_st;
-      v16f acc[2] = {vD * vu, splatv<v16f>(0.0f)};  // two accumulators: shorter add chains
-      tm_state_step<NC>(N, vd, vd * vu, A2, Bb + t * s.bc_st, h,
-                        [&](int64_t n, v16f, v16f, v16f hv) { acc[n & 1] += hv * c[n]; });
+      const float* b = Bb + t * s.bc_st;
+      const v16f vdu = vd * vu;
+      v16f acc0 = vD * vu, acc1 = splatv<v16f>(0.0f);  // two accumulators: shorter add chains
+      for (int64_t n = 0; n < N; n += 2) {
+        h[n] = tm_state_step(vd, vdu, A2[n], b[n], h[n]).h;
+        acc0 += h[n] * c[n];
+        if (n + 1 < N) {
+          h[n + 1] = tm_state_step(vd, vdu, A2[n + 1], b[n + 1], h[n + 1]).h;
+          acc1 += h[n + 1] * c[n + 1];
+        }
+      }
       float* yt = y + t * kLanes;
-      O::store(yt, accumulate ? O::load(yt) + acc[0] + acc[1] : acc[0] + acc[1]);
+      O::store(yt, accumulate ? O::load(yt) + acc0 + acc1 : acc0 + acc1);
     }
     return chk;
   }
@@ -80,11 +88,12 @@ v16f scan_block_tm(const TmScan& s, int64_t bi, int64_t c0, int64_t L, int64_t N
       v16f* ak = abuf + (k - k0) * N;
       v16f* bk = bbuf + (k - k0) * N;
       v16f* hk = hbuf + (k - k0) * N;
-      tm_state_step<NC>(N, vd, vdu, A2, b, h, [&](int64_t n, v16f a, v16f bv, v16f hv) {
-        ak[n] = a;
-        bk[n] = bv;
-        hk[n] = hv;
-      });
+      for (int64_t n = 0; n < N; ++n) {
+        const StateStep<v16f> st = tm_state_step(vd, vdu, A2[n], b[n], h[n]);
+        ak[n] = st.a;
+        bk[n] = st.b;
+        h[n] = hk[n] = st.h;
+      }
     }
     for (int64_t n = 0; n < N; ++n) hb[n] = splatv<v16f>(0.0f);
     for (int64_t k = k1 - 1; k >= k0; --k) {
@@ -94,7 +103,11 @@ v16f scan_block_tm(const TmScan& s, int64_t bi, int64_t c0, int64_t L, int64_t N
       const v16f* bk = bbuf + (k - k0) * N;
       const v16f* hk = hbuf + (k - k0) * N;
       v16f acc = vD * O::load(s.u.at(bi, t, c0));
-      tm_local_step<NC>(N, ak, bk, hb, [&](int64_t n, v16f r, v16f) { acc += (hk[n] + r) * c[n]; });
+      for (int64_t n = 0; n < N; ++n) {
+        const LocalStep<v16f> ls = local_step(ak[n], bk[n], hb[n]);
+        hb[n] = ls.hb;
+        acc += (hk[n] + ls.r) * c[n];
+      }
       float* yt = y + t * kLanes;
       O::store(yt, accumulate ? O::load(yt) + acc : acc);
     }

@@ -96,20 +96,17 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
   for (int64_t k = 0; k < L; ++k) {
     const int64_t t = s.reverse ? L - 1 - k : k;
     const v16f vd = w.vd[t];
+    const v16f vdu = vd * w.vu[t];
+    const float* b = Bb + t * s.bc_st;
     v16f* hk = hs + k * N;
     const v16f* hprev = k ? hk - N : carry;   // carry is still zero here: h_{-1} = 0
-    for (int64_t n = 0; n < N; ++n) hk[n] = hprev[n];
     v16f* ak = w.abuf.data() + (k + 1) * N;
-    if (W <= 1) {
-      tm_state_step<NC>(N, vd, vd * w.vu[t], A2, Bb + t * s.bc_st, hk, [&](int64_t n, v16f a, v16f, v16f) {
-        ak[n] = a;
-      });
-    } else {
-      v16f* bk = w.bbuf.data() + k * N;
-      tm_state_step<NC>(N, vd, vd * w.vu[t], A2, Bb + t * s.bc_st, hk, [&](int64_t n, v16f a, v16f bv, v16f) {
-        ak[n] = a;
-        bk[n] = bv;
-      });
+    v16f* bk = W > 1 ? w.bbuf.data() + k * N : nullptr;
+    for (int64_t n = 0; n < N; ++n) {
+      const StateStep<v16f> st = tm_state_step(vd, vdu, A2[n], b[n], hprev[n]);
+      ak[n] = st.a;
+      if (W > 1) bk[n] = st.b;
+      hk[n] = st.h;
     }
   }
   const std::vector<v16f> zeros(N, splatv<v16f>(0.0f));
@@ -168,8 +165,7 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
         const v16f* hb_next = hb + N;
         const v16f* ak = abuf + (k + 1) * N;
         const v16f* bk = bbuf + k * N;
-        for (int64_t n = 0; n < N; ++n) hb[n] = hb_next[n];
-        tm_local_step<NC>(N, ak, bk, hb, [](int64_t, v16f, v16f) {});
+        for (int64_t n = 0; n < N; ++n) hb[n] = local_step(ak[n], bk[n], hb_next[n]).hb;
         for (int64_t n = 0; n < N; ++n) {
           carry[n] = g * c[n] + anext[n] * carry[n];
           dxl[n] = carry[n];
