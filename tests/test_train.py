@@ -19,8 +19,8 @@ import torch
 
 import vimzoo
 from vimzoo.train import checkpoint as ckpt_mod
-from vimzoo.train.checkpoint import (atomic_save, capture_rng_state, load_checkpoint, restore_rng_state,
-                                     save_checkpoint)
+from vimzoo.train.checkpoint import (CheckpointError, atomic_save, capture_rng_state, load_checkpoint,
+                                     restore_rng_state, save_checkpoint)
 from vimzoo.train.config import recipe_dir
 from vimzoo.train.datasets import BUILTIN_DATASETS, DatasetError, check_image_folder, ensure_builtin_dataset
 from vimzoo.train import trainer
@@ -248,7 +248,7 @@ def test_load_model_weights_layouts(tmp_path):
     torch.save({'state_dict': {f'module.{k}': v for k, v in w.items()}, 'epoch': 3}, tmp_path / 'ddp.pth')
     got = load_model_weights(tmp_path / 'ddp.pth')
     assert got.keys() == w.keys() and all(torch.equal(got[k], w[k]) for k in w)
-    with pytest.raises(KeyError, match='no EMA weights'):
+    with pytest.raises(CheckpointError, match='no EMA weights'):
         load_model_weights(tmp_path / 'ddp.pth', use_ema=True)
     torch.save({'model': w, 'model_ema': {k: v + 1 for k, v in w.items()}}, tmp_path / 'ours.pth')
     assert torch.equal(load_model_weights(tmp_path / 'ours.pth', use_ema=True)['head.bias'], torch.ones(3))
