@@ -135,6 +135,7 @@ class RunLock:
     def __init__(self, folder: os.PathLike):
         self.path = Path(folder) / LOCK_NAME
         self._fd: Optional[int] = None
+        self._created_folder = False
 
     def read_holder(self) -> Dict[str, Any]:
         try:
@@ -145,6 +146,7 @@ class RunLock:
     def acquire(self) -> Optional[Dict[str, Any]]:
         """Take the lock or raise RunFolderBusy naming the holder; returns a stale holder's info, else None."""
         import fcntl
+        self._created_folder = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -178,6 +180,11 @@ class RunLock:
             pass
         os.close(self._fd)
         self._fd = None
+        if self._created_folder:  # a run that failed before writing anything leaves no empty folder behind
+            try:
+                self.path.parent.rmdir()
+            except OSError:
+                pass
 
     def __enter__(self) -> 'RunLock':
         self.acquire()
