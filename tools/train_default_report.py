@@ -95,7 +95,7 @@ def doc_block(runs: List[Dict[str, Any]], same: bool) -> str:
         f'| wall time | **{_minutes(first["wall_s"])}**, CPU time {first["user_s"]:.0f} s user + '
         f'{first["sys_s"]:.0f} s sys |',
         f'| machine | {os.cpu_count()} cores ({platform.machine()}), {_load_text(first)} during the run; '
-        f'{first["info"]["threads"]} intra-op threads |',
+        f'{first["info"]["threads"]} intra-op thread{"s" if first["info"]["threads"] != 1 else ""} |',
     ]
     if len(runs) > 1:
         verdict = 'identical' if same else '**different**'
