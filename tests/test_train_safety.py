@@ -242,9 +242,9 @@ def test_train_and_val_classes_must_match(cache_dir, tmp_path):
 
 
 def test_num_classes_must_equal_the_class_folders(cache_dir, tmp_path):
-    proc = _run([TRAIN, *SHORT, '--num-classes', '3', '--output', tmp_path / 'out'], cache_dir, check=False)
+    proc = _run([TRAIN, *SHORT, '--num-classes', '3', '--output', tmp_path / 'out' / 'run'], cache_dir, check=False)
     _usage_error(proc, '--num-classes 3 does not match the 10 class folders')
-    assert not (tmp_path / 'out').exists()  # a run refused before writing anything leaves no empty folder
+    assert not (tmp_path / 'out').exists()  # a run refused before writing anything leaves no empty folders
 
 
 def test_data_counts_are_printed(two_epoch_run: Path):

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 __all__ = ['atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_copy', 'fsync_dir',
            'check_writable_folder', 'RunFolderBusy', 'RunLock', 'LOCK_NAME']
@@ -135,7 +135,7 @@ class RunLock:
     def __init__(self, folder: os.PathLike):
         self.path = Path(folder) / LOCK_NAME
         self._fd: Optional[int] = None
-        self._created_folder = False
+        self._created: List[Path] = []
 
     def read_holder(self) -> Dict[str, Any]:
         try:
@@ -146,7 +146,8 @@ class RunLock:
     def acquire(self) -> Optional[Dict[str, Any]]:
         """Take the lock or raise RunFolderBusy naming the holder; returns a stale holder's info, else None."""
         import fcntl
-        self._created_folder = not self.path.parent.exists()
+        missing = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
+        self._created = missing  # innermost first: removed again on release if still empty
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -180,11 +181,11 @@ class RunLock:
             pass
         os.close(self._fd)
         self._fd = None
-        if self._created_folder:  # a run that failed before writing anything leaves no empty folder behind
+        for folder in self._created:  # a run that failed before writing anything leaves no empty folders behind
             try:
-                self.path.parent.rmdir()
+                folder.rmdir()
             except OSError:
-                pass
+                break
 
     def __enter__(self) -> 'RunLock':
         self.acquire()
