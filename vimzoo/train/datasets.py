@@ -18,9 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 __all__ = ['BUILTIN_DATASETS', 'BuiltinDataset', 'DatasetError', 'default_cache_dir', 'ensure_builtin_dataset',
-           'check_image_folder', 'IMAGE_EXTENSIONS']
+           'check_image_folder', 'image_extensions', 'count_class_images', 'ClassFolders', 'match_class_folders']
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp', '.gif')
 _MARKER = 'VIMZOO_DATASET_COMPLETE'
 
 Color = Tuple[int, int, int]
@@ -239,10 +238,21 @@ def ensure_builtin_dataset(name: str, cache_dir: Optional[os.PathLike] = None) -
     return root
 
 
+def image_extensions() -> Tuple[str, ...]:
+    """The extensions timm's ImageFolder reader picks up (so a check never passes files timm would skip)."""
+    from timm.data.readers.img_extensions import get_img_extensions
+    return tuple(get_img_extensions())
+
+
+def _is_image(name: str, extensions: Tuple[str, ...]) -> bool:
+    return os.path.splitext(name)[1].lower() in extensions
+
+
 def _count_images(folder: Path, limit: int = 1) -> int:
     found = 0
+    extensions = image_extensions()
     for _, _, files in os.walk(folder, followlinks=True):
-        found += sum(1 for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+        found += sum(1 for f in files if _is_image(f, extensions))
         if found >= limit:
             break
     return found
@@ -268,7 +278,67 @@ def check_image_folder(root: os.PathLike, splits: List[str], what: str = 'datase
                 raise DatasetError(f'{what} folder {folder} has no class sub-folders ({layout}).')
             if _count_images(folder) == 0:
                 raise DatasetError(f'{what} folder {folder} contains no images with extensions '
-                                 f'{", ".join(IMAGE_EXTENSIONS)} ({layout}).')
+                                   f'{", ".join(image_extensions())} ({layout}).')
             return {split: folder}
     raise DatasetError(f'{what} folder {root} has no {" or ".join(repr(s) for s in splits)} sub-folder '
-                            f'({layout}).')
+                       f'({layout}).')
+
+
+def count_class_images(split_dir: os.PathLike, what: str) -> Dict[str, int]:
+    """{class folder name: number of images directly inside it} for an ImageFolder split; an empty class folder or
+    images lying outside class folders are a DatasetError naming the folder."""
+    split_dir = Path(split_dir)
+    extensions = image_extensions()
+    counts: Dict[str, int] = {}
+    for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if entry.is_dir(follow_symlinks=True):
+            counts[entry.name] = sum(1 for f in os.scandir(entry.path) if f.is_file() and _is_image(f.name, extensions))
+        elif _is_image(entry.name, extensions):
+            raise DatasetError(f'{what}: {entry.path} lies directly in {split_dir}; images must be in class '
+                               f'sub-folders ({split_dir}/<class_name>/<image>).')
+    empty = [name for name, n in counts.items() if n == 0]
+    if empty:
+        raise DatasetError(f'{what}: class folder {split_dir / empty[0]} has no images (extensions '
+                           f'{", ".join(extensions)})' + (f', nor have {len(empty) - 1} more: {empty[1:6]}'
+                                                         if len(empty) > 1 else '')
+                           + '; remove it or add images.')
+    return counts
+
+
+@dataclass(frozen=True)
+class ClassFolders:
+    """The checked class layout of an ImageFolder dataset: the class map (timm's natural sort) and image counts."""
+    class_to_idx: Dict[str, int]
+    train_counts: Dict[str, int]
+    val_counts: Dict[str, int]
+    val_skipped: Dict[str, int]  # val classes the training data lacks (only with --allow-class-mismatch)
+
+    def describe(self) -> str:
+        def _part(counts: Dict[str, int]) -> str:
+            n = list(counts.values()) or [0]
+            return f'{sum(n)} images in {len(counts)} classes ({min(n)}-{max(n)} per class)'
+        text = f'train {_part(self.train_counts)}; val {_part(self.val_counts)}'
+        if self.val_skipped:
+            text += f'; val skips {sum(self.val_skipped.values())} images of classes not in train'
+        return text
+
+
+def match_class_folders(train_counts: Dict[str, int], val_counts: Dict[str, int], allow_mismatch: bool,
+                        num_classes: Optional[int], train_dir: Path, val_dir: Path) -> ClassFolders:
+    """Train and val must have the same class folders (unless `allow_mismatch`), `num_classes` must equal their
+    number; returns the class map with timm's ImageFolder order."""
+    from timm.utils.misc import natural_key
+    only_train = sorted(set(train_counts) - set(val_counts))
+    only_val = sorted(set(val_counts) - set(train_counts))
+    if (only_train or only_val) and not allow_mismatch:
+        parts = [f'{len(c)} only in {d} (first: {", ".join(c[:5])})' for c, d in
+                 ((only_train, train_dir), (only_val, val_dir)) if c]
+        raise DatasetError(f'the train and val class folders differ: {"; ".join(parts)}. Fix the folders, or pass '
+                           f'--allow-class-mismatch to train anyway (val images of classes train lacks are skipped).')
+    if num_classes is not None and num_classes != len(train_counts):
+        raise DatasetError(f'--num-classes {num_classes} does not match the {len(train_counts)} class folders in '
+                           f'{train_dir}; omit --num-classes to use the folders.')
+    class_to_idx = {c: i for i, c in enumerate(sorted(train_counts, key=natural_key))}
+    return ClassFolders(class_to_idx=class_to_idx, train_counts=train_counts,
+                        val_counts={c: n for c, n in val_counts.items() if c in class_to_idx},
+                        val_skipped={c: val_counts[c] for c in only_val})

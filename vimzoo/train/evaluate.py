@@ -3,7 +3,8 @@
 Weights can be one of our training checkpoints (`last.pth`/`best.pth`), a `.safetensors` export, or an official
 release file. Official files go through timm's pretrained loading (`pretrained_cfg_overlay=dict(file=...)`), which
 applies the family's `checkpoint_filter_fn`, so the original key layout is converted exactly as for `pretrained=True`.
-Preprocessing is `resolve_data_config(model=...)` + `create_transform`, i.e. the model's pretrained_cfg.
+Preprocessing is `resolve_data_config` (the eval settings our checkpoints record, else the model's pretrained_cfg)
+and timm's `create_loader`, and the loop is `evaluate()`, the same function training evaluates with every epoch.
 """
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import time
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from .checkpoint import _atomic_write, load_model_weights, to_plain
+from .checkpoint import CheckpointError, apply_initial_weights, load_checkpoint, load_model_weights, to_plain
+from .fileio import atomic_write_text
 from .datasets import BUILTIN_DATASETS, DatasetError, check_image_folder, ensure_builtin_dataset
 
 __all__ = ['build_parser', 'main', 'validate']
@@ -52,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--std', type=float, nargs='+', default=None)
     p.add_argument('--batch-size', '-b', type=int, default=64)
     p.add_argument('--workers', '-j', type=int, default=2)
+    p.add_argument('--threads', type=int, default=None,
+                   help='intra-op CPU threads (torch.set_num_threads); default: torch\'s own choice')
     p.add_argument('--limit-batches', type=int, default=None, help='debug: evaluate only this many batches')
     p.add_argument('--device', default='auto')
     p.add_argument('--amp', action='store_true')
@@ -60,42 +64,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _checkpoint_info(path: Path, use_ema: bool) -> Dict[str, Any]:
+    """Weights plus what our files record about them (model name, classes, eval preprocessing)."""
+    info: Dict[str, Any] = {'model_name': None, 'num_classes': None, 'class_to_idx': None, 'data_config': None}
+    if path.suffix == '.safetensors':
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(str(path), framework='pt') as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f'{path} is damaged or not a safetensors file ({e}).') from e
+        info['model_name'] = meta.get('model')
+        info['num_classes'] = int(meta['num_classes']) if meta.get('num_classes') else None
+        info['class_to_idx'] = json.loads(meta['class_to_idx']) if meta.get('class_to_idx') else None
+        info['data_config'] = json.loads(meta['data_config']) if meta.get('data_config') else None
+    else:
+        ckpt = load_checkpoint(path)  # checksum verified for our files
+        if isinstance(ckpt, dict) and str(ckpt.get('format', '')).startswith('vimzoo-train'):
+            info.update(model_name=ckpt.get('model_name'), num_classes=ckpt.get('num_classes'),
+                        class_to_idx=ckpt.get('class_to_idx'), data_config=ckpt.get('data_config'))
+        del ckpt
+    info['state_dict'] = load_model_weights(path, use_ema=use_ema)
+    return info
+
+
 def _model_from_sources(args, parser) -> Dict[str, Any]:
     """Work out model name, num_classes, class map and weights from the checkpoint, then build the model."""
     import timm
     import vimzoo
     info: Dict[str, Any] = {'class_to_idx': None, 'state_dict': None, 'data_config': None}
-    model_name, num_classes = args.model, args.num_classes
     if args.checkpoint:
         path = Path(args.checkpoint).expanduser()
         if not path.is_file():
             parser.error(f'--checkpoint {path}: file not found.')
-        if path.suffix == '.safetensors':
-            from safetensors import safe_open
-            with safe_open(str(path), framework='pt') as f:
-                meta = f.metadata() or {}
-            model_name = model_name or meta.get('model')
-            if num_classes is None and meta.get('num_classes'):
-                num_classes = int(meta['num_classes'])
-            if meta.get('class_to_idx'):
-                info['class_to_idx'] = json.loads(meta['class_to_idx'])
-            if meta.get('data_config'):
-                info['data_config'] = json.loads(meta['data_config'])
-        else:
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
-            if isinstance(ckpt, dict) and ckpt.get('format') == 'vimzoo-train-v1':
-                model_name = model_name or ckpt['model_name']
-                num_classes = num_classes or ckpt['num_classes']
-                info['class_to_idx'] = ckpt.get('class_to_idx')
-                info['data_config'] = ckpt.get('data_config')
-            del ckpt
         try:
-            info['state_dict'] = load_model_weights(path, use_ema=args.use_ema)
-        except (KeyError, ValueError) as e:
+            info = _checkpoint_info(path, args.use_ema)
+        except CheckpointError as e:
             parser.error(str(e))
-        if num_classes is None:
+        if info['num_classes'] is None:
             head = [v for k, v in info['state_dict'].items() if k.endswith('head.weight') or k.endswith('fc.weight')]
-            num_classes = head[-1].shape[0] if head else None
+            info['num_classes'] = head[-1].shape[0] if head else None
+    model_name = args.model or info.get('model_name')
+    num_classes = args.num_classes or info.get('num_classes')
     if not model_name:
         parser.error('--model is required unless --checkpoint is one of our checkpoints/safetensors exports.')
     try:
@@ -116,38 +126,77 @@ def _model_from_sources(args, parser) -> Dict[str, Any]:
     else:
         model = timm.create_model(model_name, pretrained=args.pretrained, **kwargs)
     if info['state_dict'] is not None:
-        missing, unexpected = model.load_state_dict(info['state_dict'], strict=False)
-        if missing or unexpected:
-            parser.error(f'{args.checkpoint} does not match {model_name}: missing {missing[:5]}, unexpected '
-                         f'{unexpected[:5]} (pass --model / --num-classes, or --official-weights for release files).')
+        try:
+            apply_initial_weights(model, info['state_dict'], strict=True, source=f'--checkpoint {args.checkpoint}',
+                                  hint='Pass --model / --num-classes, or --official-weights for release files.')
+        except CheckpointError as e:
+            parser.error(str(e))
     info.update(model=model, model_name=model_name, num_classes=model.num_classes)
     return info
 
 
-def validate(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> Dict[str, Any]:
-    from timm.data import create_dataset, create_transform, resolve_data_config
-    from timm.utils import AverageMeter, accuracy
-    parser = parser or build_parser()
-    if args.data_dir:
-        root = Path(args.data_dir).expanduser()
-        splits = [args.split, 'val', 'validation']
-        if root.is_dir() and not any((root / s).is_dir() for s in splits) and any(p.is_dir() for p in root.iterdir()):
-            val_dir = root  # the split folder itself was given
-            check_image_folder(root.parent, [root.name], 'validation data')
-        else:
-            val_dir = next(iter(check_image_folder(root, list(dict.fromkeys(splits)), 'validation data').values()))
-    else:
-        val_dir = ensure_builtin_dataset(args.builtin_dataset, args.dataset_cache_dir) / 'val'
+def evaluate(model: nn.Module, loader, device: torch.device, autocast: Callable = nullcontext,
+             limit: Optional[int] = None, channels_last: bool = False, to_device: bool = True,
+             reduce_sum: Optional[Callable[[torch.Tensor], Any]] = None) -> Dict[str, float]:
+    """Top-1/top-5/loss of `model` over `loader` (timm `accuracy`); the one loop behind training's per-epoch eval
+    and tools/validate.py. `reduce_sum` all-reduces the float64 sums over DDP ranks."""
+    from timm.utils import accuracy
+    model.eval()
+    loss_fn = nn.CrossEntropyLoss(reduction='sum')
+    sums = torch.zeros(4, dtype=torch.float64)
+    k5 = None
+    with torch.inference_mode():
+        for i, (inp, target) in enumerate(loader):
+            if limit is not None and i >= limit:
+                break
+            if to_device:
+                inp, target = inp.to(device), target.to(device)
+            if channels_last:
+                inp = inp.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                out = model(inp)
+            out = out.float()
+            n = target.shape[0]
+            k5 = k5 or min(5, out.shape[-1])
+            acc1, acc5 = accuracy(out, target, topk=(1, k5))
+            # timm's accuracy() gives float32 percentages; turn them back into exact correct-prediction counts
+            sums += torch.tensor([loss_fn(out, target).item(), round(acc1.item() * n / 100),
+                                  round(acc5.item() * n / 100), n], dtype=torch.float64)
+    if reduce_sum is not None:
+        sums = sums.to(device)
+        reduce_sum(sums)
+        sums = sums.cpu()
+    n = max(sums[3].item(), 1)
+    return {'loss': sums[0].item() / n, 'top1': 100 * sums[1].item() / n, 'top5': 100 * sums[2].item() / n,
+            'count': int(sums[3].item())}
 
+
+def _val_folder(args, parser) -> Path:
+    if not args.data_dir:
+        return ensure_builtin_dataset(args.builtin_dataset, args.dataset_cache_dir) / 'val'
+    root = Path(args.data_dir).expanduser()
+    splits = [args.split, 'val', 'validation']
+    if root.is_dir() and not any((root / s).is_dir() for s in splits) and any(p.is_dir() for p in root.iterdir()):
+        check_image_folder(root.parent, [root.name], 'validation data')
+        return root  # the split folder itself was given
+    return next(iter(check_image_folder(root, list(dict.fromkeys(splits)), 'validation data').values()))
+
+
+def validate(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> Dict[str, Any]:
+    from timm.data import create_dataset, create_loader, resolve_data_config
+    parser = parser or build_parser()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    val_dir = _val_folder(args, parser)
     info = _model_from_sources(args, parser)
     model = info['model']
     if info['data_config']:
         info['data_config'] = {k: tuple(v) if isinstance(v, list) else v for k, v in info['data_config'].items()}
     # our checkpoints carry the eval preprocessing they were trained/evaluated with; otherwise the model's cfg
     data_config = resolve_data_config(vars(args), pretrained_cfg=info['data_config'], model=model)
-    transform = create_transform(**data_config, is_training=False)
+    img_mode = 'L' if data_config['input_size'][0] == 1 else 'RGB'
     dataset = create_dataset('', root=str(val_dir), split='', search_split=False, class_map=info['class_to_idx'],
-                             transform=transform)
+                             input_img_mode=img_mode)
     if len(dataset) == 0:
         raise DatasetError(f'no images of the model\'s classes in {val_dir}.')
     if info['class_to_idx'] is None and len(dataset.reader.class_to_idx) != info['num_classes']:
@@ -155,39 +204,25 @@ def validate(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser]
               f'{info["num_classes"]} outputs; labels are the sorted folder indices.', file=sys.stderr)
 
     device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' else args.device)
-    model.to(device).eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
-                                         num_workers=args.workers, pin_memory=device.type == 'cuda')
+    model.to(device)
+    # the very loader (timm create_loader, eval transform) that training evaluates with, so the numbers agree
+    loader = create_loader(dataset, input_size=data_config['input_size'], batch_size=args.batch_size,
+                           is_training=False, interpolation=data_config['interpolation'], mean=data_config['mean'],
+                           std=data_config['std'], crop_pct=data_config['crop_pct'],
+                           crop_mode=data_config.get('crop_mode'), num_workers=args.workers,
+                           pin_memory=device.type == 'cuda', device=device, use_prefetcher=False)
     amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
     autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if args.amp else nullcontext
-    correct1 = correct5 = 0
-    losses = AverageMeter()
-    loss_fn = nn.CrossEntropyLoss()
-    k5 = min(5, info['num_classes'])
     t0 = time.time()
-    with torch.inference_mode():
-        for i, (inp, target) in enumerate(loader):
-            if args.limit_batches is not None and i >= args.limit_batches:
-                break
-            inp, target = inp.to(device), target.to(device)
-            with autocast():
-                out = model(inp)
-            out = out.float()
-            acc1, acc5 = accuracy(out, target, topk=(1, k5))
-            n = inp.shape[0]
-            correct1 += round(acc1.item() * n / 100)  # exact counts (timm returns float32 percentages)
-            correct5 += round(acc5.item() * n / 100)
-            losses.update(loss_fn(out, target).item(), n)
+    metrics = evaluate(model, loader, device, autocast, limit=args.limit_batches)
     elapsed = time.time() - t0
-    results = dict(model=info['model_name'], weights=args.checkpoint or args.official_weights or
-                   ('pretrained' if args.pretrained else 'random init'), ema=bool(args.use_ema),
-                   data=str(val_dir), count=losses.count, top1=100 * correct1 / max(losses.count, 1),
-                   top5=100 * correct5 / max(losses.count, 1),
-                   loss=round(losses.avg, 6), img_size=list(data_config['input_size']),
-                   crop_pct=data_config['crop_pct'], interpolation=data_config['interpolation'],
-                   mean=list(data_config['mean']), std=list(data_config['std']),
-                   img_per_s=round(losses.count / max(elapsed, 1e-9), 1))
-    return results
+    return dict(model=info['model_name'], weights=args.checkpoint or args.official_weights or
+                ('pretrained' if args.pretrained else 'random init'), ema=bool(args.use_ema),
+                data=str(val_dir), count=metrics['count'], top1=metrics['top1'], top5=metrics['top5'],
+                loss=round(metrics['loss'], 6), img_size=list(data_config['input_size']),
+                crop_pct=data_config['crop_pct'], interpolation=data_config['interpolation'],
+                mean=list(data_config['mean']), std=list(data_config['std']),
+                img_per_s=round(metrics['count'] / max(elapsed, 1e-9), 1))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -195,9 +230,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.use_ema and not args.checkpoint:
         parser.error('--use-ema needs --checkpoint.')
-    for name in ('batch_size', 'workers'):
-        if getattr(args, name) < (1 if name == 'batch_size' else 0):
-            parser.error(f'--{name.replace("_", "-")} must be positive.')
+    for name, low in (('batch_size', 1), ('workers', 0), ('threads', 1)):
+        if getattr(args, name) is not None and getattr(args, name) < low:
+            parser.error(f'--{name.replace("_", "-")} must be >= {low}.')
     try:
         results = validate(args, parser)
     except DatasetError as e:
@@ -205,7 +240,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'{results["model"]}: top-1 {results["top1"]:.2f}%  top-5 {results["top5"]:.2f}%  loss '
           f'{results["loss"]:.4f}  ({results["count"]} images, {results["img_per_s"]} img/s)', flush=True)
     if args.results_file:
-        text = json.dumps(to_plain(results), indent=2)
-        _atomic_write(Path(args.results_file), lambda f: f.write(text.encode()))
+        atomic_write_text(Path(args.results_file), json.dumps(to_plain(results), indent=2))
     print(json.dumps(to_plain(results)))
     return 0

@@ -1,7 +1,9 @@
 """Run logs: one CSV row per epoch, JSON lines for steps and epochs, and a PNG of the curves.
 
-All files live in the run folder and are rewritten from the in-memory history, so a resumed run drops records
-written after the checkpoint it resumed from and the files end up identical to those of an uninterrupted run.
+All files live in the run folder and are rewritten atomically from the in-memory history (at every checkpoint,
+every epoch and at most every `FLUSH_INTERVAL_S` seconds in between), so a reader never sees a torn file and a
+resumed run, which drops records written after the checkpoint it resumed from, ends with files identical to those of
+an uninterrupted run. Epochs are numbered from 1, as on the console.
 """
 from __future__ import annotations
 
@@ -10,12 +12,15 @@ import io
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .checkpoint import _atomic_write
+from .fileio import atomic_write_bytes, atomic_write_text
 
-__all__ = ['RunLog']
+__all__ = ['RunLog', 'write_json', 'FLUSH_INTERVAL_S']
+
+FLUSH_INTERVAL_S = 10.0
 
 EPOCH_FIELDS = ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'ema_eval_loss', 'ema_eval_top1',
                 'ema_eval_top5', 'lr', 'updates', 'epoch_time_s', 'train_img_per_s']
@@ -28,10 +33,11 @@ class RunLog:
         self.folder = Path(folder)
         self.enabled = enabled
         self.records: List[Dict[str, Any]] = []
+        self._flushed_at = 0.0
 
     # ------------------------------------------------------------------ resume
-    def load(self, epoch: int, updates: int) -> None:
-        """Re-read `log.jsonl`, keeping only records up to the resumed checkpoint (`epoch` done, `updates` done)."""
+    def load(self, epochs_done: int, updates: int) -> None:
+        """Re-read `log.jsonl`, keeping only records up to the resumed checkpoint (epochs and updates done)."""
         path = self.folder / 'log.jsonl'
         self.records = []
         if not path.is_file():
@@ -43,7 +49,7 @@ class RunLog:
                 continue  # a line cut by a kill
             if rec.get('type') == 'step' and rec.get('update', 0) <= updates:
                 self.records.append(rec)
-            elif rec.get('type') == 'epoch' and rec.get('epoch', 0) < epoch:
+            elif rec.get('type') == 'epoch' and rec.get('epoch', 0) <= epochs_done:
                 self.records.append(rec)
             elif rec.get('type') == 'info':
                 self.records.append(rec)
@@ -52,10 +58,6 @@ class RunLog:
     def add(self, kind: str, **values: Any) -> Dict[str, Any]:
         rec = {'type': kind, **{k: _clean(v) for k, v in values.items()}}
         self.records.append(rec)
-        if self.enabled and kind == 'step':
-            self.folder.mkdir(parents=True, exist_ok=True)
-            with open(self.folder / 'log.jsonl', 'a') as f:  # steps are appended; flush() rewrites everything
-                f.write(json.dumps(rec) + '\n')
         return rec
 
     @property
@@ -67,17 +69,19 @@ class RunLog:
         return [r for r in self.records if r['type'] == 'step']
 
     # ------------------------------------------------------------------ files
-    def flush(self) -> None:
-        if not self.enabled:
+    def flush(self, min_interval_s: float = 0.0) -> None:
+        """Rewrite `log.jsonl` and `summary.csv` (skipped if the last write is younger than `min_interval_s`)."""
+        if not self.enabled or time.monotonic() - self._flushed_at < min_interval_s:
             return
         text = ''.join(json.dumps(r) + '\n' for r in self.records)
-        _atomic_write(self.folder / 'log.jsonl', lambda f: f.write(text.encode()))
+        atomic_write_text(self.folder / 'log.jsonl', text, fsync=False)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=EPOCH_FIELDS, extrasaction='ignore')
         writer.writeheader()
         for rec in self.epochs:
             writer.writerow({k: rec.get(k, '') for k in EPOCH_FIELDS})
-        _atomic_write(self.folder / 'summary.csv', lambda f: f.write(buf.getvalue().encode()))
+        atomic_write_text(self.folder / 'summary.csv', buf.getvalue(), fsync=False)
+        self._flushed_at = time.monotonic()
 
     def plot(self, title: str = '') -> Optional[Path]:
         """Loss (train per step + per epoch, eval per epoch) and top-1/top-5 accuracy curves, matplotlib Agg."""
@@ -88,7 +92,7 @@ class RunLog:
         import matplotlib.pyplot as plt
 
         epochs = self.epochs
-        xs = [r['epoch'] + 1 for r in epochs]
+        xs = [r['epoch'] for r in epochs]
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=80)
         steps = self.steps
         if steps and epochs[-1].get('updates'):
@@ -118,7 +122,7 @@ class RunLog:
         buf = io.BytesIO()
         fig.savefig(buf, format='png')
         plt.close(fig)
-        return _atomic_write(self.folder / 'curves.png', lambda f: f.write(buf.getvalue()))
+        return atomic_write_bytes(self.folder / 'curves.png', buf.getvalue(), fsync=False)
 
 
 def _clean(value: Any) -> Any:
@@ -127,3 +131,16 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def write_json(path: os.PathLike, obj: Any) -> Path:
+    """Atomically write `obj` as indented JSON (non-finite floats as strings, like the logs)."""
+    return atomic_write_text(path, json.dumps(_plain_json(obj), indent=2) + '\n')
+
+
+def _plain_json(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain_json(v) for v in obj]
+    return _clean(obj) if isinstance(obj, float) or hasattr(obj, 'item') else obj

@@ -1,452 +1,124 @@
 """The `tools/train.py` run loop, assembled from timm's library pieces.
 
 timm ships data (`create_dataset`, `create_loader`, `Mixup`), optimizers (`create_optimizer_v2`, layer decay through
-`group_matcher`), schedulers (`create_scheduler_v2`), EMA (`ModelEmaV3`), losses and metrics, but its `train.py` is
-not part of the wheel. This module adds the loop around them plus what the zoo needs: a download-free default
-dataset, recipes, exact (step-granular) resume after a crash, atomic checkpoints and readable logs.
+`group_matcher`), schedulers (`create_scheduler_v2`), EMA (`ModelEmaV3`), losses, metrics and the distributed
+helpers (`init_distributed_device`, `distribute_bn`), but its `train.py` is not part of the wheel. This module is
+the loop around them — `main()` wires `setup()`, `restore()`, `train_one_epoch()`, `end_of_epoch()` and `finish()` —
+plus what the zoo needs: a download-free default dataset, recipes, exact (step-granular) resume after a crash,
+checksummed atomic checkpoints, a locked run folder and readable logs.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
 import time
 from contextlib import nullcontext
-from datetime import datetime
+from dataclasses import dataclass, field
 from functools import partial
-from itertools import islice
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
-from .checkpoint import (atomic_copy, capture_rng_state, export_safetensors, load_checkpoint, load_model_weights,
-                         restore_rng_state, save_checkpoint, to_plain)
-from .config import explicit_options, load_recipe, merge_defaults
-from .datasets import BUILTIN_DATASETS, DatasetError, check_image_folder, default_cache_dir, ensure_builtin_dataset
-from .runlog import RunLog
+from .checkpoint import (CheckpointError, apply_initial_weights, capture_rng_state, export_safetensors,
+                         load_checkpoint, load_model_weights, restore_rng_state, save_checkpoint, to_plain)
+from .data import DataSource, create_datasets, create_loaders, install_resumable_sampler, resolve_data_source, \
+    set_epoch
+from .datasets import DatasetError
+from .distributed import DistContext, init_distributed, is_timeout_error
+from .evaluate import evaluate
+from .fileio import RunFolderBusy, RunLock, atomic_copy
+from .options import BUILTIN_PRESET, DEFAULT_MODEL, build_parser, parse_args, usage_error
+from .runlog import FLUSH_INTERVAL_S, RunLog, write_json
 
-__all__ = ['DEFAULT_MODEL', 'BUILTIN_PRESET', 'build_parser', 'parse_args', 'main']
+__all__ = ['DEFAULT_MODEL', 'BUILTIN_PRESET', 'build_parser', 'parse_args', 'main', 'train_one_epoch', 'evaluate',
+           'TrainState', 'Run']
 
-#: The model `python tools/train.py` trains when no --model is given (a tiny zoo variant, fast on CPU).
-DEFAULT_MODEL = 'test_dependencyvit'
-
-#: Defaults used when no --data-dir/--dataset is given: hyper-parameters for the built-in shapes dataset, tuned so
-#: the no-argument run finishes in a few CPU minutes. ImageNet recipes live in configs/train/*.yaml.
-BUILTIN_PRESET: Dict[str, Any] = dict(
-    epochs=15, batch_size=32, lr_base=2e-3, lr_base_size=32, weight_decay=0.05, warmup_epochs=1, min_lr=1e-5,
-    warmup_lr=1e-5, img_size=64, scale=[0.6, 1.0], ratio=[0.75, 1.3333], color_jitter=0.2, smoothing=0.1,
-    hflip=0.5, interpolation='bilinear', crop_pct=1.0, workers=2, log_interval=5,
-)
-
-TRAIN_SPLITS = ['train']
-VAL_SPLITS = ['val', 'validation', 'eval', 'test']
+LAST, PREVIOUS, BEST = 'last.pth', 'previous.pth', 'best.pth'
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# arguments
-# ----------------------------------------------------------------------------------------------------------------
+class RunError(RuntimeError):
+    """A failure the CLI reports as one line (no traceback) with exit status `code`."""
 
-def _positive_int(value: str) -> int:
-    v = int(value)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f'must be a positive integer, got {value}')
-    return v
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
 
 
-def _non_negative_int(value: str) -> int:
-    v = int(value)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f'must be >= 0, got {value}')
-    return v
+@dataclass
+class TrainState:
+    """Where training stands; everything here goes into the checkpoint."""
+    epoch: int = 0  # epochs completed
+    batch_idx: int = 0  # batches of the next epoch already trained (mid-epoch checkpoints)
+    num_updates: int = 0
+    best: Dict[str, Any] = field(default_factory=lambda: {'metric': None, 'epoch': None})
+    partial_loss: List[float] = field(default_factory=lambda: [0.0, 0])  # loss sum / steps of the unfinished epoch
+    last_eval: Dict[str, Any] = field(default_factory=dict)
 
 
-def _non_negative_float(value: str) -> float:
-    v = float(value)
-    if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f'must be a finite number >= 0, got {value}')
-    return v
-
-
-def _positive_float(value: str) -> float:
-    v = float(value)
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f'must be a finite number > 0, got {value}')
-    return v
-
-
-def _probability(value: str) -> float:
-    v = float(value)
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f'must be a probability in [0, 1], got {value}')
-    return v
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog='tools/train.py',
-        description='Train a vimzoo (or any timm) model on ImageNet-style ImageFolder data. With no arguments it '
-                    f'trains {DEFAULT_MODEL} on a built-in generated dataset (no download) on CPU in minutes.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group('recipe / model')
-    g.add_argument('--config', '-c', default=None, metavar='FILE',
-                   help='YAML recipe (e.g. configs/train/vim.yaml or just "vim"); command-line options override it')
-    g.add_argument('--model', default=DEFAULT_MODEL, help='model name (vimzoo.list_models() / timm.list_models())')
-    g.add_argument('--model-kwargs', nargs='*', default=[], metavar='K=V',
-                   help='extra model constructor kwargs, values parsed as YAML (e.g. depths=[2,2,2,2])')
-    g.add_argument('--pretrained', action='store_true', help='start from the model\'s pretrained weights')
-    g.add_argument('--initial-checkpoint', default=None, metavar='PATH',
-                   help='start from these weights (.pth/.safetensors); a mismatched classifier is re-initialised')
-    g.add_argument('--num-classes', type=_positive_int, default=None, help='default: number of class folders')
-    g.add_argument('--drop', type=_probability, default=None, help='dropout rate (model default if unset)')
-    g.add_argument('--drop-path', type=_probability, default=None, help='stochastic depth rate (model default)')
-    g.add_argument('--grad-checkpointing', action='store_true', help='activation checkpointing (less memory)')
-    g.add_argument('--channels-last', action='store_true')
-    g.add_argument('--sync-bn', action='store_true', help='convert BatchNorm to SyncBatchNorm under DDP')
-
-    g = p.add_argument_group('data')
-    g.add_argument('--data-dir', default=None, metavar='DIR',
-                   help='dataset root with train/ and val/ ImageFolder sub-folders (ImageNet layout). '
-                        'Omit to use the built-in generated dataset')
-    g.add_argument('--dataset', default='', help='timm dataset spec for non-folder data (hfds/..., wds/...)')
-    g.add_argument('--train-split', default='train')
-    g.add_argument('--val-split', default='validation', help='also tried: val, validation, eval')
-    g.add_argument('--builtin-dataset', default='shapes10', choices=sorted(BUILTIN_DATASETS),
-                   help='generated dataset used when --data-dir is not given')
-    g.add_argument('--dataset-cache-dir', default=None, metavar='DIR',
-                   help=f'where built-in datasets are generated (default {default_cache_dir()}, or $VIMZOO_CACHE)')
-    g.add_argument('--img-size', type=_positive_int, default=None, help='input size (model default if unset)')
-    g.add_argument('--input-size', type=_positive_int, nargs=3, default=None, metavar=('C', 'H', 'W'))
-    g.add_argument('--crop-pct', type=_positive_float, default=None, help='eval crop fraction')
-    g.add_argument('--mean', type=float, nargs='+', default=None)
-    g.add_argument('--std', type=float, nargs='+', default=None)
-    g.add_argument('--interpolation', default='', help='eval resize interpolation (model default)')
-    g.add_argument('--train-interpolation', default='random')
-    g.add_argument('--workers', '-j', type=_non_negative_int, default=4, help='data loader processes per rank')
-    g.add_argument('--pin-mem', action='store_true')
-    g.add_argument('--limit-train-batches', type=_positive_int, default=None, help='debug: batches per epoch')
-    g.add_argument('--limit-val-batches', type=_positive_int, default=None, help='debug: eval batches')
-
-    g = p.add_argument_group('augmentation / regularisation')
-    g.add_argument('--no-aug', action='store_true', help='plain resize+crop, no random augmentation')
-    g.add_argument('--scale', type=float, nargs=2, default=None, help='RandomResizedCrop area range')
-    g.add_argument('--ratio', type=float, nargs=2, default=None, help='RandomResizedCrop aspect range')
-    g.add_argument('--hflip', type=_probability, default=0.5)
-    g.add_argument('--vflip', type=_probability, default=0.0)
-    g.add_argument('--color-jitter', type=_non_negative_float, default=0.4)
-    g.add_argument('--aa', default=None, help='auto-augment policy, e.g. rand-m9-mstd0.5-inc1')
-    g.add_argument('--aug-repeats', type=_non_negative_int, default=0, help='repeated augmentation (DDP only)')
-    g.add_argument('--reprob', type=_probability, default=0.0, help='random erasing probability')
-    g.add_argument('--remode', default='pixel')
-    g.add_argument('--recount', type=_positive_int, default=1)
-    g.add_argument('--mixup', type=_non_negative_float, default=0.0, help='mixup alpha (0 = off)')
-    g.add_argument('--cutmix', type=_non_negative_float, default=0.0, help='cutmix alpha (0 = off)')
-    g.add_argument('--cutmix-minmax', type=float, nargs=2, default=None)
-    g.add_argument('--mixup-prob', type=_probability, default=1.0)
-    g.add_argument('--mixup-switch-prob', type=_probability, default=0.5)
-    g.add_argument('--mixup-mode', default='batch', choices=['batch', 'pair', 'elem'])
-    g.add_argument('--mixup-off-epoch', type=_non_negative_int, default=0, help='turn mixup off at this epoch')
-    g.add_argument('--smoothing', type=_probability, default=0.1, help='label smoothing')
-    g.add_argument('--bce-loss', action='store_true', help='binary cross-entropy instead of softmax CE')
-
-    g = p.add_argument_group('optimisation')
-    g.add_argument('--epochs', type=_positive_int, default=300)
-    g.add_argument('--batch-size', '-b', type=_positive_int, default=128, help='per-process batch size')
-    g.add_argument('--val-batch-size', type=_positive_int, default=None, help='default: 2 x batch size')
-    g.add_argument('--grad-accum-steps', type=_positive_int, default=1)
-    g.add_argument('--opt', default='adamw', help='timm optimizer name (adamw, sgd, lamb, ...)')
-    g.add_argument('--opt-eps', type=_positive_float, default=None)
-    g.add_argument('--opt-betas', type=float, nargs='+', default=None)
-    g.add_argument('--momentum', type=_non_negative_float, default=0.9)
-    g.add_argument('--weight-decay', type=_non_negative_float, default=0.05)
-    g.add_argument('--layer-decay', type=_positive_float, default=None,
-                   help='layer-wise lr decay (uses the model\'s group_matcher)')
-    g.add_argument('--clip-grad', type=_positive_float, default=None)
-    g.add_argument('--clip-mode', default='norm', choices=['norm', 'value', 'agc'])
-    g.add_argument('--lr', type=_positive_float, default=None,
-                   help='absolute learning rate; default lr_base * (global batch / lr_base_size)')
-    g.add_argument('--lr-base', type=_positive_float, default=5e-4)
-    g.add_argument('--lr-base-size', type=_positive_int, default=512,
-                   help='global batch size at which lr_base applies (scaling rule)')
-    g.add_argument('--lr-base-scale', default='linear', choices=['linear', 'sqrt'])
-    g.add_argument('--sched', default='cosine', choices=['cosine', 'tanh', 'step', 'multistep', 'poly', 'none'])
-    g.add_argument('--sched-on-epochs', action='store_true', help='update the lr per epoch, not per step')
-    g.add_argument('--warmup-epochs', type=_non_negative_int, default=5)
-    g.add_argument('--warmup-lr', type=_non_negative_float, default=1e-6)
-    g.add_argument('--min-lr', type=_non_negative_float, default=1e-5)
-    g.add_argument('--cooldown-epochs', type=_non_negative_int, default=0)
-    g.add_argument('--decay-epochs', type=_positive_float, default=90)
-    g.add_argument('--decay-milestones', type=int, nargs='+', default=[90, 180, 270])
-    g.add_argument('--decay-rate', type=_positive_float, default=0.1)
-    g.add_argument('--model-ema', action='store_true', help='keep an EMA of the weights (timm ModelEmaV3)')
-    g.add_argument('--model-ema-decay', type=_probability, default=0.9998)
-    g.add_argument('--model-ema-warmup', action='store_true')
-    g.add_argument('--model-ema-force-cpu', action='store_true')
-
-    g = p.add_argument_group('precision / devices')
-    g.add_argument('--device', default='auto', help='auto (cuda if available), cpu, cuda, cuda:1 ...')
-    g.add_argument('--amp', action='store_true', help='mixed precision with torch.autocast')
-    g.add_argument('--amp-dtype', default='bfloat16', choices=['bfloat16', 'float16'],
-                   help='float16 also enables a GradScaler')
-    g.add_argument('--dist-backend', default=None, help='default: nccl on CUDA, gloo on CPU')
-    g.add_argument('--seed', type=int, default=42)
-
-    g = p.add_argument_group('output / checkpoints')
-    g.add_argument('--output', default=None, metavar='DIR',
-                   help='run folder (default output/train/<time>-<model>; the checkpoint\'s folder on --resume)')
-    g.add_argument('--resume', default=None, metavar='PATH',
-                   help='continue from a checkpoint (or "auto": <output>/last.pth if it exists)')
-    g.add_argument('--checkpoint-every-steps', type=_non_negative_int, default=0,
-                   help='also write last.pth every N optimizer steps (0 = only at epoch ends)')
-    g.add_argument('--eval-metric', default='top1', choices=['top1', 'top5', 'loss'])
-    g.add_argument('--log-interval', type=_positive_int, default=50, help='optimizer steps between log records')
-    g.add_argument('--no-progress', action='store_true', help='no tqdm progress bar')
-    g.add_argument('--no-plot', action='store_true')
-    return p
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if any(a in ('-h', '--help') for a in argv):
-        parser.parse_args(['--help'])  # before defaults are suppressed for explicit_options
-    explicit = explicit_options(parser, argv)
-    uses_builtin = not explicit.get('data_dir') and not explicit.get('dataset')
-    recipe = load_recipe(explicit['config'], parser) if explicit.get('config') else {'base': {}, 'variants': {}}
-    if uses_builtin and (recipe['base'].get('data_dir') or recipe['base'].get('dataset')):
-        uses_builtin = False
-    model = explicit.get('model') or recipe['base'].get('model') or DEFAULT_MODEL
-    merge_defaults(parser, [BUILTIN_PRESET if uses_builtin else None, recipe['base'],
-                            recipe['variants'].get(model)])
-    args = parser.parse_args(argv)
-    args.recipe = recipe.get('path')
-    args.uses_builtin = uses_builtin
-    _check_args(args, parser)
-    return args
-
-
-def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    if args.resume and args.resume != 'auto' and not Path(args.resume).expanduser().is_file():
-        parser.error(f'--resume {args.resume}: checkpoint file not found.')
-    if args.initial_checkpoint and not Path(args.initial_checkpoint).expanduser().is_file():
-        parser.error(f'--initial-checkpoint {args.initial_checkpoint}: file not found.')
-    if args.resume == 'auto' and not args.output:
-        parser.error('--resume auto needs --output (the run folder holding last.pth).')
-    if (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax) and args.batch_size % 2:
-        parser.error(f'mixup/cutmix need an even --batch-size (got {args.batch_size}).')
-    if args.scale is not None and not (0 < args.scale[0] <= args.scale[1]):
-        parser.error(f'--scale must satisfy 0 < min <= max, got {args.scale}.')
-    if args.amp and args.amp_dtype == 'float16' and args.bce_loss:
-        pass
-    try:
-        args.model_kwargs_dict = _parse_kwargs(args.model_kwargs)
-    except ValueError as e:
-        parser.error(str(e))
-    import vimzoo  # registers the zoo with timm
-    try:
-        vimzoo.check_model_name(args.model)
-    except RuntimeError as e:
-        parser.error(str(e))
-
-
-def _parse_kwargs(items: Sequence[str]) -> Dict[str, Any]:
-    import yaml
-    out = {}
-    for item in items or []:
-        if '=' not in item:
-            raise ValueError(f'--model-kwargs expects KEY=VALUE items, got {item!r}.')
-        k, v = item.split('=', 1)
-        out[k.replace('-', '_')] = yaml.safe_load(v)
-    return out
+@dataclass
+class Run:
+    """The assembled pieces of one training run."""
+    args: argparse.Namespace
+    dist: DistContext
+    out_dir: Path
+    model: nn.Module
+    train_model: nn.Module  # the DDP wrapper, or `model`
+    model_ema: Optional[nn.Module]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    scaler: torch.amp.GradScaler
+    autocast: Callable
+    loss_fn: nn.Module
+    mixup_fn: Optional[Callable]
+    loader_train: Any
+    loader_val: Any
+    resumable: Any
+    num_classes: int
+    class_map: Optional[Dict[str, int]]
+    data_config: Dict[str, Any]
+    num_epochs: int
+    batches_per_epoch: int
+    use_prefetcher: bool
+    lr: float
+    log: RunLog
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# distributed helpers
+# set-up
 # ----------------------------------------------------------------------------------------------------------------
 
-class _Dist:
-    def __init__(self, args: argparse.Namespace):
-        self.world_size = int(os.environ.get('WORLD_SIZE', '1'))
-        self.rank = int(os.environ.get('RANK', '0'))
-        self.local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-        self.distributed = self.world_size > 1
-        dev = args.device
-        if dev == 'auto':
-            dev = 'cuda' if torch.cuda.is_available() else 'cpu'
-        device = torch.device(dev)
-        if device.type == 'cuda':
-            if not torch.cuda.is_available():
-                raise SystemExit('error: --device cuda requested but no CUDA device is available.')
-            if self.distributed:
-                device = torch.device('cuda', self.local_rank)
-            elif device.index is None:
-                device = torch.device('cuda', torch.cuda.current_device())
-            torch.cuda.set_device(device)
-        self.device = device
-        if self.distributed:
-            backend = args.dist_backend or ('nccl' if device.type == 'cuda' else 'gloo')
-            dist.init_process_group(backend=backend)
-        self.is_main = self.rank == 0
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.distributed:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def gather_objects(self, obj: Any) -> List[Any]:
-        if not self.distributed:
-            return [obj]
-        out: List[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def close(self) -> None:
-        if self.distributed and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# data
-# ----------------------------------------------------------------------------------------------------------------
-
-class _ResumableSampler(torch.utils.data.Sampler):
-    """Wraps the loader's sampler so a resumed epoch can start at batch k of the same permutation."""
-
-    def __init__(self, sampler):
-        self.sampler = sampler
-        self.skip = 0
-
-    def __iter__(self):
-        skip, self.skip = self.skip, 0
-        return islice(iter(self.sampler), skip, None)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-
-def _base_loader(loader):
-    return getattr(loader, 'loader', loader)  # unwrap timm PrefetchLoader
-
-
-def _install_resumable_sampler(loader) -> Optional[_ResumableSampler]:
-    base = _base_loader(loader)
-    batch_sampler = getattr(base, 'batch_sampler', None)
-    if batch_sampler is None or not hasattr(batch_sampler, 'sampler'):
-        return None
-    wrapper = _ResumableSampler(batch_sampler.sampler)
-    batch_sampler.sampler = wrapper
-    return wrapper
-
-
-def _set_epoch(loader, epoch: int, seed: int, rank: int, skip_samples: int,
-               resumable: Optional[_ResumableSampler]) -> None:
-    """Deterministic per-epoch order: DistributedSampler(seed, epoch), or the same permutation for one process."""
-    base = _base_loader(loader)
-    sampler = base.sampler
-    if hasattr(sampler, 'set_epoch'):
-        if hasattr(sampler, 'seed'):
-            sampler.seed = seed
-        sampler.set_epoch(epoch)
-    elif isinstance(sampler, torch.utils.data.RandomSampler):
-        sampler.generator = torch.Generator().manual_seed(seed + epoch)  # == DistributedSampler with 1 replica
-    # worker seeds come from loader.generator, so creating the iterator does not consume the global torch RNG
-    base.generator = torch.Generator().manual_seed((seed * 1000 + epoch) * 1000 + rank)
-    if resumable is not None:
-        resumable.skip = skip_samples
-
-
-def _build_data(args, dist_ctx: _Dist):
-    from timm.data import create_dataset
-    if args.uses_builtin:
-        root = ensure_builtin_dataset(args.builtin_dataset, args.dataset_cache_dir)
-        if dist_ctx.is_main:
-            print(f'Using built-in dataset {args.builtin_dataset!r} at {root} (generated on first use; '
-                  f'pass --data-dir for ImageNet).', flush=True)
-    else:
-        root = Path(args.data_dir).expanduser() if args.data_dir else None
-    class_map = None
-    if not args.dataset:
-        if root is None:
-            raise DatasetError('give --data-dir (ImageFolder root) or --dataset.')
-        train_dir = check_image_folder(root, [args.train_split], 'training data')
-        val_dir = check_image_folder(root, list(dict.fromkeys([args.val_split] + VAL_SPLITS)), 'validation data')
-        ds_train = create_dataset('', root=str(next(iter(train_dir.values()))), split=args.train_split,
-                                  is_training=True, search_split=False, seed=args.seed)
-        class_map = dict(ds_train.reader.class_to_idx)
-        ds_val = create_dataset('', root=str(next(iter(val_dir.values()))), split=args.val_split,
-                                search_split=False, class_map=class_map)
-        if len(ds_val) == 0:
-            raise DatasetError(f'validation data {next(iter(val_dir.values()))} has no images for the '
-                               f'{len(class_map)} training classes.')
-    else:
-        ds_train = create_dataset(args.dataset, root=str(root) if root else None, split=args.train_split,
-                                  is_training=True, batch_size=args.batch_size, seed=args.seed)
-        ds_val = create_dataset(args.dataset, root=str(root) if root else None, split=args.val_split,
-                                batch_size=args.batch_size)
-    if len(ds_train) == 0:
-        raise DatasetError('the training dataset is empty.')
-    return ds_train, ds_val, class_map
-
-
-def _make_loaders(args, data_config, ds_train, ds_val, dist_ctx: _Dist, use_prefetcher: bool):
-    from timm.data import create_loader
-    train_interp = args.train_interpolation or data_config['interpolation']
-    common = dict(mean=data_config['mean'], std=data_config['std'], num_workers=args.workers,
-                  distributed=dist_ctx.distributed, pin_memory=args.pin_mem, device=dist_ctx.device,
-                  use_prefetcher=use_prefetcher, persistent_workers=False)
-    loader_train = create_loader(
-        ds_train, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
-        no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount,
-        scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
-        auto_augment=args.aa, num_aug_repeats=args.aug_repeats if dist_ctx.distributed else 0,
-        interpolation=train_interp, **common)
-    loader_val = create_loader(
-        ds_val, input_size=data_config['input_size'], batch_size=args.val_batch_size or 2 * args.batch_size,
-        is_training=False, interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'],
-        crop_mode=data_config.get('crop_mode'), **common)
-    if len(loader_train) == 0:
-        raise DatasetError(f'{len(ds_train)} training images give no full batch of {args.batch_size} per '
-                           f'process; lower --batch-size.')
-    return loader_train, loader_val
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# model / optimisation
-# ----------------------------------------------------------------------------------------------------------------
-
-def _create_model(args, num_classes: int) -> nn.Module:
+def _create_model(args: argparse.Namespace, num_classes: int, initial: Optional[Dict[str, torch.Tensor]],
+                  announce: bool) -> nn.Module:
     import timm
-    kwargs = dict(args.model_kwargs_dict)
+    kwargs = dict(args.model_kwargs)
     if args.drop is not None:
         kwargs['drop_rate'] = args.drop
     if args.drop_path is not None:
         kwargs['drop_path_rate'] = args.drop_path
-    model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=num_classes, **kwargs)
-    if args.initial_checkpoint:
-        state = load_model_weights(args.initial_checkpoint)
-        own = model.state_dict()
-        dropped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-        for k in dropped:
-            del state[k]
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        print(f'Loaded {args.initial_checkpoint}: re-initialised {dropped or "nothing"}; missing {missing}; '
-              f'unexpected {unexpected}', flush=True)
+    if args.in_chans != 3:
+        kwargs['in_chans'] = args.in_chans
+    try:
+        model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        raise RunError(f'cannot build {args.model} with {kwargs}: {e}', code=2) from e
+    if initial is not None:
+        report = apply_initial_weights(model, initial, args.initial_checkpoint_strict,
+                                       f'--initial-checkpoint {args.initial_checkpoint}')
+        if announce:
+            kept = {k: v for k, v in report.items() if v}
+            print(f'Loaded {args.initial_checkpoint}' + (f'; freshly initialised / ignored: {kept}' if kept else
+                                                         ' (all keys matched)'), flush=True)
     if args.grad_checkpointing:
         if not hasattr(model, 'set_grad_checkpointing'):
-            raise SystemExit(f'error: {args.model} does not support --grad-checkpointing.')
+            raise RunError(f'{args.model} does not support --grad-checkpointing.', code=2)
         model.set_grad_checkpointing(True)
     return model
 
 
-def _resolve_lr(args, world_size: int) -> float:
+def _resolve_lr(args: argparse.Namespace, world_size: int) -> float:
     if args.lr is not None:
         return args.lr
     global_batch = args.batch_size * world_size * args.grad_accum_steps
@@ -456,381 +128,545 @@ def _resolve_lr(args, world_size: int) -> float:
     return args.lr_base * ratio
 
 
-def _loss_fns(args, mixup_active: bool):
+def _create_scheduler(args: argparse.Namespace, optimizer, updates_per_epoch: int) -> Tuple[Any, int]:
+    """timm's scheduler and the number of epochs it spans (warm-up and cool-down included)."""
+    from timm.scheduler import create_scheduler_v2
+    if args.sched == 'none':
+        return None, args.epochs
+    return create_scheduler_v2(
+        optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
+        decay_milestones=args.decay_milestones, cooldown_epochs=args.cooldown_epochs, decay_rate=args.decay_rate,
+        min_lr=args.min_lr, warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
+        step_on_epochs=args.sched_on_epochs, updates_per_epoch=updates_per_epoch)
+
+
+def planned_epochs(args: argparse.Namespace) -> int:
+    """The run's total epochs, known before any model or data exists (a throw-away scheduler answers)."""
+    dummy = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    return _create_scheduler(args, dummy, updates_per_epoch=1)[1]
+
+
+def _create_optimizer(args: argparse.Namespace, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    from timm.optim import create_optimizer_v2
+    opt_kwargs = {}
+    if args.opt_eps is not None:
+        opt_kwargs['eps'] = args.opt_eps
+    if args.opt_betas is not None:
+        opt_kwargs['betas'] = tuple(args.opt_betas)
+    return create_optimizer_v2(model, opt=args.opt, lr=lr, weight_decay=args.weight_decay, momentum=args.momentum,
+                               layer_decay=args.layer_decay, **opt_kwargs)
+
+
+def _loss_fn(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
     from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     if args.bce_loss:
-        train = BinaryCrossEntropy(smoothing=0.0 if mixup_active else args.smoothing)
-    elif mixup_active:
-        train = SoftTargetCrossEntropy()  # smoothing is applied inside Mixup
-    elif args.smoothing:
-        train = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    else:
-        train = nn.CrossEntropyLoss()
-    return train, nn.CrossEntropyLoss()
+        return BinaryCrossEntropy(smoothing=0.0 if mixup_active else args.smoothing)
+    if mixup_active:
+        return SoftTargetCrossEntropy()  # smoothing is applied inside Mixup
+    if args.smoothing:
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    return nn.CrossEntropyLoss()
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# evaluation
-# ----------------------------------------------------------------------------------------------------------------
-
-def evaluate(model: nn.Module, loader, dist_ctx: _Dist, autocast, prefetcher: bool, num_classes: int,
-             limit: Optional[int] = None, channels_last: bool = False) -> Dict[str, float]:
-    """Top-1/top-5/loss over the loader (summed over ranks); uses timm.utils.accuracy."""
-    from timm.utils import accuracy
-    model.eval()
-    loss_fn = nn.CrossEntropyLoss(reduction='sum')
-    sums = torch.zeros(4, dtype=torch.float64)
-    k5 = min(5, num_classes)
-    with torch.inference_mode():
-        for i, (inp, target) in enumerate(loader):
-            if limit is not None and i >= limit:
-                break
-            if not prefetcher:
-                inp, target = inp.to(dist_ctx.device), target.to(dist_ctx.device)
-            if channels_last:
-                inp = inp.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                out = model(inp)
-            out = out.float()
-            n = target.shape[0]
-            acc1, acc5 = accuracy(out, target, topk=(1, k5))
-            # timm's accuracy() gives float32 percentages; turn them back into exact correct-prediction counts
-            sums += torch.tensor([loss_fn(out, target).item(), round(acc1.item() * n / 100),
-                                  round(acc5.item() * n / 100), n], dtype=torch.float64)
-    if dist_ctx.distributed:
-        sums = sums.to(dist_ctx.device)
-        dist_ctx.all_reduce_sum(sums)
-        sums = sums.cpu()
-    n = max(sums[3].item(), 1)
-    return {'loss': sums[0].item() / n, 'top1': 100 * sums[1].item() / n, 'top5': 100 * sums[2].item() / n,
-            'count': int(sums[3].item())}
+def _create_mixup(args: argparse.Namespace, num_classes: int) -> Optional[Callable]:
+    from timm.data import Mixup
+    if not (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
+        return None
+    return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                 prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                 label_smoothing=args.smoothing, num_classes=num_classes)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# main
-# ----------------------------------------------------------------------------------------------------------------
-
-def _default_output(args) -> Path:
-    stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
-    return Path('output') / 'train' / f'{stamp}-{args.model}'
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    dist_ctx = _Dist(args)
-    try:
-        return _run(args, dist_ctx)
-    except DatasetError as e:
-        print(f'tools/train.py: error: {e}', file=sys.stderr, flush=True)
-        return 2
-    finally:
-        dist_ctx.close()
-
-
-def _run(args: argparse.Namespace, dist_ctx: _Dist) -> int:  # noqa: C901 (one linear training script)
-    import timm  # noqa: F401
-    from timm.data import Mixup, resolve_data_config
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3, dispatch_clip_grad, random_seed
-    from tqdm import tqdm
-
-    t_start = time.time()
+def setup(args: argparse.Namespace, dist_ctx: DistContext, out_dir: Path, source: DataSource,
+          initial: Optional[Dict[str, torch.Tensor]]) -> Run:
+    """Model, data, optimizer, scheduler, AMP, EMA and DDP for a run (nothing is trained or written yet)."""
+    from timm.data import resolve_data_config
+    from timm.utils import ModelEmaV3
     device = dist_ctx.device
-    main_proc = dist_ctx.is_main
-    random_seed(args.seed, dist_ctx.rank)
-
-    # ---- run folder / resume target
-    resume_path = None
-    if args.resume == 'auto':
-        candidate = Path(args.output) / 'last.pth'
-        resume_path = candidate if candidate.is_file() else None
-    elif args.resume:
-        resume_path = Path(args.resume).expanduser()
-    out_dir = Path(args.output) if args.output else (resume_path.parent if resume_path else _default_output(args))
-
-    # ---- data + model
-    ds_train, ds_val, class_map = _build_data(args, dist_ctx)
-    if main_proc:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    num_classes = args.num_classes or (len(class_map) if class_map else None)
-    if num_classes is None:
-        raise SystemExit('error: cannot infer the number of classes for this dataset; pass --num-classes.')
-    model = _create_model(args, num_classes)
-    data_config = resolve_data_config(vars(args), model=model, verbose=main_proc)
+    num_classes = source.num_classes or args.num_classes
+    model = _create_model(args, num_classes, initial, dist_ctx.is_main)
+    data_config = resolve_data_config(vars(args), model=model, verbose=dist_ctx.is_main)
+    if data_config['input_size'][0] == 1:  # greyscale: one mean/std from the model's RGB ones (timm keeps 3)
+        for key in ('mean', 'std'):
+            data_config[key] = (sum(data_config[key]) / len(data_config[key]),)
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     if dist_ctx.distributed and args.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     use_prefetcher = device.type == 'cuda'
-    loader_train, loader_val = _make_loaders(args, data_config, ds_train, ds_val, dist_ctx, use_prefetcher)
-    resumable = _install_resumable_sampler(loader_train)
-
+    ds_train, ds_val = create_datasets(args, source, data_config['input_size'][0])
+    loader_train, loader_val = create_loaders(args, data_config, ds_train, ds_val, device, dist_ctx.distributed,
+                                              use_prefetcher)
+    batches = min(len(loader_train), args.limit_train_batches or len(loader_train))
     lr = _resolve_lr(args, dist_ctx.world_size)
-    opt_kwargs = {}
-    if args.opt_eps is not None:
-        opt_kwargs['eps'] = args.opt_eps
-    if args.opt_betas is not None:
-        opt_kwargs['betas'] = tuple(args.opt_betas)
-    optimizer = create_optimizer_v2(model, opt=args.opt, lr=lr, weight_decay=args.weight_decay,
-                                    momentum=args.momentum, layer_decay=args.layer_decay, **opt_kwargs)
-
+    optimizer = _create_optimizer(args, model, lr)
+    lr_scheduler, num_epochs = _create_scheduler(args, optimizer, -(-batches // args.grad_accum_steps))
     amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
-    autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if args.amp else nullcontext
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
-
     model_ema = None
     if args.model_ema:
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                                device=torch.device('cpu') if args.model_ema_force_cpu else None)
-
     train_model = model
     if dist_ctx.distributed:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == 'cuda' else None)
+    mixup_fn = _create_mixup(args, num_classes)
+    return Run(
+        args=args, dist=dist_ctx, out_dir=out_dir, model=model, train_model=train_model, model_ema=model_ema,
+        optimizer=optimizer, lr_scheduler=lr_scheduler,
+        scaler=torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16),
+        autocast=partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if args.amp else nullcontext,
+        loss_fn=_loss_fn(args, mixup_fn is not None).to(device), mixup_fn=mixup_fn, loader_train=loader_train,
+        loader_val=loader_val, resumable=install_resumable_sampler(loader_train), num_classes=num_classes,
+        class_map=source.folders.class_to_idx if source.folders else None, data_config=data_config,
+        num_epochs=num_epochs, batches_per_epoch=batches, use_prefetcher=use_prefetcher, lr=lr,
+        log=RunLog(out_dir, enabled=dist_ctx.is_main))
 
-    limit = args.limit_train_batches
-    batches_per_epoch = min(len(loader_train), limit) if limit else len(loader_train)
-    accum = args.grad_accum_steps
-    updates_per_epoch = (batches_per_epoch + accum - 1) // accum
-    if args.sched == 'none':
-        lr_scheduler, num_epochs = None, args.epochs
-    else:
-        lr_scheduler, num_epochs = create_scheduler_v2(
-            optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
-            decay_milestones=args.decay_milestones, cooldown_epochs=args.cooldown_epochs,
-            decay_rate=args.decay_rate, min_lr=args.min_lr, warmup_lr=args.warmup_lr,
-            warmup_epochs=args.warmup_epochs, step_on_epochs=args.sched_on_epochs,
-            updates_per_epoch=updates_per_epoch)
 
-    mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
-    mixup_fn = None
-    if mixup_active:
-        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                         prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                         label_smoothing=args.smoothing, num_classes=num_classes)
-    train_loss_fn, _ = _loss_fns(args, mixup_active)
-    train_loss_fn = train_loss_fn.to(device)
+# ----------------------------------------------------------------------------------------------------------------
+# checkpoints and resume
+# ----------------------------------------------------------------------------------------------------------------
 
-    # ---- resume
-    start_epoch, start_batch, num_updates = 0, 0, 0
-    best: Dict[str, Any] = {'metric': None, 'epoch': None}
-    partial_sums = [0.0, 0]
-    rng_states = None
-    log = RunLog(out_dir, enabled=main_proc)
-    if resume_path is not None:
-        ckpt = load_checkpoint(resume_path)
-        if ckpt.get('model_name') != args.model:
-            raise SystemExit(f'error: {resume_path} was trained with --model {ckpt.get("model_name")}, '
-                             f'not {args.model}.')
-        model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        if lr_scheduler is not None and ckpt.get('scheduler'):
-            if to_plain(lr_scheduler.state_dict()) == ckpt['scheduler']:
-                lr_scheduler.load_state_dict(ckpt['scheduler'])
-            elif main_proc:  # e.g. --epochs raised to extend a finished run: keep the new schedule
-                print('warning: the lr schedule differs from the checkpoint\'s (changed --epochs/--lr/...); '
-                      'continuing on the new schedule.', file=sys.stderr, flush=True)
-        if model_ema is not None:
-            if ckpt.get('model_ema') is None:
-                raise SystemExit(f'error: {resume_path} has no EMA state but --model-ema is set.')
-            model_ema.module.load_state_dict(ckpt['model_ema'])
-        if ckpt.get('scaler'):
-            scaler.load_state_dict(ckpt['scaler'])
-        start_epoch, start_batch = int(ckpt['epoch']), int(ckpt['batch_idx'])
-        num_updates = int(ckpt['num_updates'])
-        if lr_scheduler is not None:  # timm schedulers are functions of (epoch, step): put the lr where it was
-            if args.sched_on_epochs:
-                lr_scheduler.step(start_epoch)
-            else:
-                lr_scheduler.step_update(num_updates=num_updates)
-        best = dict(ckpt.get('best') or best)
-        partial_sums = list(ckpt.get('partial_epoch') or partial_sums)
-        rng_states = ckpt.get('rng')
-        if start_batch and int(ckpt.get('world_size', 1)) != dist_ctx.world_size:
-            if main_proc:
-                print(f'warning: {resume_path} was written mid-epoch by {ckpt.get("world_size")} processes; with '
-                      f'{dist_ctx.world_size} the data order differs, so epoch {start_epoch} restarts from its first '
-                      f'batch.', file=sys.stderr, flush=True)
-            start_batch, partial_sums = 0, [0.0, 0]
-        log.load(start_epoch, num_updates)
+def _set_aside(path: Path) -> Path:
+    """Keep a damaged file for inspection under a name nothing reads (never delete a user's file)."""
+    target = path.with_name(path.name + '.damaged')
+    n = 1
+    while target.exists():
+        target, n = path.with_name(f'{path.name}.damaged{n}'), n + 1
+    path.rename(target)
+    return target
+
+
+def _choose_resume_file(args: argparse.Namespace, out_dir: Path) -> Tuple[Optional[Path], Optional[dict]]:
+    """--resume PATH: that file, verified. --resume auto: last.pth, else previous.pth when last.pth is damaged or
+    missing (the damaged file is renamed *.damaged); nothing there: start fresh."""
+    if args.resume != 'auto':
+        path = Path(args.resume).expanduser()
+        try:
+            return path, load_checkpoint(path, training=True)
+        except CheckpointError as e:
+            sibling = path.with_name(PREVIOUS)
+            raise CheckpointError(str(e) + (f' The checkpoint before it is {sibling}.' if path.name == LAST
+                                            and sibling.is_file() else '')) from e
+    problems = []
+    for name in (LAST, PREVIOUS):
+        path = out_dir / name
+        if not path.exists():
+            continue
+        try:
+            ckpt = load_checkpoint(path, training=True)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        for problem in problems:
+            print(f'warning: {problem} Kept as {_set_aside(out_dir / LAST).name}; resuming from {path}.',
+                  file=sys.stderr, flush=True)
+        return path, ckpt
+    if problems:
+        raise CheckpointError(f'--resume auto: no usable checkpoint in {out_dir}: {" ".join(problems)}')
+    return None, None
+
+
+def find_resume(args: argparse.Namespace, out_dir: Path, dist_ctx: DistContext) -> Tuple[Optional[Path],
+                                                                                       Optional[dict]]:
+    """Rank 0 picks (and verifies) the checkpoint to resume; every rank then loads that same file."""
+    if not args.resume:
+        return None, None
+    choice, ckpt = (None, None), None
+    if dist_ctx.is_main:
+        try:
+            path, ckpt = _choose_resume_file(args, out_dir)
+            choice = (str(path) if path else None, None)
+        except CheckpointError as e:
+            choice = (None, str(e))
+    path_text, problem = dist_ctx.broadcast_object(choice)
+    if problem:
+        raise CheckpointError(problem)
+    if path_text is None:
+        return None, None
+    path = Path(path_text)
+    if ckpt is None:
+        ckpt = load_checkpoint(path, training=True)
+    if ckpt['model_name'] != args.model:
+        raise CheckpointError(f'{path} was trained with --model {ckpt["model_name"]}, not {args.model}.')
+    return path, ckpt
+
+
+def checkpoint_state(run: Run, state: TrainState) -> Dict[str, Any]:
+    """Everything to continue exactly here; every rank must call it (RNG states are gathered)."""
+    rngs = run.dist.gather_objects(capture_rng_state())
+    return dict(
+        model_name=run.args.model, num_classes=run.num_classes, class_to_idx=run.class_map,
+        data_config=to_plain(run.data_config), epoch=state.epoch, batch_idx=state.batch_idx,
+        num_updates=state.num_updates, num_epochs=run.num_epochs, model=run.model.state_dict(),
+        optimizer=run.optimizer.state_dict(),
+        scheduler=to_plain(run.lr_scheduler.state_dict()) if run.lr_scheduler is not None else None,
+        model_ema=run.model_ema.module.state_dict() if run.model_ema is not None else None,
+        scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None, rng=rngs, best=dict(state.best),
+        partial_epoch=list(state.partial_loss), last_eval=dict(state.last_eval), args=vars(run.args),
+        world_size=run.dist.world_size)
+
+
+def save_last(run: Run, state: TrainState) -> None:
+    """Write last.pth (the one before it becomes previous.pth) and the logs; a failed write keeps both."""
+    entries = checkpoint_state(run, state)
+    if not run.dist.is_main:
+        return
+    path = run.out_dir / LAST
+    try:
+        save_checkpoint(path, keep_previous=run.out_dir / PREVIOUS, **entries)
+        run.log.flush()
+    except OSError as e:
+        good = path if path.is_file() else run.out_dir / PREVIOUS
+        raise RunError(f'could not write {path} ({e.strerror or e}); the last complete checkpoint is {good} '
+                       f'(continue with --output {run.out_dir} --resume auto once the problem is fixed).') from e
+
+
+def restore(run: Run, path: Path, ckpt: Dict[str, Any]) -> Tuple[TrainState, Optional[list]]:
+    """Load a verified checkpoint into the run; returns the state and the RNG states to restore last."""
+    args, main_proc = run.args, run.dist.is_main
+    if ckpt.get('num_classes') != run.num_classes or (ckpt.get('class_to_idx') and run.class_map
+                                                      and ckpt['class_to_idx'] != run.class_map):
+        raise CheckpointError(f'{path} was trained on {ckpt.get("num_classes")} other classes than this data '
+                              f'({run.num_classes} classes); resume on the same data, or start from its weights '
+                              f'with --initial-checkpoint {path} --initial-checkpoint-strict false.')
+    run.model.load_state_dict(ckpt['model'])
+    run.optimizer.load_state_dict(ckpt['optimizer'])
+    if run.lr_scheduler is not None and ckpt.get('scheduler'):
+        if to_plain(run.lr_scheduler.state_dict()) == ckpt['scheduler']:
+            run.lr_scheduler.load_state_dict(ckpt['scheduler'])
+        elif main_proc:  # e.g. --epochs raised to extend a finished run: keep the new schedule
+            print('warning: the lr schedule differs from the checkpoint\'s (changed --epochs/--lr/...); '
+                  'continuing on the new schedule.', file=sys.stderr, flush=True)
+    if run.model_ema is not None:
+        if ckpt.get('model_ema') is None:
+            raise CheckpointError(f'{path} has no EMA state but --model-ema is set.')
+        run.model_ema.module.load_state_dict(ckpt['model_ema'])
+    if ckpt.get('scaler'):
+        run.scaler.load_state_dict(ckpt['scaler'])
+    state = TrainState(epoch=int(ckpt['epoch']), batch_idx=int(ckpt['batch_idx']),
+                       num_updates=int(ckpt['num_updates']), best=dict(ckpt.get('best') or TrainState().best),
+                       partial_loss=list(ckpt.get('partial_epoch') or [0.0, 0]),
+                       last_eval=dict(ckpt.get('last_eval') or {}))
+    if run.lr_scheduler is not None:  # timm schedulers are functions of (epoch, step): put the lr where it was
+        if args.sched_on_epochs:
+            run.lr_scheduler.step(state.epoch)
+        else:
+            run.lr_scheduler.step_update(num_updates=state.num_updates)
+    if state.batch_idx and int(ckpt.get('world_size', 1)) != run.dist.world_size:
         if main_proc:
-            where = f'epoch {start_epoch}, batch {start_batch}' if start_batch else f'start of epoch {start_epoch}'
-            print(f'Resumed {resume_path} at {where} ({num_updates} optimizer steps done).', flush=True)
-        del ckpt
-
+            print(f'warning: {path} was written mid-epoch by {ckpt.get("world_size")} processes; with '
+                  f'{run.dist.world_size} the data order differs, so epoch {state.epoch + 1} restarts from its '
+                  f'first batch.', file=sys.stderr, flush=True)
+        state.batch_idx, state.partial_loss = 0, [0.0, 0]
+    run.log.load(state.epoch, state.num_updates)
     if main_proc:
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f'Model {args.model}: {n_params / 1e6:.3f} M params, {num_classes} classes, input '
-              f'{data_config["input_size"]}; {len(ds_train)} train / {len(ds_val)} val images; world size '
-              f'{dist_ctx.world_size}; global batch {args.batch_size * dist_ctx.world_size * accum}; lr {lr:.3g}; '
-              f'{num_epochs} epochs; device {device}; output {out_dir}', flush=True)
-        log.add('info', model=args.model, params=n_params, num_classes=num_classes, lr=lr,
-                world_size=dist_ctx.world_size, global_batch=args.batch_size * dist_ctx.world_size * accum,
-                resumed_from=str(resume_path) if resume_path else None, start_epoch=start_epoch,
-                start_batch=start_batch)
-        (out_dir / 'args.json').write_text(json.dumps(to_plain(vars(args)), indent=2))
+        where = f', epoch {state.epoch + 1} continues after batch {state.batch_idx}' if state.batch_idx else ''
+        print(f'Resumed {path}: {state.epoch} of {run.num_epochs} epochs done{where} ({state.num_updates} optimizer '
+              f'steps).', flush=True)
+    return state, ckpt.get('rng')
 
-    def checkpoint_state(epoch: int, batch_idx: int, sums) -> Dict[str, Any]:
-        rngs = dist_ctx.gather_objects(capture_rng_state())
-        return dict(
-            format='vimzoo-train-v1', model_name=args.model, num_classes=num_classes, class_to_idx=class_map,
-            data_config=to_plain(data_config), epoch=epoch, batch_idx=batch_idx, num_updates=num_updates,
-            model=model.state_dict(), optimizer=optimizer.state_dict(),
-            scheduler=to_plain(lr_scheduler.state_dict()) if lr_scheduler is not None else None,
-            model_ema=model_ema.module.state_dict() if model_ema is not None else None,
-            scaler=scaler.state_dict() if scaler.is_enabled() else None, rng=rngs, best=best,
-            partial_epoch=list(sums), args=vars(args), world_size=dist_ctx.world_size)
 
-    def save_last(epoch: int, batch_idx: int, sums) -> None:
-        state = checkpoint_state(epoch, batch_idx, sums)  # every rank takes part (RNG gather)
-        if main_proc:
-            save_checkpoint(out_dir / 'last.pth', **state)
+# ----------------------------------------------------------------------------------------------------------------
+# one epoch
+# ----------------------------------------------------------------------------------------------------------------
 
-    # ---- restore RNG as the very last thing before the loop, so the resumed run draws what the original drew
-    if rng_states is not None:
-        own = rng_states[dist_ctx.rank] if dist_ctx.rank < len(rng_states) else rng_states[0]
-        restore_rng_state(own)
+def _optimizer_step(run: Run, state: TrainState) -> None:
+    from timm.utils import dispatch_clip_grad
+    if run.args.clip_grad is not None:
+        run.scaler.unscale_(run.optimizer)
+        dispatch_clip_grad(run.model.parameters(), run.args.clip_grad, mode=run.args.clip_mode)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    state.num_updates += 1
+    if run.model_ema is not None:
+        run.model_ema.update(run.model, step=state.num_updates)
+    if run.lr_scheduler is not None:
+        run.lr_scheduler.step_update(num_updates=state.num_updates)
 
-    eval_metrics: Dict[str, Any] = {}
-    epoch = start_epoch
-    for epoch in range(start_epoch, num_epochs):
-        skip_batches = start_batch if epoch == start_epoch else 0
-        _set_epoch(loader_train, epoch, args.seed, dist_ctx.rank, skip_batches * args.batch_size, resumable)
-        if mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-            mixup_fn.mixup_enabled = False
-        train_model.train()
-        loss_sum, loss_count = (partial_sums if skip_batches else [0.0, 0])
-        loss_sum_t = torch.tensor(loss_sum, device=device, dtype=torch.float64)  # same summation order on resume
-        last_idx = batches_per_epoch - 1
-        last_accum = batches_per_epoch % accum or accum
-        t_epoch = time.time()
-        imgs_this_run = 0
-        pbar = tqdm(total=batches_per_epoch, initial=skip_batches, desc=f'epoch {epoch + 1}/{num_epochs}',
-                    unit='batch', dynamic_ncols=True, disable=not main_proc or args.no_progress, file=sys.stderr,
-                    mininterval=0.5)
-        window_t, window_imgs = time.time(), 0
-        optimizer.zero_grad(set_to_none=True)
+
+def _log_step(run: Run, state: TrainState, epoch: int, batch_idx: int, step_loss: torch.Tensor, window) -> None:
+    """A `step` record with the rank-averaged loss, lr and global img/s since the last record."""
+    loss = run.dist.all_reduce_sum(step_loss.detach().clone().float()).item() / run.dist.world_size
+    lr = run.optimizer.param_groups[0]['lr']
+    ips = window['imgs'] / max(time.time() - window['t'], 1e-9)
+    window.update(t=time.time(), imgs=0)
+    if run.dist.is_main:
+        window['pbar'].set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.2e}', img_s=f'{ips:.0f}')
+        run.log.add('step', epoch=epoch + 1, update=state.num_updates, batch=batch_idx + 1, loss=loss, lr=lr,
+                    img_per_s=ips)
+        run.log.flush(min_interval_s=FLUSH_INTERVAL_S)
+
+
+def train_one_epoch(run: Run, state: TrainState, epoch: int) -> Tuple[float, int]:
+    """Train epoch `epoch` (0-based), starting after `state.batch_idx` batches when resuming mid-epoch; returns the
+    epoch's mean train loss (over optimizer steps and ranks) and the images this process trained on."""
+    from tqdm import tqdm
+    args, dist_ctx, device = run.args, run.dist, run.dist.device
+    skip = state.batch_idx
+    set_epoch(run.loader_train, epoch, args.seed, dist_ctx.rank, skip * args.batch_size, run.resumable)
+    if run.mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+        run.mixup_fn.mixup_enabled = False
+    run.train_model.train()
+    loss_sum = torch.tensor(state.partial_loss[0], device=device, dtype=torch.float64)  # same summation on resume
+    loss_count = int(state.partial_loss[1])
+    last_idx, accum = run.batches_per_epoch - 1, args.grad_accum_steps
+    last_accum = run.batches_per_epoch % accum or accum
+    pbar = tqdm(total=run.batches_per_epoch, initial=skip, desc=f'epoch {epoch + 1}/{run.num_epochs}', unit='batch',
+                dynamic_ncols=True, disable=not dist_ctx.is_main or args.no_progress, file=sys.stderr,
+                mininterval=0.5)
+    window = dict(t=time.time(), imgs=0, pbar=pbar)
+    images = 0
+    run.optimizer.zero_grad(set_to_none=True)
+    step_loss = torch.zeros((), device=device)
+    for batch_idx, (inp, target) in enumerate(run.loader_train, start=skip):
+        if batch_idx > last_idx:
+            break
+        need_update = batch_idx == last_idx or (batch_idx + 1) % accum == 0
+        accum_steps = last_accum if batch_idx >= run.batches_per_epoch - last_accum else accum
+        if not run.use_prefetcher:
+            inp, target = inp.to(device), target.to(device)
+        if run.mixup_fn is not None:
+            inp, target = run.mixup_fn(inp, target)
+        if args.channels_last:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        with run.train_model.no_sync() if dist_ctx.distributed and not need_update else nullcontext():
+            with run.autocast():
+                loss = run.loss_fn(run.train_model(inp), target)
+            if not torch.isfinite(loss):
+                raise RunError(f'loss is {loss.item()} at epoch {epoch + 1} batch {batch_idx + 1}; lower the lr, '
+                               f'or try --amp-dtype bfloat16 / no --amp.')
+            run.scaler.scale(loss / accum_steps).backward()
+        step_loss += loss.detach() / accum_steps
+        images += inp.shape[0]
+        window['imgs'] += inp.shape[0] * dist_ctx.world_size
+        pbar.update(1)
+        if not need_update:
+            continue
+        _optimizer_step(run, state)
+        loss_sum += step_loss.double()
+        loss_count += 1
+        if state.num_updates % args.log_interval == 0 or batch_idx == last_idx:
+            _log_step(run, state, epoch, batch_idx, step_loss, window)
         step_loss = torch.zeros((), device=device)
-        for batch_idx, (inp, target) in enumerate(loader_train, start=skip_batches):
-            if batch_idx > last_idx:
-                break
-            need_update = batch_idx == last_idx or (batch_idx + 1) % accum == 0
-            accum_steps = last_accum if batch_idx >= batches_per_epoch - last_accum else accum
-            if not use_prefetcher:
-                inp, target = inp.to(device), target.to(device)
-            if mixup_fn is not None:
-                inp, target = mixup_fn(inp, target)
-            if args.channels_last:
-                inp = inp.contiguous(memory_format=torch.channels_last)
-            sync_ctx = train_model.no_sync() if dist_ctx.distributed and not need_update else nullcontext()
-            with sync_ctx:
-                with autocast():
-                    output = train_model(inp)
-                    loss = train_loss_fn(output, target)
-                if not torch.isfinite(loss):
-                    raise SystemExit(f'error: loss is {loss.item()} at epoch {epoch} batch {batch_idx}; lower the '
-                                     f'lr, or try --amp-dtype bfloat16 / no --amp.')
-                scaler.scale(loss / accum_steps).backward()
-            step_loss += loss.detach() / accum_steps
-            imgs_this_run += inp.shape[0]
-            window_imgs += inp.shape[0] * dist_ctx.world_size
-            pbar.update(1)
-            if not need_update:
-                continue
-            if args.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            num_updates += 1
-            if model_ema is not None:
-                model_ema.update(model, step=num_updates)
-            loss_sum_t += step_loss.double()
-            loss_count += 1
-            this_loss = step_loss
-            step_loss = torch.zeros((), device=device)
-            if lr_scheduler is not None:
-                lr_scheduler.step_update(num_updates=num_updates)
-            if num_updates % args.log_interval == 0 or batch_idx == last_idx:
-                global_loss = this_loss.detach().clone().float()
-                dist_ctx.all_reduce_sum(global_loss)
-                global_loss = global_loss.item() / dist_ctx.world_size
-                cur_lr = optimizer.param_groups[0]['lr']
-                dt = max(time.time() - window_t, 1e-9)
-                ips = window_imgs / dt
-                window_t, window_imgs = time.time(), 0
-                if main_proc:
-                    pbar.set_postfix(loss=f'{global_loss:.4f}', lr=f'{cur_lr:.2e}', img_s=f'{ips:.0f}')
-                    log.add('step', epoch=epoch, update=num_updates, batch=batch_idx + 1, loss=global_loss,
-                            lr=cur_lr, img_per_s=ips)
-            if (args.checkpoint_every_steps and num_updates % args.checkpoint_every_steps == 0
-                    and batch_idx != last_idx):
-                sums = [loss_sum_t.item(), loss_count]
-                save_last(epoch, batch_idx + 1, sums)
-        pbar.close()
-        epoch_time = time.time() - t_epoch
-        # epoch train loss = mean over this epoch's optimizer steps, averaged over ranks
-        total = torch.tensor([loss_sum_t.item(), float(loss_count)], dtype=torch.float64)
-        if dist_ctx.distributed:
-            total = total.to(device)
-            dist_ctx.all_reduce_sum(total)
-            total = total.cpu()
-        train_loss = (total[0] / max(total[1].item(), 1)).item()
-        if lr_scheduler is not None:
-            lr_scheduler.step(epoch + 1)
+        if args.checkpoint_every_steps and state.num_updates % args.checkpoint_every_steps == 0 \
+                and batch_idx != last_idx:
+            state.batch_idx, state.partial_loss = batch_idx + 1, [loss_sum.item(), loss_count]
+            save_last(run, state)
+    pbar.close()
+    total = torch.tensor([loss_sum.item(), float(loss_count)], dtype=torch.float64, device=device)
+    total = run.dist.all_reduce_sum(total).cpu()
+    return (total[0] / max(total[1].item(), 1)).item(), images
 
-        eval_metrics = evaluate(model, loader_val, dist_ctx, autocast, use_prefetcher, num_classes,
-                                args.limit_val_batches, args.channels_last)
-        ema_metrics = None
-        if model_ema is not None:
-            ema_metrics = evaluate(model_ema.module, loader_val, dist_ctx, autocast, use_prefetcher, num_classes,
-                                   args.limit_val_batches, args.channels_last) if not args.model_ema_force_cpu \
-                else None
-        ref = ema_metrics or eval_metrics
-        value = ref['loss'] if args.eval_metric == 'loss' else ref[args.eval_metric]
-        improved = best['metric'] is None or (value < best['metric'] if args.eval_metric == 'loss'
-                                              else value > best['metric'])
-        if improved:
-            best = {'metric': value, 'epoch': epoch, 'name': args.eval_metric, 'ema': ema_metrics is not None}
-        rec = dict(epoch=epoch, train_loss=train_loss, eval_loss=eval_metrics['loss'],
-                   eval_top1=eval_metrics['top1'], eval_top5=eval_metrics['top5'],
-                   lr=optimizer.param_groups[0]['lr'], updates=num_updates, epoch_time_s=epoch_time,
-                   train_img_per_s=imgs_this_run * dist_ctx.world_size / max(epoch_time, 1e-9))
-        if ema_metrics is not None:
-            rec.update(ema_eval_loss=ema_metrics['loss'], ema_eval_top1=ema_metrics['top1'],
-                       ema_eval_top5=ema_metrics['top5'])
-        if main_proc:
-            log.add('epoch', **rec)
-            log.flush()
-            if not args.no_plot:
-                log.plot(title=f'{args.model} on {args.builtin_dataset if args.uses_builtin else "data"}')
-            print(f'epoch {epoch + 1}/{num_epochs}: train_loss {train_loss:.4f}  val_loss {eval_metrics["loss"]:.4f}'
-                  f'  top1 {eval_metrics["top1"]:.2f}  top5 {eval_metrics["top5"]:.2f}'
-                  + (f'  ema_top1 {ema_metrics["top1"]:.2f}' if ema_metrics else '')
-                  + f'  ({epoch_time:.1f}s)', flush=True)
-        save_last(epoch + 1, 0, [0.0, 0])
-        if main_proc and improved:
-            atomic_copy(out_dir / 'last.pth', out_dir / 'best.pth')
-        start_batch = 0
 
-    # ---- export
-    if main_proc:
-        meta = {'model': args.model, 'num_classes': num_classes, 'format': 'vimzoo-train-v1',
-                'class_to_idx': json.dumps(class_map) if class_map else '',
-                'data_config': json.dumps(to_plain(data_config))}
-        export_safetensors(model.state_dict(), out_dir / 'final.safetensors', metadata=meta)
-        if model_ema is not None:
-            export_safetensors(model_ema.module.state_dict(), out_dir / 'final_ema.safetensors', metadata=meta)
-        results = dict(model=args.model, epochs=num_epochs, num_updates=num_updates,
-                       final=eval_metrics, best=best, runtime_s=time.time() - t_start,
-                       world_size=dist_ctx.world_size, output=str(out_dir),
-                       files=sorted(p.name for p in out_dir.iterdir() if not p.name.startswith('.')))
-        (out_dir / 'results.json').write_text(json.dumps(to_plain(results), indent=2))
-        best_txt = f'{best["metric"]:.4g}' if best.get('metric') is not None else 'n/a'
-        print(f'Done in {time.time() - t_start:.1f}s: final top1 {eval_metrics.get("top1", float("nan")):.2f}, '
-              f'best {best.get("name")} {best_txt} (epoch {best.get("epoch")}). Files in {out_dir}.', flush=True)
+# ----------------------------------------------------------------------------------------------------------------
+# evaluation, logging, best
+# ----------------------------------------------------------------------------------------------------------------
+
+def _evaluate_run(run: Run) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+    from timm.utils import distribute_bn
+    args, dist_ctx = run.args, run.dist
+    if dist_ctx.distributed and args.dist_bn and not args.sync_bn:
+        # each rank's BatchNorm saw only its shard: average (or copy) the running stats so every rank evaluates,
+        # and rank 0 saves, one model
+        distribute_bn(run.model, dist_ctx.world_size, args.dist_bn == 'reduce')
+        if run.model_ema is not None:
+            distribute_bn(run.model_ema, dist_ctx.world_size, args.dist_bn == 'reduce')
+    common = dict(device=dist_ctx.device, autocast=run.autocast, limit=args.limit_val_batches,
+                  channels_last=args.channels_last, to_device=not run.use_prefetcher,
+                  reduce_sum=dist_ctx.all_reduce_sum if dist_ctx.distributed else None)
+    metrics = evaluate(run.model, run.loader_val, **common)
+    ema_metrics = None
+    if run.model_ema is not None and not args.model_ema_force_cpu:
+        ema_metrics = evaluate(run.model_ema.module, run.loader_val, **common)
+    return metrics, ema_metrics
+
+
+def end_of_epoch(run: Run, state: TrainState, epoch: int, train_loss: float, epoch_time: float, images: int) -> None:
+    """Evaluate, log, plot, checkpoint (last.pth, and best.pth when the metric improved)."""
+    args = run.args
+    metrics, ema_metrics = _evaluate_run(run)
+    ref = ema_metrics or metrics
+    value = ref[args.eval_metric]
+    best = state.best['metric']
+    improved = best is None or (value < best if args.eval_metric == 'loss' else value > best)
+    if improved:
+        state.best = {'metric': value, 'epoch': epoch + 1, 'name': args.eval_metric, 'ema': ema_metrics is not None}
+    rec = dict(epoch=epoch + 1, train_loss=train_loss, eval_loss=metrics['loss'], eval_top1=metrics['top1'],
+               eval_top5=metrics['top5'], lr=run.optimizer.param_groups[0]['lr'], updates=state.num_updates,
+               epoch_time_s=epoch_time, train_img_per_s=images * run.dist.world_size / max(epoch_time, 1e-9))
+    if ema_metrics is not None:
+        rec.update(ema_eval_loss=ema_metrics['loss'], ema_eval_top1=ema_metrics['top1'],
+                   ema_eval_top5=ema_metrics['top5'])
+    if run.dist.is_main:
+        run.log.add('epoch', **rec)
+        if not args.no_plot:
+            run.log.plot(title=f'{args.model} on {args.builtin_dataset if args.uses_builtin else "data"}')
+        print(f'epoch {epoch + 1}/{run.num_epochs}: train_loss {train_loss:.4f}  val_loss {metrics["loss"]:.4f}'
+              f'  top1 {metrics["top1"]:.2f}  top5 {metrics["top5"]:.2f}'
+              + (f'  ema_top1 {ema_metrics["top1"]:.2f}' if ema_metrics else '') + f'  ({epoch_time:.1f}s)',
+              flush=True)
+    state.epoch, state.batch_idx, state.partial_loss, state.last_eval = epoch + 1, 0, [0.0, 0], metrics
+    save_last(run, state)
+    if run.dist.is_main and improved:
+        atomic_copy(run.out_dir / LAST, run.out_dir / BEST)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# final files
+# ----------------------------------------------------------------------------------------------------------------
+
+def write_final_files(out_dir: Path, ckpt_like: Dict[str, Any], runtime_s: float) -> Dict[str, Any]:
+    """final.safetensors (+ final_ema), results.json; from a checkpoint dict or `checkpoint_state()`."""
+    meta = {'model': ckpt_like['model_name'], 'num_classes': ckpt_like['num_classes'], 'format': 'vimzoo-train-v2',
+            'class_to_idx': json.dumps(ckpt_like['class_to_idx']) if ckpt_like.get('class_to_idx') else '',
+            'data_config': json.dumps(to_plain(ckpt_like.get('data_config') or {}))}
+    export_safetensors(ckpt_like['model'], out_dir / 'final.safetensors', metadata=meta)
+    if ckpt_like.get('model_ema') is not None:
+        export_safetensors(ckpt_like['model_ema'], out_dir / 'final_ema.safetensors', metadata=meta)
+    results = dict(model=ckpt_like['model_name'], epochs=ckpt_like['epoch'], num_updates=ckpt_like['num_updates'],
+                   final=ckpt_like.get('last_eval') or {}, best=ckpt_like.get('best') or {},
+                   runtime_s=runtime_s, world_size=ckpt_like.get('world_size', 1), output=str(out_dir))
+    results['files'] = sorted({p.name for p in out_dir.iterdir() if not p.name.startswith('.')} | {'results.json'})
+    write_json(out_dir / 'results.json', to_plain(results))
+    return results
+
+
+def finish(run: Run, state: TrainState, t_start: float) -> None:
+    entries = checkpoint_state(run, state)  # collective (RNG gather): every rank
+    if run.dist.is_main:
+        results = write_final_files(run.out_dir, entries, time.time() - t_start)
+        best = results['best']
+        best_txt = f'{best["metric"]:.4g} (epoch {best.get("epoch")})' if best.get('metric') is not None else 'n/a'
+        print(f'Done in {time.time() - t_start:.1f}s: final top1 {results["final"].get("top1", float("nan")):.2f}, '
+              f'best {best.get("name")} {best_txt}. Files in {run.out_dir}.', flush=True)
+    run.dist.barrier()
+
+
+def _results_complete(out_dir: Path, ckpt: Dict[str, Any]) -> bool:
+    try:
+        results = json.loads((out_dir / 'results.json').read_text())
+    except (OSError, ValueError):
+        return False
+    return (results.get('num_updates') == ckpt['num_updates'] and bool(results.get('final'))
+            and (out_dir / 'final.safetensors').is_file())
+
+
+def finished_run(args: argparse.Namespace, out_dir: Path, ckpt: Dict[str, Any], dist_ctx: DistContext) -> bool:
+    """A checkpoint that already has every planned epoch: say so and leave the folder as it is (exit 0). If the
+    run was stopped between its last checkpoint and its final files, write just those."""
+    target = planned_epochs(args)
+    if ckpt['epoch'] < target or ckpt['batch_idx']:
+        return False
+    if _results_complete(out_dir, ckpt):
+        if dist_ctx.is_main:
+            final = ckpt.get('last_eval') or {}
+            top1 = f', final top1 {final["top1"]:.2f}' if 'top1' in final else ''
+            print(f'Nothing to do: the run in {out_dir} already finished all {ckpt["epoch"]} epochs{top1}; its files '
+                  f'are left untouched. To train longer, pass a larger --epochs.', flush=True)
+        return True
+    if dist_ctx.is_main:
+        print(f'The run in {out_dir} finished all {ckpt["epoch"]} epochs but its final files are missing; '
+              f'writing them from the checkpoint.', flush=True)
+        write_final_files(out_dir, ckpt, 0.0)
     dist_ctx.barrier()
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------------------------
+
+def _lock_run_folder(out_dir: Path, dist_ctx: DistContext) -> Optional[RunLock]:
+    """Rank 0 locks the folder; every rank learns the outcome (RunFolderBusy everywhere if it failed)."""
+    lock, problem = None, None
+    if dist_ctx.is_main:
+        lock = RunLock(out_dir)
+        try:
+            stale = lock.acquire()
+        except RunFolderBusy as e:
+            lock, problem, stale = None, str(e), None
+        if stale:
+            print(f'note: {out_dir} was locked by a run that is no longer alive (pid {stale.get("pid")} on '
+                  f'{stale.get("host")}); taking over its lock.', file=sys.stderr, flush=True)
+    problem = dist_ctx.broadcast_object(problem)
+    if problem:
+        raise RunFolderBusy(problem)
+    return lock
+
+
+def _announce(run: Run, source: DataSource, state: TrainState, resumed_from: Optional[Path]) -> None:
+    args, dist_ctx = run.args, run.dist
+    n_params = sum(p.numel() for p in run.model.parameters())
+    global_batch = args.batch_size * dist_ctx.world_size * args.grad_accum_steps
+    data = source.folders.describe() if source.folders else f'{args.dataset} ({run.num_classes} classes)'
+    print(f'Data: {data}', flush=True)
+    print(f'Model {args.model}: {n_params / 1e6:.3f} M params, {run.num_classes} classes, input '
+          f'{run.data_config["input_size"]}; world size {dist_ctx.world_size}; global batch {global_batch}; lr '
+          f'{run.lr:.3g}; {run.num_epochs} epochs; device {dist_ctx.device}'
+          + (f' ({torch.get_num_threads()} threads)' if dist_ctx.device.type == 'cpu' else '')
+          + f'; output {run.out_dir}', flush=True)
+    run.log.add('info', model=args.model, params=n_params, num_classes=run.num_classes, lr=run.lr,
+                world_size=dist_ctx.world_size, global_batch=global_batch, threads=torch.get_num_threads(), data=data,
+                resumed_from=str(resumed_from) if resumed_from else None, start_epoch=state.epoch + 1,
+                start_batch=state.batch_idx)
+    write_json(run.out_dir / 'args.json', to_plain(vars(args)))
+
+
+def train(args: argparse.Namespace, dist_ctx: DistContext, out_dir: Path) -> int:
+    """One training run in a locked folder: resume (or no-op when finished), set up, epochs, final files."""
+    from timm.utils import random_seed
+    t_start = time.time()
+    resume_path, ckpt = find_resume(args, out_dir, dist_ctx)
+    if ckpt is not None and finished_run(args, out_dir, ckpt, dist_ctx):
+        return 0
+    initial = load_model_weights(args.initial_checkpoint) if args.initial_checkpoint else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random_seed(args.seed, dist_ctx.rank)
+    source = resolve_data_source(args, announce=dist_ctx.is_main)
+    run = setup(args, dist_ctx, out_dir, source, initial)
+    del initial
+    state, rng_states = (restore(run, resume_path, ckpt) if ckpt is not None else (TrainState(), None))
+    del ckpt
+    if dist_ctx.is_main:
+        _announce(run, source, state, resume_path)
+    if rng_states is not None:  # the very last thing before the loop: the resumed run draws what the original drew
+        restore_rng_state(rng_states[dist_ctx.rank] if dist_ctx.rank < len(rng_states) else rng_states[0])
+    for epoch in range(state.epoch, run.num_epochs):
+        t_epoch = time.time()
+        train_loss, images = train_one_epoch(run, state, epoch)
+        end_of_epoch(run, state, epoch, train_loss, time.time() - t_epoch, images)
+    finish(run, state, t_start)
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`tools/train.py`: exit 0 on success (or nothing to do), 2 for usage/data/checkpoint errors, 1 otherwise."""
+    args = parse_args(argv)
+    dist_ctx = init_distributed(args)
+    lock, healthy = None, True
+    try:
+        out_dir = Path(dist_ctx.broadcast_object(args.output_dir))
+        lock = _lock_run_folder(out_dir, dist_ctx)
+        return train(args, dist_ctx, out_dir)
+    except (CheckpointError, DatasetError, RunFolderBusy) as e:
+        return usage_error(str(e)) if dist_ctx.is_main or not dist_ctx.distributed else 2
+    except RunError as e:
+        print(f'tools/train.py: error: {e}', file=sys.stderr, flush=True)
+        return e.code
+    except Exception as e:  # noqa: BLE001 (only collective failures are turned into a message)
+        if not (dist_ctx.distributed and is_timeout_error(e)):
+            raise
+        healthy = False
+        print(f'tools/train.py: error: rank {dist_ctx.rank}: another process did not answer within --dist-timeout '
+              f'{dist_ctx.timeout_s:g}s (it stopped, hung or died); giving up. ({str(e).splitlines()[0][:300]})',
+              file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if lock is not None:
+            lock.release()
+        if healthy:
+            dist_ctx.close()
