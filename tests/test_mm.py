@@ -176,13 +176,15 @@ def seg_cfgs(mm) -> Dict[str, Any]:
 
 
 def _maskrcnn_cfg_for(det_cfgs, family: str):
-    cfgs = [c for n, c in det_cfgs.items() if n.startswith('mask-rcnn_') and _family(c) == family]
+    cfgs = [c for n, c in det_cfgs.items() if n.startswith('mask-rcnn_') and not n.endswith('_toy.py')
+            and _family(c) == family]  # the full-size recipe, not the CPU toy config
     assert cfgs, f'no Mask R-CNN config for {family} in configs/mmdet'
     return cfgs[0]
 
 
 def _upernet_cfg_for(seg_cfgs, family: str):
-    cfgs = [c for n, c in seg_cfgs.items() if n.startswith('upernet_') and _family(c) == family]
+    cfgs = [c for n, c in seg_cfgs.items() if n.startswith('upernet_') and not n.endswith('_toy.py')
+            and _family(c) == family]
     assert cfgs, f'no UperNet config for {family} in configs/mmseg'
     return cfgs[0]
 

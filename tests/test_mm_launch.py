@@ -118,6 +118,7 @@ def test_backbone_channels_before_build(mm):
     assert mm.backbone_strides('vim_tiny_patch16_224', pyramid=False, out_indices=[5, 11, 17, 23]) == [16] * 4
 
 
+@pytest.mark.slow  # builds every zoo model on the meta device (~20 s)
 def test_docs_channel_table_is_current(mm):
     text = (ROOT / 'docs' / 'mm.md').read_text()
     found = re.search(r'<!-- channel-table:start -->\n(.*?)\n<!-- channel-table:end -->', text, re.S)

@@ -215,7 +215,9 @@ def prepare_config(args: argparse.Namespace, mode: str) -> Any:
             _log(f'--cpu: {line}')
     cfg.launcher = _launcher(args.launcher)
     if mode == 'train':
-        if args.amp and not args.cpu:
+        if args.amp and args.cpu:
+            _log('--amp ignored: mixed precision needs a GPU here (AmpOptimWrapper)')
+        elif args.amp:
             ow = cfg.optim_wrapper
             if ow.get('type') != 'AmpOptimWrapper':
                 ow['type'] = 'AmpOptimWrapper'
