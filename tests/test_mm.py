@@ -176,13 +176,15 @@ def seg_cfgs(mm) -> Dict[str, Any]:
 
 
 def _maskrcnn_cfg_for(det_cfgs, family: str):
-    cfgs = [c for n, c in det_cfgs.items() if n.startswith('mask-rcnn_') and _family(c) == family]
+    cfgs = [c for n, c in det_cfgs.items() if n.startswith('mask-rcnn_') and not n.endswith('_toy.py')
+            and _family(c) == family]  # the full-size recipe, not the CPU toy config
     assert cfgs, f'no Mask R-CNN config for {family} in configs/mmdet'
     return cfgs[0]
 
 
 def _upernet_cfg_for(seg_cfgs, family: str):
-    cfgs = [c for n, c in seg_cfgs.items() if n.startswith('upernet_') and _family(c) == family]
+    cfgs = [c for n, c in seg_cfgs.items() if n.startswith('upernet_') and not n.endswith('_toy.py')
+            and _family(c) == family]
     assert cfgs, f'no UperNet config for {family} in configs/mmseg'
     return cfgs[0]
 
@@ -453,12 +455,16 @@ def test_upernet_loss_backward_predict(seg_cfgs, family):
 @needs_mm
 def test_runner_train_val_checkpoint_resume(det_cfgs, tmp_path):
     """2 iterations of mmengine Runner training + COCO validation on a generated dataset, then resume to iter 3."""
+    import dataclasses
+
     from mmengine.runner import Runner
 
-    from mm_toy_coco import CLASSES, make_toy_coco
-    data = make_toy_coco(tmp_path / 'coco', num_images=4, size=(96, 128))
+    from vimzoo.mm.toy_data import TOY_DATASETS
+    spec = dataclasses.replace(TOY_DATASETS['shapes-coco'], num_train=4, num_val=4, image_size=(96, 128))
+    spec.generate(tmp_path / 'coco')
+    ann_file = tmp_path / 'coco' / 'annotations' / 'instances_train2017.json'  # trained on and evaluated on
     cfg = copy.deepcopy(_maskrcnn_cfg_for(det_cfgs, 'van'))
-    cfg.model = tiny_model_cfg(cfg, num_classes=len(CLASSES))
+    cfg.model = tiny_model_cfg(cfg, num_classes=len(spec.classes))
     cfg.model.test_cfg.rcnn.max_per_img = 20  # random weights + score_thr 0: keep COCO segm evaluation small
     cfg.work_dir = str(tmp_path / 'work')
     train_pipeline = [
@@ -474,8 +480,8 @@ def test_runner_train_val_checkpoint_resume(det_cfgs, tmp_path):
         dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
         dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
     ]
-    dataset = dict(type='CocoDataset', data_root=str(data['root']), ann_file='annotations.json',
-                   data_prefix=dict(img='images/'), metainfo=dict(classes=CLASSES))
+    dataset = dict(type='CocoDataset', data_root=str(tmp_path / 'coco'), ann_file=str(ann_file),
+                   data_prefix=dict(img='train2017/'), metainfo=dict(classes=spec.classes))
     cfg.train_dataloader = dict(
         batch_size=2, num_workers=0, persistent_workers=False, sampler=dict(type='DefaultSampler', shuffle=True),
         batch_sampler=dict(type='AspectRatioBatchSampler'),
@@ -484,7 +490,7 @@ def test_runner_train_val_checkpoint_resume(det_cfgs, tmp_path):
         batch_size=2, num_workers=0, persistent_workers=False, drop_last=False,
         sampler=dict(type='DefaultSampler', shuffle=False),
         dataset=dict(dataset, test_mode=True, pipeline=test_pipeline))
-    cfg.val_evaluator = dict(type='CocoMetric', ann_file=str(data['ann_file']), metric=['bbox', 'segm'])
+    cfg.val_evaluator = dict(type='CocoMetric', ann_file=str(ann_file), metric=['bbox', 'segm'])
     cfg.test_dataloader = cfg.test_evaluator = cfg.test_cfg = None
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=2, val_interval=2)
     cfg.param_scheduler = []

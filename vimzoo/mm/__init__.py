@@ -2,6 +2,9 @@
 
 `import vimzoo.mm` (or `custom_imports=dict(imports=['vimzoo.mm'])` in a config) registers `VimZooBackbone` once in
 mmengine's root `MODELS` registry; mmdet's and mmseg's registries are its children and find it from either scope.
+Also: `backbone_channels(name)` (a neck's `in_channels` before anything is built) and a build-time check that
+necks / heads match the backbone (`widths.py`); built-in toy detection / segmentation sets (`toy_data.py`); the
+Runner launcher behind tools/mm_train.py and tools/mm_test.py (`launch.py`).
 Needs the OpenMMLab stack (`bash tools/install_mm.sh`); plain `import vimzoo` never imports this package.
 """
 try:
@@ -13,8 +16,12 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from .backbone import DEFAULT_OUT_NORM, SimplePyramid, VimZooBackbone
 from .compat import register_safe_checkpoint_loader, safe_load
 from . import optim  # noqa: F401,E402  (registers VimZooLayerDecayOptimWrapperConstructor)
+from .toy_data import TOY_DATASETS, ensure_toy_dataset
+from .widths import backbone_channels, backbone_strides, channel_table, check_backbone_widths, install_width_check
 
 register_safe_checkpoint_loader()
+install_width_check()
 
 __all__ = ['VimZooBackbone', 'SimplePyramid', 'DEFAULT_OUT_NORM', 'register_safe_checkpoint_loader',
-           'safe_load']
+           'safe_load', 'backbone_channels', 'backbone_strides', 'channel_table', 'check_backbone_widths',
+           'install_width_check', 'TOY_DATASETS', 'ensure_toy_dataset']

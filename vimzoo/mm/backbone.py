@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from timm.layers import LayerNorm2d
-from timm.layers.halo_attn import HaloAttn
 from timm.models import group_parameters
 
 from .families import FAMILY_DEFAULTS, family_defaults
@@ -44,7 +43,8 @@ def _norm2d(kind: str, channels: int, eps: float = 1e-5) -> nn.Module:
 
 
 def _pyramid_op(channels: int, src_stride: int, dst_stride: int, norm: str) -> nn.Module:
-    """Resample a stride-`src_stride` map to `dst_stride`: ConvT(2,2) steps (norm + GELU between), identity or max-pool."""
+    """Resample a stride-`src_stride` map to `dst_stride`: ConvT(2,2) steps (norm + GELU between), identity or
+    max-pool."""
     if dst_stride == src_stride:
         return nn.Identity()
     ratio = src_stride / dst_stride if dst_stride < src_stride else dst_stride / src_stride

@@ -6,7 +6,7 @@ generic behaviour: hierarchical nets return their stage maps as they are, isomet
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 import torch.nn as nn
 
