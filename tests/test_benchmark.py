@@ -1,9 +1,8 @@
-"""tools/benchmark.py: one end-to-end run (deit_tiny baseline + a tiny zoo model, a size that works and one that
+"""vimzoo.benchmark (tools/benchmark.py, vimzoo-benchmark): one end-to-end run (deit_tiny baseline + a tiny zoo model, a size that works and one that
 cannot), the MAC count against timm's published number, and uncounted-op reporting with a negative control."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,14 +18,7 @@ import vimzoo  # noqa: F401  (registers the zoo)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('vimzoo_benchmark_tool', ROOT / 'tools' / 'benchmark.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_tool()
+import vimzoo.benchmark as bench  # noqa: E402
 
 
 @pytest.fixture(scope='module')

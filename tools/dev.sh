@@ -13,9 +13,11 @@ if [ ! -x "$PY" ]; then
     echo "[vimzoo] creating virtualenv $VENV"
     python3 -m venv "$VENV"
 fi
-# torch==2.14.1 / torchvision==0.29.1 are pinned in setup.cfg (pip takes them from local disk where available).
+# setup.cfg declares the supported ranges; tools/constraints.txt pins the exact development versions
+# (torch 2.14.1 / torchvision 0.29.1, which pip takes from local disk where available).
 echo "[vimzoo] installing vimzoo and its dependencies"
-"$PY" -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+"$PY" -m pip install -q --disable-pip-version-check -c tools/constraints.txt -e ".[dev]" 2>&1 \
+    | grep -v "^WARNING: Location" || true
 "$PY" -c "import vimzoo, torch, timm; print('[vimzoo]', vimzoo.__version__, 'torch', torch.__version__, 'timm', timm.__version__)"
 # Compile the CPU scan kernel now (once, ~1 min) rather than silently inside the first Vim/LBVim forward.
 "$PY" -m vimzoo.ops build || echo "[vimzoo] WARNING: the CPU scan kernel did not build; Vim/LBVim use the slow PyTorch reference" >&2

@@ -28,6 +28,8 @@ from mmengine.hooks import Hook
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from ._paths import config_path as find_config  # the launcher's name for it
+
 __all__ = ['find_config', 'set_data_root', 'resolve_toy_data', 'use_cpu', 'prepare_config', 'train_main',
            'test_main', 'main', 'LOADERS', 'EVALUATORS']
 
@@ -42,23 +44,6 @@ def _log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- configs
-def find_config(name: str) -> Path:
-    """A config path, or the name of a config shipped with vimzoo ('mmdet/x.py', 'x.py' or 'x')."""
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    from vimzoo.zoo import resource_path
-    root = resource_path('configs')
-    stem = name[:-3] if name.endswith('.py') else name
-    hits = [p for p in (root / f'{stem}.py', root / 'mmdet' / f'{stem}.py', root / 'mmseg' / f'{stem}.py')
-            if p.is_file()]
-    if hits:
-        return hits[0]
-    shipped = sorted(p.stem for sub in ('mmdet', 'mmseg') for p in (root / sub).glob('*.py'))
-    raise FileNotFoundError(f'config {name!r} is neither a file nor a vimzoo config; vimzoo ships: '
-                            f'{", ".join(shipped)} (in {root})')
-
-
 def _datasets(node: Any) -> Iterator[Dict[str, Any]]:
     """A dataloader's dataset dict and the ones wrapped inside it (RepeatDataset, ConcatDataset, ...)."""
     if isinstance(node, dict):

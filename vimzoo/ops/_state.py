@@ -10,6 +10,8 @@ import contextvars
 import warnings
 from typing import Iterator, Optional
 
+import torch
+
 __all__ = ['BACKENDS', 'get_backend', 'set_backend', 'use_backend', 'check_finite_enabled', 'set_check_finite',
            'use_check_finite', 'validate_backend_name', 'warn_once']
 
@@ -52,6 +54,12 @@ def use_backend(name: str) -> Iterator[None]:
 def check_finite_enabled() -> bool:
     value = _finite_var.get()
     return _defaults['check_finite'] if value is None else value
+
+
+# torch < 2.14's Dynamo cannot trace ContextVar.get (graph break, an error under fullgraph); there the setting is
+# read once at trace time, which is what newer Dynamo does when it traces the read itself.
+if tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2]) < (2, 14):
+    check_finite_enabled = torch.compiler.assume_constant_result(check_finite_enabled)
 
 
 def set_check_finite(enabled: bool) -> None:
