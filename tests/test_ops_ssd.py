@@ -198,7 +198,8 @@ def test_cpu_kernel_threads_and_layouts():
     """Results do not depend on the thread count, and strided views (Hydra's B / C slices) are accepted."""
     t = _make(2, 50, 4, 16, 2, 16)
     wide = torch.randn(2, 50, 2, 40)
-    args = dict(_qs_args(t), B=wide[..., :16], C=wide[..., 16:32], x=t['x'].transpose(1, 2).contiguous().transpose(1, 2))
+    x = t['x'].transpose(1, 2).contiguous().transpose(1, 2)
+    args = dict(_qs_args(t), B=wide[..., :16], C=wide[..., 16:32], x=x)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -5,9 +5,9 @@ and ~2 for Δ/softplus/D amortised -> 9·b·d·l·n (the count mamba_ssm uses), 
 gate. The LB local backward scan adds a·hb + b, h + r and its C-dot: +3·b·d·l·n. Backward (state recompute +
 reverse scan + grads) is counted as 2x forward.
 
-The Mamba-2 SSD scan is counted like its recurrence: per (batch, token, head, p, state) a·S + Δx·B (3) and C·S +
-accumulate (2) -> 5·b·l·h·p·n per direction, + 2·b·l·h·p for the D (diagonal) term; the quasiseparable core has two
-directions. Backward: 2x forward.
+The Mamba-2 SSD scan is counted like its recurrence: per (batch, token, head, p, state) a·S + Δx·B (3) and
+C·S + accumulate (2) -> 5·b·l·h·p·n per direction, + 2·b·l·h·p for the D (diagonal) term; the quasiseparable core
+has two directions. Backward: 2x forward.
 """
 import torch
 from torch.utils.flop_counter import register_flop_formula

@@ -6,7 +6,8 @@
 
 `op` is the custom op's name ('selective_scan', 'selective_scan_bwd', 'bidirectional_selective_scan',
 'causal_conv1d', 'causal_conv1d_bwd', 'mamba_inner_fwd', 'add_rms_norm_fwd', 'ssd_scan', 'ssd_scan_bwd',
-'quasiseparable_scan', 'quasiseparable_scan_bwd'); for the SSD ops `d_state` is B.shape[-1]. vimzoo.ops._choose picks one.
+'quasiseparable_scan', 'quasiseparable_scan_bwd'; for the SSD ops `d_state` is B.shape[-1]).
+vimzoo.ops._choose picks one.
 Importing a backend never builds or imports its compiled code; `can_run` does, on first use.
 """
 from . import cpu, cuda, reference
