@@ -53,20 +53,68 @@ inline void axpy(T alpha, const T* __restrict x, T* __restrict y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// out[0:len] = (accumulate ? out : 0) + Σ_{k<K} a[k·as] · rows[k·rs + 0:len]: every small matrix product of the
+// chunked form in one shape. For fp32, 64 outputs (4 x 16 lanes) stay in registers while k runs, so a term costs one
+// load and one FMA per 16 outputs and no horizontal sums; the tail and fp64 take the plain loop.
+template <typename T>
+void combine_rows(int64_t K, const T* __restrict a, int64_t as, const T* __restrict rows, int64_t rs, int64_t len,
+                  T* __restrict out, bool accumulate) {
+  int64_t p = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    using O = VecOps<v16f>;
+    const v16f zero = splatv<v16f>(0.0f);
+    for (; p + 4 * kLanes <= len; p += 4 * kLanes) {
+      v16f c0 = accumulate ? O::load(out + p) : zero, c1 = accumulate ? O::load(out + p + 16) : zero;
+      v16f c2 = accumulate ? O::load(out + p + 32) : zero, c3 = accumulate ? O::load(out + p + 48) : zero;
+      for (int64_t k = 0; k < K; ++k) {
+        const float s = a[k * as];
+        const float* r = rows + k * rs + p;
+        c0 += s * O::load(r);
+        c1 += s * O::load(r + 16);
+        c2 += s * O::load(r + 32);
+        c3 += s * O::load(r + 48);
+      }
+      O::store(out + p, c0), O::store(out + p + 16, c1), O::store(out + p + 32, c2), O::store(out + p + 48, c3);
+    }
+    for (; p + kLanes <= len; p += kLanes) {
+      v16f c = accumulate ? O::load(out + p) : zero;
+      for (int64_t k = 0; k < K; ++k) c += a[k * as] * O::load(rows + k * rs + p);
+      O::store(out + p, c);
+    }
+  }
+  for (; p < len; ++p) {
+    T c = accumulate ? out[p] : T(0);
+    for (int64_t k = 0; k < K; ++k) c += a[k * as] * rows[k * rs + p];
+    out[p] = c;
+  }
+}
+
+// dst (cols x rows) = srcᵀ for a rows x cols block with leading dimension ld_src (ld_dst for dst).
+template <typename T>
+inline void transpose(const T* __restrict src, int64_t rows, int64_t cols, int64_t ld_src, T* __restrict dst,
+                      int64_t ld_dst) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+}
+
 // Per-worker buffers (sized once per call).
 template <typename T>
 struct SsdWork {
-  std::vector<T> xs, bs, cs, raw, dts, cum, coef, yc, st;                  // forward
-  std::vector<T> sprev, dys, m, dxe, g, q, rb, rx, dl, rt, ecum, eto, db;   // backward
+  // forward: the chunk's rows (xs T x P, bs / cs T x N), B and C transposed (bt, ct: N x T), Δ, Λ, one row of C·B
+  // and of coefficients, the chunk's output (yc T x P), the state (st N x P) and the state update's weights (wbt N x T)
+  std::vector<T> xs, bs, cs, bt, ct, raw, dts, cum, cb, coef, scaled, yc, st, wbt;
+  // backward: chunk-entry states, dy rows, M and DXe (T x T), g, q, rb, rx, dΛ, R, x / S / R transposed, exp(Λ)
+  std::vector<T> sprev, dys, m, dxe, g, q, rb, rx, dl, rt, xst, spt, rtt, ecum, eto, db, ect;
   SsdWork(const SsdDims& d, bool backward) {
     const int64_t T_ = d.T, P = d.P, N = d.N;
-    xs.resize(T_ * P), bs.resize(T_ * N), cs.resize(T_ * N), raw.resize(T_), dts.resize(T_), cum.resize(T_);
-    coef.resize(T_), yc.resize(T_ * P), st.resize(N * P);
+    xs.resize(T_ * P), bs.resize(T_ * N), cs.resize(T_ * N), bt.resize(N * T_), ct.resize(N * T_);
+    raw.resize(T_), dts.resize(T_), cum.resize(T_), cb.resize(T_), coef.resize(T_), scaled.resize(N);
+    yc.resize(T_ * P), st.resize(N * P), wbt.resize(N * T_);
     if (!backward) return;
     sprev.resize(((d.L + T_ - 1) / T_) * N * P);
     dys.resize(T_ * P), m.resize(T_ * T_), dxe.resize(T_ * T_), g.resize(T_ * P), q.resize(T_ * N);
-    rb.resize(T_ * P), rx.resize(T_ * N), dl.resize(T_), rt.resize(N * P), ecum.resize(T_), eto.resize(T_);
-    db.resize(N);
+    rb.resize(T_ * P), rx.resize(T_ * N), dl.resize(T_), rt.resize(N * P), xst.resize(P * T_), spt.resize(P * N);
+    rtt.resize(P * N), ecum.resize(T_), eto.resize(T_), db.resize(N), ect.resize(N * T_);
   }
 };
 
@@ -88,19 +136,27 @@ int64_t gather_chunk(const SsdDims& d, const SsdDir<T>& dir, const T* x, int64_t
   if (d.softplus) softplus_array(w.dts.data(), Tc);
   T run = 0;
   for (int64_t i = 0; i < Tc; ++i) w.cum[i] = run += w.dts[i] * A;
+  transpose(w.bs.data(), Tc, N, N, w.bt.data(), d.T);
+  transpose(w.cs.data(), Tc, N, N, w.ct.data(), d.T);
   return Tc;
+}
+
+// C_i·B_j for j <= i into w.cb[0..i].
+template <typename T>
+inline void cb_row(const SsdDims& d, int64_t i, SsdWork<T>& w) {
+  combine_rows(d.N, w.cs.data() + i * d.N, 1, w.bt.data(), d.T, i + 1, w.cb.data(), false);
 }
 
 // S <- exp(Λ_T) S + Σ_j exp(Λ_T - Λ_j) Δ_j x_j B_jᵀ   (ST[n][p]).
 template <typename T>
-void advance_state(const SsdDims& d, int64_t Tc, const SsdWork<T>& w, T* __restrict st) {
-  const int64_t P = d.P, N = d.N;
+void advance_state(const SsdDims& d, int64_t Tc, SsdWork<T>& w, T* __restrict st) {
+  const int64_t P = d.P, N = d.N, TT = d.T;
   const T cumT = w.cum[Tc - 1], decay = exp_c(cumT);
+  for (int64_t j = 0; j < Tc; ++j) w.coef[j] = exp_c(cumT - w.cum[j]) * w.dts[j];
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < Tc; ++j) w.wbt[n * TT + j] = w.coef[j] * w.bt[n * TT + j];
   for (int64_t i = 0; i < N * P; ++i) st[i] *= decay;
-  for (int64_t j = 0; j < Tc; ++j) {
-    const T wj = exp_c(cumT - w.cum[j]) * w.dts[j];
-    for (int64_t n = 0; n < N; ++n) axpy(wj * w.bs[j * N + n], w.xs.data() + j * P, st + n * P, P);
-  }
+  for (int64_t n = 0; n < N; ++n) combine_rows(Tc, w.wbt.data() + n * TT, 1, w.xs.data(), P, P, st + n * P, true);
 }
 
 // One direction's output added into y (b, l, h, p) for one (batch, head).
@@ -119,13 +175,13 @@ void direction_fwd(const SsdDims& d, const SsdDir<T>& dir, const T* x, const T* 
     for (int64_t i = 0; i < Tc; ++i) {
       T* yi = w.yc.data() + i * P;
       const T* ci = w.cs.data() + i * N;
+      cb_row(d, i, w);
 #pragma omp simd
-      for (int64_t j = 0; j <= i; ++j) w.coef[j] = exp_c(w.cum[i] - w.cum[j]) * w.dts[j];
-      for (int64_t j = 0; j <= i; ++j) w.coef[j] *= dot(ci, w.bs.data() + j * N, N);
-      std::fill_n(yi, P, T(0));
-      for (int64_t j = 0; j <= i; ++j) axpy(w.coef[j], w.xs.data() + j * P, yi, P);
+      for (int64_t j = 0; j <= i; ++j) w.coef[j] = exp_c(w.cum[i] - w.cum[j]) * w.dts[j] * w.cb[j];
+      combine_rows(i + 1, w.coef.data(), 1, w.xs.data(), P, P, yi, false);           // intra-chunk
       const T e = exp_c(w.cum[i]);
-      for (int64_t n = 0; n < N; ++n) axpy(e * ci[n], st + n * P, yi, P);
+      for (int64_t n = 0; n < N; ++n) w.scaled[n] = e * ci[n];
+      combine_rows(N, w.scaled.data(), 1, st, P, P, yi, true);                        // from the entry state
     }
     advance_state(d, Tc, w, st);
     for (int64_t i = 0; i < Tc; ++i) {
@@ -194,27 +250,28 @@ void direction_bwd(const SsdDims& d, const SsdDir<T>& dir, const T* x, const T* 
       w.eto[i] = exp_c(cumT - w.cum[i]);
       w.dl[i] = 0;
     }
-    // Inter-chunk pieces: q_i = S_prevᵀ dy_i (n), rb_j = R B_j (p), rx_j = Rᵀ x_j (n).
+    // Inter-chunk pieces: q_i = S_prevᵀ dy_i (n), rx_j = Rᵀ x_j (n), rb_j = R B_j (p).
+    transpose(sp, N, P, P, w.spt.data(), N);
+    transpose(rt, N, P, P, w.rtt.data(), N);
+    transpose(xs, Tc, P, P, w.xst.data(), TT);
     for (int64_t i = 0; i < Tc; ++i) {
-      for (int64_t n = 0; n < N; ++n) {
-        w.q[i * N + n] = dot(sp + n * P, dys + i * P, P);
-        w.rx[i * N + n] = dot(rt + n * P, xs + i * P, P);
-      }
-      T* rbi = w.rb.data() + i * P;
-      std::fill_n(rbi, P, T(0));
-      for (int64_t n = 0; n < N; ++n) axpy(bs[i * N + n], rt + n * P, rbi, P);
+      combine_rows(P, dys + i * P, 1, w.spt.data(), N, N, w.q.data() + i * N, false);
+      combine_rows(P, xs + i * P, 1, w.rtt.data(), N, N, w.rx.data() + i * N, false);
+      combine_rows(N, bs + i * N, 1, rt, P, P, w.rb.data() + i * P, false);
     }
     // Intra-chunk matrices (j <= i): M = exp(Λ_i - Λ_j) C_i·B_j, DXe = exp(Λ_i - Λ_j) dy_i·x_j; the decay
     // gradient W_ij = (dy_i·x_j) Δ_j M_ij goes to Λ_i (+) and Λ_j (-).
     for (int64_t i = 0; i < Tc; ++i) {
+      cb_row(d, i, w);
+      combine_rows(P, dys + i * P, 1, w.xst.data(), TT, i + 1, w.coef.data(), false);   // dy_i·x_j
+      T* mi = w.m.data() + i * TT;
+      T* dxi = w.dxe.data() + i * TT;
       for (int64_t j = 0; j <= i; ++j) {
         const T e = exp_c(w.cum[i] - w.cum[j]);
-        const T mij = e * dot(cs + i * N, bs + j * N, N);
-        const T dxij = dot(dys + i * P, xs + j * P, P);
-        w.m[i * TT + j] = mij;
-        w.dxe[i * TT + j] = e * dxij;
+        mi[j] = e * w.cb[j];
+        dxi[j] = e * w.coef[j];
         if (j < i) {
-          const T wij = dxij * w.dts[j] * mij;
+          const T wij = w.coef[j] * w.dts[j] * mi[j];
           w.dl[i] += wij;
           w.dl[j] -= wij;
         }
@@ -224,12 +281,10 @@ void direction_bwd(const SsdDims& d, const SsdDir<T>& dir, const T* x, const T* 
     for (int64_t i = 0; i < N * P; ++i) stateterm += rt[i] * sp[i];
     T usum = 0;
     for (int64_t j = 0; j < Tc; ++j) {
-      const int64_t t = dir.pos(L, k0 + j);
-      const int64_t tok = bi * L + t;
+      const int64_t tok = bi * L + dir.pos(L, k0 + j);
       // g_j = Σ_{i>=j} M_ij dy_i + exp(Λ_T - Λ_j) R B_j ;  dx_j = Δ_j g_j
       T* gj = w.g.data() + j * P;
-      std::fill_n(gj, P, T(0));
-      for (int64_t i = j; i < Tc; ++i) axpy(w.m[i * TT + j], dys + i * P, gj, P);
+      combine_rows(Tc - j, w.m.data() + j * TT + j, TT, dys + j * P, P, P, gj, false);
       axpy(w.eto[j], w.rb.data() + j * P, gj, P);
       const T u = w.eto[j] * w.dts[j] * dot(xs + j * P, w.rb.data() + j * P, P);
       w.dl[j] -= u;
@@ -237,8 +292,7 @@ void direction_bwd(const SsdDims& d, const SsdDir<T>& dir, const T* x, const T* 
       axpy(w.dts[j], gj, out.dx + (tok * d.H + h) * P, P);
       // dB_j = Δ_j (Σ_{i>=j} DXe_ij C_i + exp(Λ_T - Λ_j) Rᵀ x_j)
       T* db = w.db.data();
-      std::fill_n(db, N, T(0));
-      for (int64_t i = j; i < Tc; ++i) axpy(w.dxe[i * TT + j], cs + i * N, db, N);
+      combine_rows(Tc - j, w.dxe.data() + j * TT + j, TT, cs + j * N, N, N, db, false);
       axpy(w.eto[j], w.rx.data() + j * N, db, N);
       T* dBj = out.dB + (tok * d.H + h) * N;
       for (int64_t n = 0; n < N; ++n) dBj[n] = w.dts[j] * db[n];
@@ -246,9 +300,9 @@ void direction_bwd(const SsdDims& d, const SsdDir<T>& dir, const T* x, const T* 
     for (int64_t i = 0; i < Tc; ++i) {
       // dC_i = Σ_{j<=i} DXe_ij Δ_j B_j + exp(Λ_i) S_prevᵀ dy_i ;  Λ_i also gets dy_i · (exp(Λ_i) S_prev C_i)
       const int64_t tok = bi * L + dir.pos(L, k0 + i);
+      for (int64_t j = 0; j <= i; ++j) w.coef[j] = w.dxe[i * TT + j] * w.dts[j];
       T* dCi = out.dC + (tok * d.H + h) * N;
-      std::fill_n(dCi, N, T(0));
-      for (int64_t j = 0; j <= i; ++j) axpy(w.dxe[i * TT + j] * w.dts[j], bs + j * N, dCi, N);
+      combine_rows(i + 1, w.coef.data(), 1, bs, N, N, dCi, false);
       axpy(w.ecum[i], w.q.data() + i * N, dCi, N);
       w.dl[i] += w.ecum[i] * dot(cs + i * N, w.q.data() + i * N, N);
     }
@@ -264,9 +318,10 @@ void direction_bwd(const SsdDims& d, const SsdDir<T>& dir, const T* x, const T* 
     }
     // R for the previous chunk: exp(Λ_T) R + Σ_i exp(Λ_i) C_i dy_iᵀ.
     const T eT = exp_c(cumT);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < Tc; ++i) w.ect[n * TT + i] = w.ecum[i] * w.ct[n * TT + i];
     for (int64_t i = 0; i < N * P; ++i) rt[i] *= eT;
-    for (int64_t i = 0; i < Tc; ++i)
-      for (int64_t n = 0; n < N; ++n) axpy(w.ecum[i] * cs[i * N + n], dys + i * P, rt + n * P, P);
+    for (int64_t n = 0; n < N; ++n) combine_rows(Tc, w.ect.data() + n * TT, 1, dys, P, P, rt + n * P, true);
   }
   if (out.dinit) axpy(T(1), rt, out.dinit + (bi * d.H + h) * N * P, N * P);
 }
