@@ -338,7 +338,8 @@ SsdCall check_ssd_inputs(const at::Tensor& x, const at::Tensor& dt, const at::Te
                          const at::Tensor& C, const opt_tensor& dt_b, const opt_tensor& B_b, const opt_tensor& C_b,
                          const opt_tensor& D, const opt_tensor& bias, const opt_tensor& init, bool softplus,
                          bool reverse, int64_t chunk) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous(), "vimzoo ssd_cpu: x must be contiguous (b, l, h, p)");
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous(),
+              "vimzoo ssd_cpu: x must be contiguous (b, l, h, p)");
   const auto dtype = x.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "vimzoo ssd_cpu: tensors must be float32 or float64");
   const int64_t Bsz = x.size(0), L = x.size(1), H = x.size(2), P = x.size(3);
@@ -486,7 +487,8 @@ at::Tensor ssd_fwd(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& 
                             {"B_b", &B_b}, {"C_b", &C_b}, {"D", &D}, {"dt_bias", &dt_bias},
                             {"initial_states", &init}});
   }
-  if (x.scalar_type() == at::kDouble) return ssd_fwd_impl<double>(call, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, init);
+  if (x.scalar_type() == at::kDouble)
+    return ssd_fwd_impl<double>(call, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, init);
   return ssd_fwd_impl<float>(call, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, init);
 }
 
