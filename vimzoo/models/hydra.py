@@ -51,7 +51,8 @@ _NO_DT_LIMIT = (0.0, float('inf'))
 @register_notrace_function  # reason: vimzoo.ops validates concrete shapes and dispatches on device / dtype / grad
 def hydra_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                dt_b: torch.Tensor, B_b: torch.Tensor, C_b: torch.Tensor, D: torch.Tensor,
-               dt_bias: Optional[torch.Tensor], initial_states: Optional[torch.Tensor], dt_softplus: bool, backend: Optional[str]) -> torch.Tensor:
+               dt_bias: Optional[torch.Tensor], initial_states: Optional[torch.Tensor], dt_softplus: bool,
+               backend: Optional[str]) -> torch.Tensor:
     """`vimzoo.ops.quasiseparable_scan`; under TorchScript (which cannot script its Python checks) the op itself."""
     if not torch.jit.is_scripting():
         return quasiseparable_scan(x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, dt_softplus, initial_states,
