@@ -72,6 +72,15 @@ def test_mixer_state_dict_is_the_official_layout():
         + ['out_proj.bias']
 
 
+def test_official_constructor_arguments_are_accepted():
+    """The official README's call (and every other Hydra() argument) ports unchanged."""
+    m = HydraMixer(64, d_state=64, d_conv=7, expand=2, use_mem_eff_path=False, chunk_size=128, layer_idx=3,
+                   activation='silu', headdim=32, ngroups=1, conv_init=None, dt_limit=(0.0, float('inf')))
+    assert m(torch.randn(1, 5, 64)).shape == (1, 5, 64)
+    with pytest.raises(ValueError, match='activation'):
+        HydraMixer(64, headdim=32, activation='gelu')
+
+
 def test_official_init():
     m = HydraMixer(64, headdim=16, learnable_init_states=True)
     assert (m.A_log == 0).all() and (m.D == 1).all() and (m.init_states == 0).all()

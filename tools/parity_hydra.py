@@ -194,8 +194,7 @@ def run_config(Hydra, name: str, kwargs: Dict, args, backends: List[str], contro
         path = Path(tmp) / 'official_hydra.pth'
         torch.save(official.state_dict(), path)
         state_dict = torch.load(path, map_location='cpu', weights_only=True)
-    ours_kwargs = {k: v for k, v in kwargs.items() if k != 'chunk_size'}
-    ours = HydraMixer(**ours_kwargs).float().train(False)
+    ours = HydraMixer(**kwargs).float().train(False)   # the official constructor arguments, unchanged
     ours.load_state_dict(state_dict, strict=True)
     assert list(ours.state_dict()) == list(official.state_dict()), 'state_dict key order differs'
     if control == 'gate_before_norm':

@@ -118,7 +118,8 @@ class HydraMixer(nn.Module):
     in_proj output channels: [z | x | B | C | B_b | C_b | dt | dt_b]; the centred depthwise conv + SiLU runs once over
     [x | B | C | B_b | C_b] in token order; y = QS(x) with the forward scan on (dt, B, C), the backward scan on
     (dt_b, B_b, C_b), both shifted by one token, plus x * (fc_D(x) + D); out = out_proj(rmsnorm(y) * w * silu(z)).
-    `chunk_size` / `use_mem_eff_path` of the official module are speed knobs of its GPU kernels and not needed here.
+    The official constructor's arguments are all accepted (so `Hydra(...)` calls port unchanged); `chunk_size`,
+    `use_mem_eff_path` and `layer_idx` are speed knobs / bookkeeping of its GPU kernels and change nothing here.
     """
     clamp_dt: Final[bool]
     learnable_init_states: Final[bool]
@@ -137,8 +138,12 @@ class HydraMixer(nn.Module):
             dt_init_floor: float = 1e-4,
             dt_limit: Tuple[float, float] = _NO_DT_LIMIT,
             learnable_init_states: bool = False,
+            activation: str = 'swish',
             bias: bool = False,
             conv_bias: bool = True,
+            chunk_size: int = 256,
+            use_mem_eff_path: bool = False,
+            layer_idx: Optional[int] = None,
             scan_backend: Optional[str] = None,
             device=None,
             dtype=None,
@@ -146,6 +151,9 @@ class HydraMixer(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         _check_mixer_args(d_model, d_state, d_conv, expand, headdim, ngroups, tuple(dt_limit))
+        if activation not in ('silu', 'swish'):
+            raise ValueError(f"HydraMixer: activation must be 'silu' or 'swish' (as upstream), got {activation!r}.")
+        del chunk_size, use_mem_eff_path, layer_idx   # the official kernels' speed knobs / bookkeeping: same math
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = expand * d_model
         self.headdim, self.ngroups = headdim, ngroups
