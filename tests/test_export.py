@@ -181,10 +181,55 @@ def test_add_rms_norm_fwd_translation(with_residual):
     torch.testing.assert_close(got_normed, normed, rtol=0, atol=ATOL)
 
 
+def _ssd_inputs(b=2, length=11, h=4, p=3, g=2, n=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, length, h, p, generator=gen)
+    dt = torch.randn(b, length, h, generator=gen) * 0.5
+    A = -torch.rand(h, generator=gen) - 0.2
+    B, C = (torch.randn(b, length, g, n, generator=gen) for _ in range(2))
+    D, dt_bias = torch.randn(h, generator=gen), torch.randn(h, generator=gen) * 0.1
+    init = torch.randn(b, h, p, n, generator=gen) * 0.3
+    return x, dt, A, B, C, D, dt_bias, init
+
+
+@pytest.mark.parametrize('reverse,optional', [(False, True), (True, True), (False, False)])
+def test_ssd_scan_translation(reverse, optional):
+    """Mamba-2 SSD scan, 2 groups for 4 heads, with / without D, dt_bias and an initial state."""
+    x, dt, A, B, C, D, dt_bias, init = _ssd_inputs()
+
+    def fn(x, dt, A, B, C, *extra):
+        d_, b_, s_ = extra if extra else (None, None, None)
+        return ops.ssd_scan(x, dt, A, B, C, D=d_, dt_bias=b_, dt_softplus=True, initial_states=s_, reverse=reverse,
+                            backend='reference')
+
+    args = (x, dt, A, B, C) + ((D, dt_bias, init) if optional else ())
+    expected = fn(*args)
+    (got,) = _run(_export(_Call(fn), args), *args)
+    torch.testing.assert_close(got, expected, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize('per_token_d', [False, True])
+def test_quasiseparable_scan_translation(per_token_d):
+    """Hydra's core: both directions shifted by one token plus the diagonal, (h,) or per-token (b, l, h) D."""
+    x, dt, A, B, C, D, dt_bias, _ = _ssd_inputs()
+    _, dt_b, _, B_b, C_b, *_ = _ssd_inputs(seed=1)
+    if per_token_d:
+        D = torch.randn(x.shape[:3])
+
+    def fn(x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias):
+        return ops.quasiseparable_scan(x, dt, A, B, C, dt_b, B_b, C_b, D=D, dt_bias=dt_bias, dt_softplus=True,
+                                       backend='reference')
+
+    args = (x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias)
+    expected = fn(*args)
+    (got,) = _run(_export(_Call(fn), args), *args)
+    torch.testing.assert_close(got, expected, rtol=0, atol=ATOL)
+
+
 def test_translation_table_covers_every_vimzoo_op():
     table = vimzoo.export.onnx_translation_table()
     forward_ops = {'selective_scan', 'bidirectional_selective_scan', 'causal_conv1d', 'mamba_inner_fwd',
-                   'add_rms_norm_fwd'}
+                   'add_rms_norm_fwd', 'ssd_scan', 'quasiseparable_scan'}
     assert {op.name().split('::')[1] for op in table} == forward_ops
 
 

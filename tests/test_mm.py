@@ -20,7 +20,7 @@ import vimzoo
 ROOT = Path(__file__).resolve().parents[1]
 DET_CFGS = sorted((ROOT / 'configs' / 'mmdet').glob('*.py'))
 SEG_CFGS = sorted((ROOT / 'configs' / 'mmseg').glob('*.py'))
-ISOMETRIC = ('vim', 'lbvim', 'convit', 'dependencyvit')  # families whose features all have one stride
+ISOMETRIC = ('vim', 'lbvim', 'convit', 'dependencyvit', 'hydra')  # families whose features all have one stride
 
 
 def _mm_stack_problem() -> str:

@@ -16,7 +16,8 @@ from vimzoo.ops.backends import REGISTRY
 HAS_CXX = shutil.which('c++') is not None or shutil.which('g++') is not None
 BACKENDS = ['reference', 'auto'] + (['cpu'] if HAS_CXX else [])
 INTERFACE = ('can_run', 'scan_fwd', 'scan_bwd', 'bidir_fwd', 'conv_fwd', 'conv_bwd', 'mamba_inner_fwd',
-             'mamba_inner_bwd', 'add_rms_norm_fwd', 'add_rms_norm_bwd')
+             'mamba_inner_bwd', 'add_rms_norm_fwd', 'add_rms_norm_bwd', 'ssd_fwd', 'ssd_bwd', 'qs_fwd',
+             'qs_bwd')
 
 
 def _scan(b=2, d=16, l=9, n=4, seed=0):

@@ -1,5 +1,6 @@
-"""Fuzzing the public ops: random and adversarial shapes, dtypes, strides, windows, zero-size dims and values through
-every op and backend, each case in its own (forked) process, so a crash is caught and attributed, not fatal.
+"""Fuzzing the public ops (Mamba scans, conv, mixer, norm, the SSD / Hydra scans): random and adversarial shapes,
+dtypes, strides, windows, zero-size dims and values through every op and backend, each case in its own (forked)
+process, so a crash is caught and attributed, not fatal.
 
 Every case must end in one of two ways, never in a signal or a hang:
   * valid inputs: the same result as the reference backend (forward, and gradients where inputs need them),
@@ -22,7 +23,7 @@ import pytest
 
 HAS_CXX = shutil.which('c++') is not None or shutil.which('g++') is not None
 SEED = 20261201
-N_RANDOM = 160
+N_RANDOM = 224   # ~32 random cases per op
 CASE_TIMEOUT_S = 60
 DTYPES = ('float32', 'float64', 'bfloat16', 'float16')
 
@@ -34,9 +35,14 @@ ARGS = {
     'causal_conv1d': ('x', 'weight', 'bias', 'activation'),
     'mamba_inner': ('xz', 'weights', 'weights_b', 'local_window', 'scale'),
     'add_rms_norm': ('x', 'residual', 'weight', 'eps'),
+    'ssd_scan': ('x', 'dt', 'A', 'B', 'C', 'D', 'dt_bias', 'initial_states', 'dt_softplus', 'reverse'),
+    'quasiseparable_scan': ('x', 'dt', 'A', 'B', 'C', 'dt_b', 'B_b', 'C_b', 'D', 'dt_bias', 'initial_states',
+                            'dt_softplus'),
 }
+SSD_OPS = ('ssd_scan', 'quasiseparable_scan')
 # the arguments whose shape defines the others: a wrong shape there may be reported through another argument
 DEFINING = {'u', 'A', 'x', 'xz'}
+DEFINING_BY_OP = {'ssd_scan': {'B'}, 'quasiseparable_scan': {'B', 'B_b'}}   # B's (groups, d_state) fix C's
 
 
 # ------------------------------------------------------------------------------------------------- case generation
@@ -58,6 +64,27 @@ def _mixer_weights(d, n, rank, k, opt=True, conv_3d=True):
             _t((d, n), scale=0.3), _t((d,)) if opt else None]
 
 
+def _ssd_case(rng, op, b, l, dtype, opt):
+    """x (b, l, h, p), dt (b, l, h), A (h,), B / C (b, l, g, n) with g | h; dt / B / C in x's dtype or fp32."""
+    h = rng.choice([1, 2, 4, 6])
+    g = rng.choice([d for d in (1, 2, 3) if h % d == 0])
+    p, n = rng.choice([1, 3, 8, 16]), rng.choice([1, 4, 5, 16])
+    side = rng.choice([dtype, 'float32'])
+    layout = rng.choice(['contig', 'contig', 'strided'])
+    args = dict(x=_t((b, l, h, p), dtype, layout), dt=_t((b, l, h), side, rng.choice(['contig', 'expanded']), 0.7),
+                A=_t((h,), 'float32', kind='neg_exp'), B=_t((b, l, g, n), side, layout), C=_t((b, l, g, n), side))
+    if op == 'quasiseparable_scan':
+        args.update(dt_b=_t((b, l, h), side, scale=0.7), B_b=_t((b, l, g, n), side), C_b=_t((b, l, g, n), side))
+    per_token = op == 'quasiseparable_scan' and rng.random() < 0.6
+    args.update(D=(_t((b, l, h), side) if per_token else _t((h,))) if opt else None,
+                dt_bias=_t((h,), scale=0.5) if opt else None,
+                initial_states=_t((b, h, p, n), rng.choice(['float32', dtype]), scale=0.5) if opt else None,
+                dt_softplus=rng.random() < 0.8)
+    if op == 'ssd_scan':
+        args['reverse'] = rng.random() < 0.5
+    return args
+
+
 def _valid_case(rng, op):
     """A random valid call of `op` (tensor specs + keyword options)."""
     dtype = rng.choice(DTYPES[:2] * 3 + DTYPES[2:])            # mostly fp32 / fp64
@@ -75,6 +102,8 @@ def _valid_case(rng, op):
         args = {k: f[k] for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')}
         args.update({f'{k}_b': r.get(k) for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')})
         args.update(z=f['z'] if opt else None, delta_softplus=rng.random() < 0.8)
+    elif op in SSD_OPS:
+        args = _ssd_case(rng, op, b, l, dtype, opt)
     elif op == 'causal_conv1d':
         k = rng.choice([1, 2, 3, 4, 7])
         args = dict(x=_t((b, d, l), dtype, layout), weight=_t((d, k), rng.choice(['float32', dtype])),
@@ -185,6 +214,12 @@ def _valid_zero(rng, op):
                     s[0] = 0
                 return args
             continue
+        if op in SSD_OPS:   # batch is dim 0 of every per-sample tensor, length dim 1 of x, dt, B, C, D per token
+            for name in _tensor_names(args):
+                s = _get(args, name)['shape']
+                if len(s) >= 3 and (name != 'initial_states' or 'b' in dims):
+                    s[0 if 'b' in dims else 1] = 0
+            return args
         lead = _get(args, _tensor_names(args)[0])['shape']
         b, l = (lead[0], lead[1]) if op == 'mamba_inner' else (lead[0], lead[2])
         for name in _tensor_names(args):
@@ -249,6 +284,15 @@ def _named_cases():
             {k: v for k, v in _scan_args(None, 1, 16, 5, 4, 'float32', 'tokmajor', True).items() if k != 'z'},
             **{f'{k}_b': v for k, v in _scan_args(None, 1, 16, 5, 8, 'float32', 'tokmajor', True).items()
                if k != 'z'}, z=None, delta_softplus=True), 'A_b'),
+    ]
+    ssd = _ssd_case(random.Random(1), 'quasiseparable_scan', 2, 9, 'float32', True)
+    named += [
+        ('qs-state-per-direction', 'quasiseparable_scan', dict(ssd, B_b=_t((2, 9, ssd['B']['shape'][2], 7)),
+                                                              C_b=_t((2, 9, ssd['B']['shape'][2], 7))), 'B_b'),
+        ('qs-groups-do-not-divide-heads', 'quasiseparable_scan',
+         dict(ssd, B=_t((2, 9, ssd['x']['shape'][2] + 1, 4)), C=_t((2, 9, ssd['x']['shape'][2] + 1, 4))), 'B'),
+        ('qs-length-1', 'quasiseparable_scan', _ssd_case(random.Random(2), 'quasiseparable_scan', 1, 1, 'float32',
+                                                         True), 'match'),
     ]
     for cid, op, args, expected in named:
         for backend in ('auto', 'reference', 'cpu'):
@@ -336,7 +380,7 @@ def _names_argument(case, exc) -> bool:
     expected = case['expected']
     if expected == 'backend':
         names = ['backend']
-    elif expected in ('match',) or expected in DEFINING:
+    elif expected in ('match',) or expected in DEFINING | DEFINING_BY_OP.get(case['op'], set()):
         names = list(ARGS[case['op']])
     else:
         names = expected.split('|')

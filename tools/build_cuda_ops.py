@@ -75,7 +75,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     elapsed = time.time() - t0
-    missing = [f for f in ('scan_fwd', 'scan_bwd', 'bidir_fwd') if not hasattr(mod, f)]
+    missing = [f for f in ('scan_fwd', 'scan_bwd', 'bidir_fwd', 'ssd_fwd', 'ssd_bwd') if not hasattr(mod, f)]
     if missing:
         print(f'build_cuda_ops: built module lacks {missing}', file=sys.stderr)
         return 1

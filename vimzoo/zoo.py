@@ -20,7 +20,7 @@ __all__ = [
     'model_index', 'resource_path', 'check_model_name',
 ]
 
-FAMILIES = ('vim', 'lbvim', 'biformer', 'davit', 'van', 'convit', 'halonet', 'dependencyvit')
+FAMILIES = ('vim', 'lbvim', 'biformer', 'davit', 'van', 'convit', 'halonet', 'dependencyvit', 'hydra')
 
 _zoo: Dict[str, List[str]] = {family: [] for family in FAMILIES}
 

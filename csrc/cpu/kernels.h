@@ -51,6 +51,21 @@ std::vector<at::Tensor> scan_bwd_tm(const at::Tensor& dout, const at::Tensor& u,
 // (dx, dweight, dbias): the conv + bias + SiLU backward in one pass (the pre-activation is recomputed).
 std::vector<at::Tensor> causal_conv1d_bwd_tm(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& weight,
                                              const opt_tensor& bias, bool silu, bool reverse);
+// Mamba-2 SSD scan (one direction; `reverse` runs it anti-causally) and, when dt_b / B_b / C_b are given, Hydra's
+// quasiseparable mixer core (forward + reverse scan shifted by one token, plus the diagonal D·x). fp32 or fp64, all
+// contiguous in x's dtype: x (b, l, h, p), dt (b, l, h) raw (dt_bias and softplus are applied inside), A (h,),
+// B / C (b, l, g, n), D (h,) or (Hydra) (b, l, h), dt_bias (h,), init (b, h, n, p) (transposed state).
+// ssd_bwd returns {dx, dA per (b, h), dD per (b, h) or (b, l, h), dinit, then per direction: ddt (w.r.t. the raw
+// dt), dB and dC per head (b, l, h, n)}.
+at::Tensor ssd_fwd(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
+                   const at::Tensor& C, const opt_tensor& dt_b, const opt_tensor& B_b, const opt_tensor& C_b,
+                   const opt_tensor& D, const opt_tensor& dt_bias, const opt_tensor& init, bool softplus,
+                   bool reverse, int64_t chunk, bool check_finite);
+std::vector<at::Tensor> ssd_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
+                                const at::Tensor& B, const at::Tensor& C, const opt_tensor& dt_b,
+                                const opt_tensor& B_b, const opt_tensor& C_b, const opt_tensor& D,
+                                const opt_tensor& dt_bias, const opt_tensor& init, bool softplus, bool reverse,
+                                int64_t chunk);
 
 // Fused inference ops (fp32).
 at::Tensor mamba_inner_fwd(const at::Tensor& xz, const std::vector<at::Tensor>& fwd,

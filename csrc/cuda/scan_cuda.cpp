@@ -1,5 +1,5 @@
 // Torch bindings for the vimzoo CUDA selective-scan kernels (scan_cuda_kernel.cu). Same Python interface as the
-// CPU extension (scan_cpu.cpp): scan_fwd, scan_bwd, bidir_fwd.
+// CPU extension (scan_cpu.cpp): scan_fwd, scan_bwd, bidir_fwd; and ssd_fwd / ssd_bwd (ssd_cuda.cpp).
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -12,6 +12,7 @@
 
 #include "../common/finite_check.h"
 #include "scan_params_torch.h"
+#include "ssd_cuda.h"
 
 namespace vimzoo_cuda {
 cudaError_t launch_scan_fwd(const ScanParams& p, int dtype, float* y, void* out, cudaStream_t stream);
@@ -150,4 +151,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scan_fwd", &scan_fwd, "selective scan forward (gated by silu(z) when given); ValueError on NaN/inf input");
   m.def("scan_bwd", &scan_bwd, "selective scan backward (recomputes states): du, ddelta, dA, dBt, dCt, dD, dz, dbias");
   m.def("bidir_fwd", &bidir_fwd, "fused forward + reverse scan, gated by silu(z); ValueError on NaN/inf input");
+  m.def("ssd_fwd", &vimzoo_cuda::ssd_fwd_cuda, "Mamba-2 SSD scan, or Hydra's quasiseparable core when dt_b is given");
+  m.def("ssd_bwd", &vimzoo_cuda::ssd_bwd_cuda, "backward of ssd_fwd: dx, dA, dD, dinit; ddt, dB, dC per direction");
 }

@@ -1,47 +1,14 @@
 // CPU emulation harness for csrc/cuda/scan_cuda_kernel.cu (test-only; there is no GPU on the CI machine).
 //
-// Compiles the REAL kernel source as C++ with a tiny shim: every CUDA thread becomes a std::thread, each warp of
-// 32 threads shares a std::barrier that implements __shfl_xor_sync / __syncwarp in lock-step, atomicAdd maps to
-// std::atomic_ref. Blocks run one after another. This checks the kernels' indexing, recurrences and reductions
-// against the PyTorch reference; it says nothing about GPU-specific behaviour (memory model, occupancy, speed).
+// Compiles the REAL kernel source as C++ with the shim of warp_shim.h (every CUDA thread a std::thread, warps in
+// lock-step through a barrier, atomicAdd through std::atomic_ref). This checks the kernels' indexing, recurrences
+// and reductions against the PyTorch reference; it says nothing about GPU-specific behaviour (memory model,
+// occupancy, speed).
 #include <torch/extension.h>
 
-#include <atomic>
-#include <barrier>
-#include <cmath>
-#include <memory>
 #include <optional>
-#include <thread>
-#include <vector>
 
-#define VIMZOO_CUDA_EMULATION 1
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __restrict__ __restrict
-
-struct dim3 {
-  unsigned x, y, z;
-  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
-};
-thread_local dim3 threadIdx, blockIdx;
-
-struct WarpCtx {
-  std::barrier<> bar{32};
-  float buf[32];
-};
-thread_local WarpCtx* tl_warp = nullptr;
-thread_local int tl_lane = 0;
-
-inline float __shfl_xor_sync(unsigned, float v, int off) {
-  tl_warp->buf[tl_lane] = v;
-  tl_warp->bar.arrive_and_wait();
-  const float r = tl_warp->buf[tl_lane ^ off];
-  tl_warp->bar.arrive_and_wait();
-  return r;
-}
-inline void __syncwarp(unsigned = 0xffffffffu) { tl_warp->bar.arrive_and_wait(); }
-inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+#include "warp_shim.h"
 
 #include "../../csrc/cuda/scan_cuda_kernel.cu"
 #include "../../csrc/cuda/scan_params_torch.h"
@@ -54,22 +21,7 @@ constexpr int kWarps = vimzoo_cuda::kWarpsPerBlock;
 
 template <typename F>
 void launch(int64_t rows, F&& kernel) {  // grid = ceil(rows / warps per block), block = 32 * warps
-  const int64_t grid = (rows + kWarps - 1) / kWarps;
-  for (int64_t b = 0; b < grid; ++b) {
-    std::vector<std::unique_ptr<WarpCtx>> warps;
-    for (int w = 0; w < kWarps; ++w) warps.push_back(std::make_unique<WarpCtx>());
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 32 * kWarps; ++t) {
-      threads.emplace_back([&, t, b] {
-        blockIdx = dim3(static_cast<unsigned>(b));
-        threadIdx = dim3(static_cast<unsigned>(t));
-        tl_warp = warps[t / 32].get();
-        tl_lane = t % 32;
-        kernel();
-      });
-    }
-    for (auto& th : threads) th.join();
-  }
+  emulate_launch(rows, kWarps, kernel);
 }
 
 // The packing of csrc/cuda/scan_cuda.cpp (csrc/cuda/scan_params_torch.h), with CPU tensors instead of CUDA ones.

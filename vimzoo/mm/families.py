@@ -42,6 +42,9 @@ FAMILY_DEFAULTS: Dict[str, Dict[str, Any]] = {
     # zoo's ZooByobNet says so in `input_multiple`, timm's models are probed once on the meta device.
     'halonet': dict(out_norm=None, probe_multiple=True),
     'dependencyvit': dict(out_norm=None),
+    # Hydra: no official dense code; plain features. Detection / segmentation inputs are not 224 x 224, so the
+    # backbone is built with timm ViT's dynamic_img_size (position embedding resampled per input).
+    'hydra': dict(out_norm=None, model_kwargs=dict(dynamic_img_size=True)),
 }
 
 

@@ -1,5 +1,6 @@
 """Selective-scan ops for Vim / LBVim: plain, reverse, locally bi-directional (LBMamba) and fused bidirectional
-scans, the depthwise causal conv, the fused mixer core and add + RMSNorm — one API, several backends.
+scans, the depthwise causal conv, the fused mixer core and add + RMSNorm; the Mamba-2 SSD scan and Hydra's
+quasiseparable mixer core — one API, several backends.
 
 Layout of this package (see docs/kernels.md):
     __init__      the public functions: validate every input once (_validate), then call the custom op
@@ -12,7 +13,7 @@ Layout of this package (see docs/kernels.md):
     _ops          torch.library custom ops `torch.ops.vimzoo.*`: registration, fake impls, autograd
     _flops        FLOP formulas for FlopCounterMode
     _loader       JIT build of the compiled kernels (`python -m vimzoo.ops build` prebuilds)
-    reference     the readable math every kernel is tested against
+    reference     the readable math every kernel is tested against (reference_ssd: the SSD / Hydra scans)
 """
 from typing import Optional, Sequence, Tuple
 
@@ -20,18 +21,20 @@ import torch
 
 from . import _flops  # noqa: F401  (registers torch.ops.vimzoo.* and their FLOP formulas)
 from ._choose import choose, requested_backend
-from ._flops import scan_flops
+from ._flops import scan_flops, ssd_flops
 from ._state import (BACKENDS, check_finite_enabled, get_backend, set_backend, set_check_finite, use_backend,
                      use_check_finite)
 from ._validate import (check_add_rms_norm, check_bidirectional_scan, check_conv, check_finite, check_mamba_inner,
-                        check_scan, check_window)
+                        check_quasiseparable, check_scan, check_ssd, check_window)
 from .reference import (add_rms_norm_ref, bidirectional_selective_scan_ref, causal_conv1d_ref, lb_window,
                         mamba_inner_ref, selective_scan_ref)  # noqa: F401  (mamba_inner_ref: the math, for users)
+from .reference_ssd import quasiseparable_scan_ref, ssd_scan_ref
 
 __all__ = [
     'selective_scan', 'bidirectional_selective_scan', 'causal_conv1d', 'mamba_inner', 'add_rms_norm', 'lb_window',
     'get_backend', 'set_backend', 'use_backend', 'set_check_finite', 'use_check_finite', 'BACKENDS',
     'selective_scan_ref', 'bidirectional_selective_scan_ref', 'causal_conv1d_ref', 'scan_flops', 'kernel_status',
+    'ssd_scan', 'quasiseparable_scan', 'ssd_scan_ref', 'quasiseparable_scan_ref', 'ssd_flops',
 ]
 
 
@@ -125,6 +128,42 @@ def add_rms_norm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torc
             check_finite(op, {'x': x, 'residual': residual, 'weight': weight})
         return add_rms_norm_ref(x, residual, weight, float(eps))
     return torch.ops.vimzoo.add_rms_norm_fwd(x, residual, weight, float(eps), name, check_finite_enabled())
+
+
+def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             D: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None, dt_softplus: bool = False,
+             initial_states: Optional[torch.Tensor] = None, reverse: bool = False,
+             backend: Optional[str] = None) -> torch.Tensor:
+    """Mamba-2 SSD scan (mamba_ssm's `mamba_chunk_scan_combined` without z): per head h one scalar decay
+    exp(Δ·A_h), B / C shared by the heads of a group. `reverse` runs it anti-causally (from the last token).
+
+    x (b, l, h, p); dt (b, l, h); A (h,); B, C (b, l, g, n) with g dividing h; D, dt_bias (h,); initial_states
+    (b, h, p, n). Δ = softplus(dt + dt_bias) when dt_softplus, else dt + dt_bias. Returns (b, l, h, p) in x's
+    dtype, computed in fp32 (fp64 for fp64 x)."""
+    op = 'ssd_scan'
+    check_ssd(op, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, reverse)
+    name = requested_backend(op, backend, x.device)
+    return torch.ops.vimzoo.ssd_scan(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, reverse, name,
+                                     check_finite_enabled())
+
+
+def quasiseparable_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                        dt_b: torch.Tensor, B_b: torch.Tensor, C_b: torch.Tensor, D: Optional[torch.Tensor] = None,
+                        dt_bias: Optional[torch.Tensor] = None, dt_softplus: bool = False,
+                        initial_states: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+    """Hydra's quasiseparable mixer core in one call, all in original token order (no flipped copies):
+
+        y_t = s_{t-1} [t > 0] + s^b_{t+1} [t < l-1] + δ_t x_t,
+        s = ssd_scan(x, dt, A, B, C),  s^b = ssd_scan(x, dt_b, A, B_b, C_b, reverse=True)
+
+    (the official `roll(scan([x; flip(x)]))` construction). A, dt_bias and initial_states are shared by both
+    directions, as in Hydra. D: (h,), or per token (b, l, h) for Hydra's data-dependent diagonal fc_D(x) + D.
+    Shapes and dtypes otherwise as in `ssd_scan`."""
+    op = 'quasiseparable_scan'
+    check_quasiseparable(op, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states, dt_softplus)
+    name = requested_backend(op, backend, x.device)
+    return torch.ops.vimzoo.quasiseparable_scan(x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states,
+                                                dt_softplus, name, check_finite_enabled())
 
 
 def kernel_status() -> dict:

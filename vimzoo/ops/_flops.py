@@ -4,13 +4,17 @@ Per (batch, channel, token, state) and direction the scan does: Δ·A, exp, Δu�
 and ~2 for Δ/softplus/D amortised -> 9·b·d·l·n (the count mamba_ssm uses), + b·d·l for D·u and + b·d·l for the z
 gate. The LB local backward scan adds a·hb + b, h + r and its C-dot: +3·b·d·l·n. Backward (state recompute +
 reverse scan + grads) is counted as 2x forward.
+
+The Mamba-2 SSD scan is counted like its recurrence: per (batch, token, head, p, state) a·S + Δx·B (3) and
+C·S + accumulate (2) -> 5·b·l·h·p·n per direction, + 2·b·l·h·p for the D (diagonal) term; the quasiseparable core
+has two directions. Backward: 2x forward.
 """
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from . import _ops  # noqa: F401  (the ops must be registered before formulas can be attached)
 
-__all__ = ['scan_flops']
+__all__ = ['scan_flops', 'ssd_flops']
 
 _vz = torch.ops.vimzoo
 
@@ -19,6 +23,10 @@ def scan_flops(u_shape, n: int, has_d: bool, has_z: bool, window: int = 1) -> in
     b, d, l = u_shape
     per_state = 9 + (3 if window > 1 else 0)
     return per_state * b * d * l * n + (b * d * l if has_d else 0) + (b * d * l if has_z else 0)
+
+
+def ssd_flops(b: int, l: int, h: int, p: int, n: int, directions: int = 1, diag: bool = False) -> int:
+    return directions * 5 * b * l * h * p * n + (2 * b * l * h * p if diag else 0)
 
 
 @register_flop_formula(_vz.selective_scan)
@@ -95,3 +103,27 @@ def _add_rms_norm_diff_flop(x, residual, weight, eps, backend, check_finite, out
 @register_flop_formula(_vz.add_rms_norm_bwd)
 def _add_rms_norm_bwd_flop(dnormed, dsummed, summed, weight, eps, backend, out_shape=None, **kwargs) -> int:
     return 0
+
+
+@register_flop_formula(_vz.ssd_scan)
+def _ssd_flop(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, reverse, backend, check_finite,
+              out_shape=None, **kwargs) -> int:
+    return ssd_flops(*x, B[-1], 1, D is not None)
+
+
+@register_flop_formula(_vz.ssd_scan_bwd)
+def _ssd_bwd_flop(dout, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, reverse, backend, out_shape=None,
+                  **kwargs) -> int:
+    return 2 * ssd_flops(*x, B[-1], 1, D is not None)
+
+
+@register_flop_formula(_vz.quasiseparable_scan)
+def _qs_flop(x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states, dt_softplus, backend, check_finite,
+             out_shape=None, **kwargs) -> int:
+    return ssd_flops(*x, B[-1], 2, D is not None)
+
+
+@register_flop_formula(_vz.quasiseparable_scan_bwd)
+def _qs_bwd_flop(dout, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states, dt_softplus, backend,
+                 out_shape=None, **kwargs) -> int:
+    return 2 * ssd_flops(*x, B[-1], 2, D is not None)

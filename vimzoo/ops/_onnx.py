@@ -11,7 +11,10 @@ The math is the pure-PyTorch reference's (`vimzoo/ops/reference.py`) in standard
   flipped sequence; LBMamba's local backward scan (`window` > 1) is a second `Scan` in the opposite direction whose
   carry is zeroed at each window end;
 * mamba_inner_fwd / add_rms_norm_fwd (the fused CPU inference ops) become the same composite graph that
-  `vimzoo.ops.mamba_inner` / `add_rms_norm` run through when not fused.
+  `vimzoo.ops.mamba_inner` / `add_rms_norm` run through when not fused;
+* ssd_scan / quasiseparable_scan (Mamba-2, Hydra): the state recurrence S_t = exp(Δ_t A) S_{t-1} + Δ_t x_t B_tᵀ as
+  the same `Scan` over (b, h, p, n) states (`vimzoo/ops/reference_ssd.py`'s plain recurrence), read out with C;
+  the quasiseparable op shifts the two directions by one token with `Pad` and adds the diagonal.
 Everything is computed in fp32 (fp64 for fp64 inputs) and cast back to the input dtype, as the reference does.
 """
 from typing import List, Optional, Sequence, Tuple
@@ -239,12 +242,83 @@ def vimzoo_add_rms_norm_fwd(x: TFloat, residual: Optional[TFloat], weight: TFloa
     return _to(normed, x.dtype), summed
 
 
+def _heads(t, nheads: int):
+    """(b, l, g, n) -> (b, l, h, n): head h reads group h // (h / g) (`reference_ssd.heads_of_groups`)."""
+    groups = _static_dim(t, 2, 'B / C')
+    if groups == nheads:
+        return t
+    wide = op.Expand(op.Unsqueeze(t, _ints(3)),
+                     op.Concat(op.Shape(t, start=0, end=3), _ints(nheads // groups), op.Shape(t, start=3), axis=0))
+    return op.Reshape(wide, _ints(0, 0, nheads, -1))
+
+
+def _ssd_core(x, dt, A, B, C, dt_bias, softplus: bool, initial_states, reverse: bool):
+    """The SSD scan without D, tokens first: (l, b, h, p) in the compute dtype."""
+    cdt = _compute_dtype(x)
+    nheads = _static_dim(A, 0, 'A')
+    delta = _to(dt, cdt)
+    if dt_bias is not None:
+        delta = op.Add(delta, _to(dt_bias, cdt))
+    if softplus:
+        delta = op.Softplus(delta)
+    xt = op.Transpose(_to(x, cdt), perm=[1, 0, 2, 3])                          # (l, b, h, p)
+    dtt = op.Transpose(delta, perm=[1, 0, 2])                                   # (l, b, h)
+    bt = op.Transpose(_heads(_to(B, cdt), nheads), perm=[1, 0, 2, 3])          # (l, b, h, n)
+    ct = op.Transpose(_heads(_to(C, cdt), nheads), perm=[1, 0, 2, 3])
+    a = op.Unsqueeze(op.Exp(op.Mul(dtt, _to(A, cdt))), _ints(-1, -2))         # (l, b, h, 1, 1)
+    bx = op.Mul(op.Unsqueeze(op.Mul(op.Unsqueeze(dtt, _ints(-1)), xt), _ints(-1)),
+                op.Unsqueeze(bt, _ints(-2)))                                    # (l, b, h, p, n)
+    if reverse:
+        a, bx = _flip(a, 0), _flip(bx, 0)
+    if initial_states is None:
+        h0 = op.Expand(op.CastLike(op.Constant(value_float=0.0), bx), op.Shape(bx, start=1))
+    else:
+        h0 = _to(initial_states, cdt)
+    hs = linear_recurrence(h0, a, bx)
+    if reverse:
+        hs = _flip(hs, 0)
+    return op.ReduceSum(op.Mul(hs, op.Unsqueeze(ct, _ints(-2))), _ints(-1), keepdims=0)
+
+
+@torch_op('vimzoo::ssd_scan', trace_only=True)
+def vimzoo_ssd_scan(x: TFloat, dt: TFloat, A: TFloat, B: TFloat, C: TFloat, D: Optional[TFloat],
+                    dt_bias: Optional[TFloat], initial_states: Optional[TFloat], dt_softplus: bool, reverse: bool,
+                    backend: str, check_finite: bool) -> TFloat:
+    cdt = _compute_dtype(x)
+    y = _ssd_core(x, dt, A, B, C, dt_bias, dt_softplus, initial_states, reverse)
+    if D is not None:
+        y = op.Add(y, op.Mul(op.Transpose(_to(x, cdt), perm=[1, 0, 2, 3]), op.Unsqueeze(_to(D, cdt), _ints(-1))))
+    return _to(op.Transpose(y, perm=[1, 0, 2, 3]), x.dtype)
+
+
+@torch_op('vimzoo::quasiseparable_scan', trace_only=True)
+def vimzoo_quasiseparable_scan(x: TFloat, dt: TFloat, A: TFloat, B: TFloat, C: TFloat, dt_b: TFloat, B_b: TFloat,
+                               C_b: TFloat, D: Optional[TFloat], dt_bias: Optional[TFloat],
+                               initial_states: Optional[TFloat], dt_softplus: bool, backend: str,
+                               check_finite: bool) -> TFloat:
+    cdt = _compute_dtype(x)
+    y_f = _ssd_core(x, dt, A, B, C, dt_bias, dt_softplus, initial_states, False)
+    y_b = _ssd_core(x, dt_b, A, B_b, C_b, dt_bias, dt_softplus, initial_states, True)
+    # out_t = y_f[t-1] + y_b[t+1], zero past either end (tokens are axis 0)
+    y = op.Add(op.Pad(_narrow(y_f, 0, 0, -1), _ints(1, 0, 0, 0, 0, 0, 0, 0)),
+               op.Pad(_narrow(y_b, 0, 1, 2 ** 62), _ints(0, 0, 0, 0, 1, 0, 0, 0)))
+    if D is not None:
+        xt = op.Transpose(_to(x, cdt), perm=[1, 0, 2, 3])
+        diag = _to(D, cdt)
+        diag = op.Unsqueeze(diag, _ints(-1)) if len(D.shape) == 1 else \
+            op.Unsqueeze(op.Transpose(diag, perm=[1, 0, 2]), _ints(-1))         # (h, 1) or (l, b, h, 1)
+        y = op.Add(y, op.Mul(xt, diag))
+    return _to(op.Transpose(y, perm=[1, 0, 2, 3]), x.dtype)
+
+
 TRANSLATIONS = {
     'selective_scan': vimzoo_selective_scan,
     'bidirectional_selective_scan': vimzoo_bidirectional_selective_scan,
     'causal_conv1d': vimzoo_causal_conv1d,
     'mamba_inner_fwd': vimzoo_mamba_inner_fwd,
     'add_rms_norm_fwd': vimzoo_add_rms_norm_fwd,
+    'ssd_scan': vimzoo_ssd_scan,
+    'quasiseparable_scan': vimzoo_quasiseparable_scan,
 }
 
 

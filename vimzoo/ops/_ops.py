@@ -331,3 +331,110 @@ def _norm_backward(ctx, dnormed, dsummed):
 
 
 add_rms_norm_op.register_autograd(_norm_backward, setup_context=_norm_setup)
+
+
+# ssd_scan (Mamba-2): x (b, l, h, p), dt (b, l, h), A (h,), B / C (b, l, g, n), D / dt_bias (h,), initial_states
+# (b, h, p, n). Outputs are contiguous (b, l, h, p) in x's dtype.
+# --------------------------------------------------------------------------------------------------------------
+def _choose_ssd(op: str, backend: str, x: Tensor, B: Tensor, *tensors: Optional[Tensor]):
+    return choose(op, backend, x.device, (x, B, *tensors), d_state=B.shape[-1])
+
+
+@torch.library.custom_op('vimzoo::ssd_scan', mutates_args=())
+def ssd_scan_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                dt_bias: Optional[Tensor], initial_states: Optional[Tensor], dt_softplus: bool, reverse: bool,
+                backend: str, check_finite: bool) -> Tensor:
+    if x.numel() == 0:
+        return x.new_empty(x.shape)
+    impl = _choose_ssd('ssd_scan', backend, x, B, dt, A, C, D, dt_bias, initial_states)
+    return impl.ssd_fwd(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, reverse, check_finite)
+
+
+@ssd_scan_op.register_fake
+def _(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, reverse, backend, check_finite):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op('vimzoo::ssd_scan_bwd', mutates_args=())
+def ssd_scan_bwd_op(dout: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                    dt_bias: Optional[Tensor], initial_states: Optional[Tensor], dt_softplus: bool, reverse: bool,
+                    backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns (dx, ddt, dA, dB, dC, dD, ddt_bias, dinitial_states); empty tensors stand for absent inputs."""
+    if x.numel() == 0:
+        return _zero_grads(x, dt, A, B, C, D, dt_bias, initial_states)
+    impl = _choose_ssd('ssd_scan_bwd', backend, x, B, dt, A, C, D, dt_bias, initial_states)
+    return _fill(impl.ssd_bwd(dout, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, reverse), x)
+
+
+@ssd_scan_bwd_op.register_fake
+def _(dout, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, reverse, backend):
+    return (x.new_empty(x.shape), dt.new_empty(dt.shape), A.new_empty(A.shape), B.new_empty(B.shape),
+            C.new_empty(C.shape), _empty_grad(D, x), _empty_grad(dt_bias, x), _empty_grad(initial_states, x))
+
+
+def _ssd_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:8])
+    ctx.cfg = tuple(inputs[8:11])   # dt_softplus, reverse, backend
+
+
+def _ssd_backward(ctx, dout):
+    saved = ctx.saved_tensors
+    grads = torch.ops.vimzoo.ssd_scan_bwd(dout.contiguous(), *saved, *ctx.cfg)
+    return (*grads[:5], *(None if t is None else g for g, t in zip(grads[5:], saved[5:])), None, None, None, None)
+
+
+ssd_scan_op.register_autograd(_ssd_backward, setup_context=_ssd_setup)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# quasiseparable_scan (Hydra's mixer core): forward + reverse SSD over the same x, each shifted by one token, plus
+# the diagonal D (h,) or (b, l, h) times x; A, dt_bias and initial_states shared by both directions.
+# --------------------------------------------------------------------------------------------------------------
+@torch.library.custom_op('vimzoo::quasiseparable_scan', mutates_args=())
+def quasiseparable_scan_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, dt_b: Tensor, B_b: Tensor,
+                           C_b: Tensor, D: Optional[Tensor], dt_bias: Optional[Tensor],
+                           initial_states: Optional[Tensor], dt_softplus: bool, backend: str,
+                           check_finite: bool) -> Tensor:
+    if x.numel() == 0:
+        return x.new_empty(x.shape)
+    impl = _choose_ssd('quasiseparable_scan', backend, x, B, dt, A, C, dt_b, B_b, C_b, D, dt_bias, initial_states)
+    return impl.qs_fwd(x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states, dt_softplus, check_finite)
+
+
+@quasiseparable_scan_op.register_fake
+def _(x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states, dt_softplus, backend, check_finite):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op('vimzoo::quasiseparable_scan_bwd', mutates_args=())
+def quasiseparable_scan_bwd_op(dout: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, dt_b: Tensor,
+                               B_b: Tensor, C_b: Tensor, D: Optional[Tensor], dt_bias: Optional[Tensor],
+                               initial_states: Optional[Tensor], dt_softplus: bool, backend: str
+                               ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                          Tensor, Tensor]:
+    """Returns (dx, ddt, dA, dB, dC, ddt_b, dB_b, dC_b, dD, ddt_bias, dinitial_states)."""
+    inputs = (x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states)
+    if x.numel() == 0:
+        return _zero_grads(*inputs)
+    impl = _choose_ssd('quasiseparable_scan_bwd', backend, x, B, *inputs[1:3], *inputs[4:])
+    return _fill(impl.qs_bwd(dout, *inputs, dt_softplus), x)
+
+
+@quasiseparable_scan_bwd_op.register_fake
+def _(dout, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states, dt_softplus, backend):
+    return (*(t.new_empty(t.shape) for t in (x, dt, A, B, C, dt_b, B_b, C_b)), _empty_grad(D, x),
+            _empty_grad(dt_bias, x), _empty_grad(initial_states, x))
+
+
+def _qs_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:11])
+    ctx.cfg = tuple(inputs[11:13])   # dt_softplus, backend
+
+
+def _qs_backward(ctx, dout):
+    saved = ctx.saved_tensors
+    grads = torch.ops.vimzoo.quasiseparable_scan_bwd(dout.contiguous(), *saved, *ctx.cfg)
+    return (*grads[:8], *(None if t is None else g for g, t in zip(grads[8:], saved[8:])), None, None, None)
+
+
+quasiseparable_scan_op.register_autograd(_qs_backward, setup_context=_qs_setup)

@@ -15,7 +15,7 @@ import torch
 
 __all__ = ['FLOATS', 'check_tensor', 'check_window', 'check_scan', 'check_bidirectional_scan', 'check_conv',
            'check_mamba_inner', 'check_add_rms_norm', 'check_finite', 'is_concrete', 'mixer_weight_name',
-           'mixer_named']
+           'mixer_named', 'check_ssd', 'check_quasiseparable']
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 PARAM_FLOATS = (torch.float32, torch.float64)   # A, D, delta_bias: fp32, or fp64 for gradcheck-grade runs
@@ -193,6 +193,66 @@ def check_add_rms_norm(op: str, x, residual, weight, eps) -> None:
     check_tensor(op, 'weight', weight, (x.shape[-1],), FLOATS, x.device)
     if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f'{op}: eps must be a finite number >= 0, got {eps!r}.')
+
+
+def _check_flag(op: str, name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f'{op}: {name} must be a bool, got {value!r}.')
+
+
+def _check_ssd_direction(op: str, x, dt, B, C, sfx: str = '') -> tuple:
+    """dt (b, l, h); B, C (b, l, g, n) with g >= 1 dividing h and n >= 1. Returns (g, n)."""
+    b, l, h, _ = x.shape
+    dev = x.device
+    act = (x.dtype,) if x.dtype == torch.float32 else (x.dtype, torch.float32)
+    check_tensor(op, f'dt{sfx}', dt, (b, l, h), act, dev)
+    check_tensor(op, f'B{sfx}', B, None, act, dev, dim=4)
+    g, n = B.shape[2], B.shape[3]
+    if tuple(B.shape[:2]) != (b, l) or g < 1 or h % g:
+        raise ValueError(f'{op}: B{sfx} must have shape ({b}, {l}, ngroups, d_state) with ngroups >= 1 dividing the '
+                         f'{h} heads of x, got {tuple(B.shape)}.')
+    if n < 1:
+        raise ValueError(f'{op}: B{sfx} has d_state = B.shape[3] = 0; the state size must be >= 1.')
+    check_tensor(op, f'C{sfx}', C, tuple(B.shape), act, dev)
+    return g, n
+
+
+def _check_ssd_common(op: str, x, A, dt_bias, initial_states, n: int, dt_softplus) -> None:
+    b, _, h, p = x.shape
+    check_tensor(op, 'A', A, (h,), PARAM_FLOATS, x.device)
+    check_tensor(op, 'dt_bias', dt_bias, (h,), PARAM_FLOATS, x.device, optional=True)
+    check_tensor(op, 'initial_states', initial_states, (b, h, p, n), FLOATS, x.device, optional=True)
+    _check_flag(op, 'dt_softplus', dt_softplus)
+
+
+def check_ssd(op: str, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, reverse) -> None:
+    """Mamba-2 SSD scan: x (b, l, h, p); dt (b, l, h); A (h,); B, C (b, l, g, n); D, dt_bias (h,);
+    initial_states (b, h, p, n). dt / B / C in x's dtype or fp32; A, D, dt_bias fp32 (fp64 allowed)."""
+    check_tensor(op, 'x', x, None, FLOATS, None, dim=4)
+    _, n = _check_ssd_direction(op, x, dt, B, C)
+    check_tensor(op, 'D', D, (x.shape[2],), PARAM_FLOATS, x.device, optional=True)
+    _check_ssd_common(op, x, A, dt_bias, initial_states, n, dt_softplus)
+    _check_flag(op, 'reverse', reverse)
+
+
+def check_quasiseparable(op: str, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states, dt_softplus) -> None:
+    """Hydra's mixer core: both directions as in `check_ssd`, with equal B / B_b shapes (one state size); D is
+    (h,) (fp32 / fp64) or per token (b, l, h) (x's dtype or fp32)."""
+    check_tensor(op, 'x', x, None, FLOATS, None, dim=4)
+    sizes = _check_ssd_direction(op, x, dt, B, C)
+    sizes_b = _check_ssd_direction(op, x, dt_b, B_b, C_b, '_b')
+    if sizes_b != sizes:
+        raise ValueError(f'{op}: B_b must match B in shape (both directions share one state size and grouping), '
+                         f'got {tuple(B_b.shape)} vs {tuple(B.shape)}.')
+    b, l, h, _ = x.shape
+    if isinstance(D, torch.Tensor) and D.dim() == 3:
+        act = (x.dtype,) if x.dtype == torch.float32 else (x.dtype, torch.float32)
+        check_tensor(op, 'D', D, (b, l, h), act, x.device)
+    elif isinstance(D, torch.Tensor) and D.dim() != 1:
+        raise ValueError(f'{op}: D must be ({h},) or per token ({b}, {l}, {h}), got {tuple(D.shape)}.')
+    else:
+        check_tensor(op, 'D', D, (h,), PARAM_FLOATS, x.device, optional=True)
+    _check_ssd_common(op, x, A, dt_bias, initial_states, sizes[1], dt_softplus)
 
 
 def is_concrete(t: torch.Tensor) -> bool:

@@ -2,7 +2,8 @@
 
 Row kernels serve every float dtype and layout (inputs made contiguous); fp32 (b, d, l) views with contiguous
 channels and d % 16 == 0 (the token-major activations the Vim mixer produces) take the 16-channel-vector kernels,
-which also serve the fused inference ops `mamba_inner_fwd` and `add_rms_norm_fwd`. The NaN/inf check happens in
+which also serve the fused inference ops `mamba_inner_fwd` and `add_rms_norm_fwd`. The Mamba-2 SSD scan and Hydra's
+quasiseparable core run one chunked kernel (csrc/cpu/ssd.cpp), forward and backward. The NaN/inf check happens in
 the kernels while they read the data. The causal-conv backward uses the reference (ATen's conv1d gradients).
 """
 from typing import Optional, Sequence
@@ -10,12 +11,13 @@ from typing import Optional, Sequence
 import torch
 
 from .. import _loader
-from ..reference import mamba_inner_bwd_ref
+from ..reference import compute_dtype, mamba_inner_bwd_ref
 from . import reference
-from ._common import kernel_grads, kernel_inputs, layout_like
+from ._common import kernel_grads, kernel_inputs, layout_like, ssd_kernel_grads, ssd_kernel_inputs
 
 NAME = 'cpu'
 _F32 = torch.float32
+SSD_CHUNK = 64   # tokens per chunk of the SSD kernels (a speed knob: results do not depend on it)
 
 
 def _ext():
@@ -132,3 +134,30 @@ def add_rms_norm_fwd(x, residual, weight, eps, check_finite):
         return reference.add_rms_norm_fwd(x, residual, weight, eps, check_finite)
     return _ext().add_rms_norm_fwd(x.contiguous(), None if residual is None else residual.contiguous(), weight, eps,
                                    check_finite)
+
+
+# ------------------------------------------------------------------------------------------- SSD / Hydra (Mamba-2)
+# One chunked C++ kernel (csrc/cpu/ssd.cpp) serves both ops: fp32, or fp64 for fp64 x; other dtypes run in fp32.
+def ssd_fwd(x, dt, A, B, C, D, dt_bias, initial_states, softplus, reverse, check_finite):
+    args = ssd_kernel_inputs(compute_dtype(x.dtype), x, dt, A, B, C, D=D, dt_bias=dt_bias,
+                             initial_states=initial_states)
+    return _ext().ssd_fwd(*args, softplus, reverse, SSD_CHUNK, check_finite).to(x.dtype)
+
+
+def ssd_bwd(dout, x, dt, A, B, C, D, dt_bias, initial_states, softplus, reverse):
+    cdt = compute_dtype(x.dtype)
+    args = ssd_kernel_inputs(cdt, x, dt, A, B, C, D=D, dt_bias=dt_bias, initial_states=initial_states)
+    raw = _ext().ssd_bwd(dout.to(cdt).contiguous(), *args, softplus, reverse, SSD_CHUNK)
+    return ssd_kernel_grads(raw, x, dt, A, B, C, D=D, dt_bias=dt_bias, initial_states=initial_states)
+
+
+def qs_fwd(x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states, softplus, check_finite):
+    args = ssd_kernel_inputs(compute_dtype(x.dtype), x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states)
+    return _ext().ssd_fwd(*args, softplus, False, SSD_CHUNK, check_finite).to(x.dtype)
+
+
+def qs_bwd(dout, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states, softplus):
+    cdt = compute_dtype(x.dtype)
+    args = ssd_kernel_inputs(cdt, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states)
+    raw = _ext().ssd_bwd(dout.to(cdt).contiguous(), *args, softplus, False, SSD_CHUNK)
+    return ssd_kernel_grads(raw, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states)

@@ -4,7 +4,9 @@ The scan kernels take fp32 or bf16 activations (other dtypes run through fp32) a
 check runs in the extension (ATen reductions on the device). The causal conv and add + RMSNorm use PyTorch's
 CUDA ops through the reference; the fused inference mixer is CPU-only (vimzoo.ops.mamba_inner then runs the
 differentiable ops, whose scans are these kernels). Compiled in CI, checked by a CPU warp emulation of the same
-source (tests/test_ops_cuda_emu.py); see docs/kernels.md for what has and has not run on a GPU.
+source (tests/test_ops_cuda_emu.py); see docs/kernels.md for what has and has not run on a GPU. The Mamba-2 SSD scan
+and Hydra's quasiseparable core have their own kernels (csrc/cuda/ssd_cuda_kernel.cu: fp32 compute, d_state <= 256),
+likewise compiled in CI and emulated on the CPU, not run on a GPU.
 """
 from typing import Optional, Sequence
 
@@ -12,7 +14,7 @@ import torch
 
 from .. import _loader
 from . import reference
-from ._common import kernel_grads, kernel_inputs, layout_like
+from ._common import kernel_grads, kernel_inputs, layout_like, ssd_kernel_grads, ssd_kernel_inputs
 
 NAME = 'cuda'
 MAX_STATE = 256   # one warp per row, kMaxPerLane states per lane (csrc/cuda/scan_cuda_kernel.cu)
@@ -30,7 +32,8 @@ def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tens
         return 'no fused CUDA mixer kernel (the unfused ops run instead)'
     if op == 'add_rms_norm':   # vimzoo.ops.add_rms_norm then differentiates PyTorch's ops
         return 'no fused add + RMSNorm backward kernel'
-    if op in ('selective_scan', 'selective_scan_bwd', 'bidirectional_selective_scan'):
+    if op in ('selective_scan', 'selective_scan_bwd', 'bidirectional_selective_scan', 'ssd_scan', 'ssd_scan_bwd',
+              'quasiseparable_scan', 'quasiseparable_scan_bwd'):
         if _loader.cuda_extension(required=False) is None:
             return f'the CUDA scan kernel is unavailable ({_loader.build_error("cuda")})'
         if d_state is not None and d_state > MAX_STATE:
@@ -73,3 +76,29 @@ def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):
 
 
 mamba_inner_bwd = mamba_inner_fwd
+
+
+# ------------------------------------------------------------------------------------------- SSD / Hydra (Mamba-2)
+_F32 = torch.float32
+
+
+def ssd_fwd(x, dt, A, B, C, D, dt_bias, initial_states, softplus, reverse, check_finite):
+    args = ssd_kernel_inputs(_F32, x, dt, A, B, C, D=D, dt_bias=dt_bias, initial_states=initial_states)
+    return _ext().ssd_fwd(*args, softplus, reverse, check_finite).to(x.dtype)
+
+
+def ssd_bwd(dout, x, dt, A, B, C, D, dt_bias, initial_states, softplus, reverse):
+    args = ssd_kernel_inputs(_F32, x, dt, A, B, C, D=D, dt_bias=dt_bias, initial_states=initial_states)
+    raw = _ext().ssd_bwd(dout.to(_F32).contiguous(), *args, softplus, reverse)
+    return ssd_kernel_grads(raw, x, dt, A, B, C, D=D, dt_bias=dt_bias, initial_states=initial_states)
+
+
+def qs_fwd(x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states, softplus, check_finite):
+    args = ssd_kernel_inputs(_F32, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states)
+    return _ext().ssd_fwd(*args, softplus, False, check_finite).to(x.dtype)
+
+
+def qs_bwd(dout, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states, softplus):
+    args = ssd_kernel_inputs(_F32, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states)
+    raw = _ext().ssd_bwd(dout.to(_F32).contiguous(), *args, softplus, False)
+    return ssd_kernel_grads(raw, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states)

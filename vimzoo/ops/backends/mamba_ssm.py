@@ -50,8 +50,13 @@ def _get(name: str) -> ModuleType:
     return module
 
 
+_SSD_OPS = ('ssd_scan', 'ssd_scan_bwd', 'quasiseparable_scan', 'quasiseparable_scan_bwd')
+
+
 def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tensor]] = (),
             channels: Optional[int] = None, d_state: Optional[int] = None, window: int = 1) -> Optional[str]:
+    if op in _SSD_OPS:
+        return 'the mamba_ssm backend does not wrap mamba_ssm\'s SSD kernels (the cuda or reference backend runs them)'
     if op not in _SCAN_OPS + _CONV_OPS + ('add_rms_norm_fwd',):
         return 'the mamba_ssm backend has no fused mixer and no fused add + RMSNorm backward'
     if device.type not in _DEVICE_TYPES:
@@ -169,3 +174,10 @@ mamba_inner_bwd = mamba_inner_fwd
 
 add_rms_norm_fwd = reference.add_rms_norm_fwd
 add_rms_norm_bwd = reference.add_rms_norm_bwd
+
+
+def ssd_fwd(*args):
+    raise NotImplementedError('vimzoo.ops: the mamba_ssm backend has no SSD / quasiseparable kernel (can_run says so).')
+
+
+ssd_bwd = qs_fwd = qs_bwd = ssd_fwd

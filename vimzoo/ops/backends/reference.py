@@ -4,6 +4,7 @@ from typing import Optional, Sequence
 import torch
 
 from .. import reference as ref
+from .. import reference_ssd as ref_ssd
 from .._validate import check_finite as _check_values, mixer_named
 from ._common import layout_like
 
@@ -74,3 +75,50 @@ def add_rms_norm_fwd(x, residual, weight, eps, check_finite):
 
 def add_rms_norm_bwd(dnormed, dsummed, summed, weight, eps):
     return ref.add_rms_norm_bwd_ref(dnormed, dsummed, summed, weight, eps)
+
+
+# ------------------------------------------------------------------------------------------- SSD / Hydra (Mamba-2)
+def _ssd_named(x, dt, A, B, C, D, dt_bias, initial_states, dt_b=None, B_b=None, C_b=None):
+    return {'x': x, 'dt': dt, 'A': A, 'B': B, 'C': C, 'dt_b': dt_b, 'B_b': B_b, 'C_b': C_b, 'D': D,
+            'dt_bias': dt_bias, 'initial_states': initial_states}
+
+
+def _autograd_grads(fn, dout, inputs):
+    """Gradients of the reference math (the reference defines the op; its backward is derived from it), by
+    torch.func.vjp: a custom op's implementation runs below the autograd dispatch key, where autograd.grad sees no
+    graph, but functorch's transforms still apply. Absent (None) inputs get None."""
+    present = [i for i, t in enumerate(inputs) if t is not None]
+
+    def on_present(*tensors):
+        full = list(inputs)
+        for i, t in zip(present, tensors):
+            full[i] = t
+        return fn(*full)
+    out, vjp = torch.func.vjp(on_present, *(inputs[i].detach() for i in present))
+    grads = iter(vjp(dout.to(out.dtype)))
+    return tuple(None if t is None else next(grads) for t in inputs)
+
+
+def ssd_fwd(x, dt, A, B, C, D, dt_bias, initial_states, softplus, reverse, check_finite):
+    if check_finite:
+        _check_values('ssd_scan', _ssd_named(x, dt, A, B, C, D, dt_bias, initial_states))
+    return ref_ssd.ssd_scan_ref(x, dt, A, B, C, D, dt_bias, softplus, initial_states, reverse).contiguous()
+
+
+def ssd_bwd(dout, x, dt, A, B, C, D, dt_bias, initial_states, softplus, reverse):
+    def fn(x, dt, A, B, C, D, dt_bias, initial_states):
+        return ref_ssd.ssd_scan_ref(x, dt, A, B, C, D, dt_bias, softplus, initial_states, reverse)
+    return _autograd_grads(fn, dout, (x, dt, A, B, C, D, dt_bias, initial_states))
+
+
+def qs_fwd(x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states, softplus, check_finite):
+    if check_finite:
+        _check_values('quasiseparable_scan', _ssd_named(x, dt, A, B, C, D, dt_bias, initial_states, dt_b, B_b, C_b))
+    return ref_ssd.quasiseparable_scan_ref(x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, softplus,
+                                           initial_states).contiguous()
+
+
+def qs_bwd(dout, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states, softplus):
+    def fn(x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states):
+        return ref_ssd.quasiseparable_scan_ref(x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, softplus, initial_states)
+    return _autograd_grads(fn, dout, (x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, initial_states))

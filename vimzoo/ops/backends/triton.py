@@ -47,10 +47,15 @@ def interpreted() -> bool:
     return _import_error() is None and triton_kernels.interpreted()
 
 
+_SSD_OPS = ('ssd_scan', 'ssd_scan_bwd', 'quasiseparable_scan', 'quasiseparable_scan_bwd')
+
+
 def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tensor]] = (),
             channels: Optional[int] = None, d_state: Optional[int] = None, window: int = 1) -> Optional[str]:
     if op in ('mamba_inner_fwd', 'mamba_inner_bwd'):
         return 'no fused Triton mixer kernel (the unfused ops run instead)'
+    if op in _SSD_OPS:
+        return 'no Triton SSD / quasiseparable kernel (the cuda or reference backend runs it)'
     if device.type not in ('cuda', 'cpu'):
         return f'needs CUDA tensors, got tensors on {device}'
     error = _import_error()
@@ -132,3 +137,10 @@ def add_rms_norm_fwd(x, residual, weight, eps, check_finite):
 
 def add_rms_norm_bwd(dnormed, dsummed, summed, weight, eps):
     return _kernels().norm.add_rms_norm_bwd(dnormed, dsummed, summed, weight, eps)
+
+
+def ssd_fwd(*args):
+    raise NotImplementedError('vimzoo.ops: the Triton backend has no SSD / quasiseparable kernel (can_run says so).')
+
+
+ssd_bwd = qs_fwd = qs_bwd = ssd_fwd
