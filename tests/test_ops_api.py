@@ -254,3 +254,28 @@ def test_set_backend_is_the_default_for_new_threads():
 def test_vim_constructors_reject_impossible_hyper_parameters(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
         timm.create_model(name, **kwargs)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_outputs_have_the_strides_the_fake_impls_promise(backend):
+    """Compiled graphs (inductor) assert the fake impl's output strides; a strided input (the patch embedding's
+    transposed output, a token-major view) must get those strides from the real impl too."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    x = torch.randn(2, 16, 9).transpose(1, 2)                      # (2, 9, 16), not contiguous
+    res, weight = torch.randn(2, 9, 16), torch.rand(16) + 0.5
+    xc = torch.randn(2, 9, 16).transpose(1, 2)                     # (b, d, l) view of token-major activations
+    conv_w, conv_b = torch.randn(16, 4), torch.randn(16)
+    u, delta, A, B, C, D, z, bias = _scan(d=16)
+    calls = {
+        'add_rms_norm_fwd': lambda: torch.ops.vimzoo.add_rms_norm_fwd(x, None, weight, 1e-5, backend, True),
+        'add_rms_norm_fwd+res': lambda: torch.ops.vimzoo.add_rms_norm_fwd(x, res, weight, 1e-5, backend, True),
+        'causal_conv1d': lambda: (torch.ops.vimzoo.causal_conv1d(xc, conv_w, conv_b, 'silu', False, backend, True),),
+        'selective_scan': lambda: (torch.ops.vimzoo.selective_scan(u.transpose(1, 2).contiguous().transpose(1, 2),
+                                                                   delta, A, B, C, D, z, bias, True, False, 1,
+                                                                   backend, True),),
+    }
+    for name, call in calls.items():
+        real = call()
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            fake = call()
+        assert [t.stride() for t in real] == [t.stride() for t in fake], name

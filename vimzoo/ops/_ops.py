@@ -36,6 +36,16 @@ def _choose_scan(op: str, backend: str, u: Tensor, A: Tensor, *tensors: Optional
     return choose(op, backend, u.device, (u, A, *tensors), d_state=A.shape[1], window=window)
 
 
+def _as_promised(out: Tensor, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """`out` with the strides the fake impl promises (`torch.empty_like(like)`): a backend may return another layout
+    (the C++ kernels return contiguous tensors for a strided input), and compiled graphs assert the fake's strides.
+    Free when they already agree (the common case: checked on the meta device)."""
+    expected = torch.empty_like(like, dtype=dtype or out.dtype, device='meta')
+    if out.stride() == expected.stride() or out.numel() <= 1:
+        return out
+    return torch.empty_like(like, dtype=dtype or out.dtype).copy_(out)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # selective_scan
 # --------------------------------------------------------------------------------------------------------------
@@ -46,7 +56,8 @@ def selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     if u.numel() == 0:
         return torch.empty_like(u)
     impl = _choose_scan('selective_scan', backend, u, A, delta, B, C, D, z, delta_bias, window=window)
-    return impl.scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, window, check_finite)
+    return _as_promised(impl.scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, window,
+                                      check_finite), u)
 
 
 @selective_scan_op.register_fake
@@ -107,8 +118,8 @@ def bidirectional_selective_scan_op(
         return torch.empty_like(u)
     impl = _choose_scan('bidirectional_selective_scan', backend, u, A, delta, B, C, D, delta_bias, u_b, delta_b,
                         A_b, B_b, C_b, D_b, delta_bias_b, z)
-    return impl.bidir_fwd(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z,
-                          delta_softplus, check_finite)
+    return _as_promised(impl.bidir_fwd(u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b,
+                                       delta_bias_b, z, delta_softplus, check_finite), u)
 
 
 @bidirectional_selective_scan_op.register_fake
@@ -150,7 +161,7 @@ def causal_conv1d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], activati
     if x.numel() == 0:
         return torch.empty_like(x)
     impl = choose('causal_conv1d', backend, x.device, (x, weight, bias))
-    return impl.conv_fwd(x, weight, bias, bool(activation), reverse, check_finite)
+    return _as_promised(impl.conv_fwd(x, weight, bias, bool(activation), reverse, check_finite), x)
 
 
 @causal_conv1d_op.register_fake
@@ -220,8 +231,9 @@ def mamba_inner_fwd_op(xz: Tensor, fwd: List[Tensor], bwd: List[Tensor], reverse
     weights, weights_b = _absent_as_none(fwd), _absent_as_none(bwd)
     impl = _mixer_kernel('mamba_inner_fwd', backend, xz, fwd, bwd)
     if impl is not None:
-        return impl.mamba_inner_fwd(xz, weights, weights_b, reverse, window, scale, check_finite)
-    return mixer_fwd(xz, weights, weights_b, reverse, window, scale, check_finite, _picker(backend, xz.device))
+        return impl.mamba_inner_fwd(xz, weights, weights_b, reverse, window, scale, check_finite).contiguous()
+    out = mixer_fwd(xz, weights, weights_b, reverse, window, scale, check_finite, _picker(backend, xz.device))
+    return out.contiguous()   # the fake promises a contiguous (b, l, d) output
 
 
 @mamba_inner_fwd_op.register_fake
@@ -276,7 +288,7 @@ def add_rms_norm_fwd_op(x: Tensor, residual: Optional[Tensor], weight: Tensor, e
     normed, summed = impl.add_rms_norm_fwd(x, residual, weight, eps, check_finite)
     if summed.data_ptr() == x.data_ptr() and summed.numel():   # a custom op's output must not alias its input
         summed = summed.clone()
-    return normed, summed
+    return _as_promised(normed, x), _as_promised(summed, x, _F32)
 
 
 @add_rms_norm_fwd_op.register_fake
@@ -296,7 +308,7 @@ def add_rms_norm_op(x: Tensor, residual: Optional[Tensor], weight: Tensor, eps: 
     normed, summed = impl.add_rms_norm_fwd(x, residual, weight, eps, check_finite)
     if summed.data_ptr() == x.data_ptr() and summed.numel():
         summed = summed.clone()
-    return normed, summed
+    return _as_promised(normed, x), _as_promised(summed, x, _F32)
 
 
 @add_rms_norm_op.register_fake
