@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -29,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vimzoo.train.datasets import default_cache_dir
+from vimzoo.train.datasets import generate_once
 
 __all__ = ['TOY_PREFIX', 'ToyDataset', 'TOY_DATASETS', 'ensure_toy_dataset', 'toy_dataset_root']
 
@@ -39,7 +37,6 @@ SHAPES: Tuple[str, ...] = ('rectangle', 'ellipse', 'triangle', 'cross')
 # classes are drawn with probability ~ 1 / area so that every class covers about the same number of pixels
 # (with uniform draws, triangles cover half the pixels of rectangles, and pixel-wise losses learn them last).
 _MEAN_AREA = {'rectangle': 4 * 0.725, 'ellipse': math.pi * 0.775, 'triangle': 3 * math.sqrt(3) / 4, 'cross': 2.3}
-_MARKER = 'VIMZOO_DATASET_COMPLETE'
 
 Box = Tuple[float, float, float, float]  # x0, y0, x1, y1
 
@@ -212,34 +209,11 @@ TOY_DATASETS: Dict[str, ToyDataset] = {
 
 
 def ensure_toy_dataset(name: str, cache_dir: Optional[os.PathLike] = None) -> Path:
-    """Root folder of toy set `name`, generated on first use (a few seconds).
-
-    Safe when several processes (DDP ranks, test workers) ask at once: each writes a private temporary folder and
-    renames it into place; a process that loses the race uses the winner's copy.
-    """
+    """Root folder of toy set `name`, generated on first use (a few seconds; safe when several processes, e.g.
+    DDP ranks, ask at once: `vimzoo.train.datasets.generate_once`)."""
     if name not in TOY_DATASETS:
         raise ValueError(f'unknown toy dataset {name!r}; choose one of {sorted(TOY_DATASETS)}')
-    spec = TOY_DATASETS[name]
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    root = cache / spec.folder_name
-    if (root / _MARKER).is_file():
-        return root
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f'.{spec.folder_name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
-    try:
-        spec.generate(tmp)
-        (tmp / _MARKER).write_text(f'{spec}\n')
-        if root.exists() and not (root / _MARKER).is_file():
-            shutil.rmtree(root, ignore_errors=True)  # a partial folder left by a crash
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not (root / _MARKER).is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return generate_once(TOY_DATASETS[name], cache_dir)
 
 
 def toy_dataset_root(data_root: str, cache_dir: Optional[os.PathLike] = None) -> Optional[str]:

@@ -207,15 +207,13 @@ BUILTIN_DATASETS: Dict[str, BuiltinDataset] = {
 }
 
 
-def ensure_builtin_dataset(name: str, cache_dir: Optional[os.PathLike] = None) -> Path:
-    """Return the root of built-in dataset `name`, generating it on first use.
+def generate_once(spec, cache_dir: Optional[os.PathLike] = None) -> Path:
+    """`cache/<spec.folder_name>`, made by `spec.generate(folder)` on first use (built-in and mm toy sets).
 
     Safe under concurrency (several DDP ranks or test workers): each generator writes to a private temporary folder
-    and renames it into place; a loser of the race discards its copy and uses the winner's.
+    and renames it into place; a loser of the race discards its copy and uses the winner's. A folder without the
+    completion marker (left by a crash) is replaced.
     """
-    if name not in BUILTIN_DATASETS:
-        raise ValueError(f'Unknown built-in dataset {name!r}; choose one of {sorted(BUILTIN_DATASETS)}.')
-    spec = BUILTIN_DATASETS[name]
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     root = cache / spec.folder_name
     if (root / _MARKER).is_file():
@@ -236,6 +234,13 @@ def ensure_builtin_dataset(name: str, cache_dir: Optional[os.PathLike] = None) -
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def ensure_builtin_dataset(name: str, cache_dir: Optional[os.PathLike] = None) -> Path:
+    """Return the root of built-in dataset `name`, generating it on first use (see `generate_once`)."""
+    if name not in BUILTIN_DATASETS:
+        raise ValueError(f'Unknown built-in dataset {name!r}; choose one of {sorted(BUILTIN_DATASETS)}.')
+    return generate_once(BUILTIN_DATASETS[name], cache_dir)
 
 
 def image_extensions() -> Tuple[str, ...]:
