@@ -513,7 +513,7 @@ def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
     # DeiT's eval transform (bicubic resize to 224 / 0.875, centre crop, ImageNet mean / std).
     return {
         'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': True,
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj', 'classifier': 'head',
         'license': 'apache-2.0', 'paper_ids': 'arXiv:2407.09941',
