@@ -56,12 +56,6 @@ def check_finite_enabled() -> bool:
     return _defaults['check_finite'] if value is None else value
 
 
-# torch < 2.14's Dynamo cannot trace ContextVar.get (graph break, an error under fullgraph); there the setting is
-# read once at trace time, which is what newer Dynamo does when it traces the read itself.
-if tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2]) < (2, 14):
-    check_finite_enabled = torch.compiler.assume_constant_result(check_finite_enabled)
-
-
 def set_check_finite(enabled: bool) -> None:
     """Process default of the eager NaN/inf input check (on; costs about one pass over each input)."""
     _defaults['check_finite'] = bool(enabled)
@@ -75,6 +69,13 @@ def use_check_finite(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _finite_var.reset(token)
+
+
+# torch < 2.14's Dynamo cannot trace ContextVar.get (graph break, an error under fullgraph); there the settings are
+# read once at trace time, which is what newer Dynamo does when it traces the read itself.
+if tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2]) < (2, 14):
+    get_backend = torch.compiler.assume_constant_result(get_backend)
+    check_finite_enabled = torch.compiler.assume_constant_result(check_finite_enabled)
 
 
 def warn_once(key: str, message: str) -> None:
