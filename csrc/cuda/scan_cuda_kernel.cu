@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "device_math.h"
 #include "scan_params.h"
 
 namespace vimzoo_cuda {
@@ -21,13 +22,6 @@ namespace vimzoo_cuda {
 constexpr int kWarpsPerBlock = 4;
 constexpr int kMaxPerLane = 8;  // n <= 256
 
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
-__device__ __forceinline__ float softplus_f(float x) { return x <= 20.f ? log1pf(expf(x)) : x; }
 __device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
 __device__ __forceinline__ float silu_f(float x) { return x * sigmoid_f(x); }
 __device__ __forceinline__ float dsilu_f(float x) {

@@ -13,19 +13,13 @@
 
 #include <cstdint>
 
+#include "device_math.h"
 #include "ssd_params.h"
 
 namespace vimzoo_cuda {
 
 constexpr int kSsdWarpsPerBlock = 4;
 constexpr int kSsdMaxPerLane = 8;  // d_state <= 256
-
-__device__ __forceinline__ float ssd_warp_sum(float v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
-__device__ __forceinline__ float ssd_softplus(float x) { return x <= 20.f ? log1pf(expf(x)) : x; }
 
 struct SsdRow {
   int64_t bi, h, pp, g;
@@ -48,7 +42,7 @@ __device__ __forceinline__ int64_t ssd_pos(const SsdDirParams& d, int64_t L, int
 // Δ_k of one head at position t.
 __device__ __forceinline__ float ssd_delta(const SsdParams& p, const SsdDirParams& d, int64_t tok, int64_t h) {
   float dt = d.dt[tok * p.nheads + h] + (p.bias ? p.bias[h] : 0.f);
-  return p.softplus ? ssd_softplus(dt) : dt;
+  return p.softplus ? softplus_f(dt) : dt;
 }
 
 // y (b, l, h, p) += this direction's (shifted) output.
@@ -80,7 +74,7 @@ __global__ void ssd_dir_fwd_kernel(SsdParams p, SsdDirParams d, float* __restric
         part += S[j] * Ck[n];
       }
     }
-    part = ssd_warp_sum(part);
+    part = warp_sum(part);
     const int64_t kk = k + d.shift;
     if (lane == 0 && kk < L) y[((r.bi * L + ssd_pos(d, L, kk)) * H + r.h) * P + r.pp] += part;
   }
@@ -140,8 +134,8 @@ __global__ void ssd_dir_bwd_kernel(SsdParams p, SsdDirParams d, const float* __r
         atomicAdd(out.dC + (tok * H + r.h) * N + n, hs[k * N + n] * dyk);
       }
     }
-    gb = ssd_warp_sum(gb);
-    sr = ssd_warp_sum(sr);
+    gb = warp_sum(gb);
+    sr = warp_sum(sr);
     if (lane == 0) {
       out.dx[(tok * H + r.h) * P + r.pp] += delta * gb;
       atomicAdd(out.ddt_direct + tok * H + r.h, xk * gb);
