@@ -122,6 +122,18 @@ def _window_end(k, L, W):
 
 # ------------------------------------------------------------------------------------------------ forward
 @triton.jit
+def _tile(A_ptr, bias_ptr, DIM, NST, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Every scan kernel's program: channels [pid_d * BLOCK_D, +BLOCK_D) of batch pid_b; their A rows and Δ-bias."""
+    pid_b = tl.program_id(1)
+    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    dmask, nmask = offs_d < DIM, offs_n < NST
+    A = tl.load(A_ptr + offs_d[:, None] * NST + offs_n[None, :], mask=dmask[:, None] & nmask[None, :], other=0.0)
+    bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    return pid_b, offs_d, offs_n, dmask, nmask, A, bias
+
+
+@triton.jit
 def _fwd_local_carry_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, carry_ptr,
         s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_Bb, s_Bn, s_Bl,
@@ -130,13 +142,7 @@ def _fwd_local_carry_kernel(
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CH: tl.constexpr):
     """LB windows that cross chunk boundaries: a sweep against scan order stores, per chunk, the local state hb
     entering the chunk from the next one (carry[b, c, d, n]); the main kernel reads it."""
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    dmask, nmask = offs_d < DIM, offs_n < NST
-    A = tl.load(A_ptr + offs_d[:, None] * NST + offs_n[None, :], mask=dmask[:, None] & nmask[None, :], other=0.0)
-    bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    pid_b, offs_d, offs_n, dmask, nmask, A, bias = _tile(A_ptr, bias_ptr, DIM, NST, HAS_BIAS, BLOCK_D, BLOCK_N)
     col = tl.arange(0, CH)[None, None, :]
     carry = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
     cp = carry_ptr + ((pid_b * NCHUNK) * DIM + offs_d[:, None]) * BLOCK_N + offs_n[None, :]
@@ -169,13 +175,7 @@ def _fwd_kernel(
     order. LOCAL: 0 no window, 1 windows inside chunks (CH % W == 0), 2 windows crossing chunks (carries from
     _fwd_local_carry_kernel). ACC_IN adds the fp32 partial y in acc (the other direction of a bidirectional
     scan); FINAL gates by silu(z) and stores out in its dtype, else the ungated fp32 y goes to acc."""
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    dmask, nmask = offs_d < DIM, offs_n < NST
-    A = tl.load(A_ptr + offs_d[:, None] * NST + offs_n[None, :], mask=dmask[:, None] & nmask[None, :], other=0.0)
-    bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    pid_b, offs_d, offs_n, dmask, nmask, A, bias = _tile(A_ptr, bias_ptr, DIM, NST, HAS_BIAS, BLOCK_D, BLOCK_N)
     Dv = tl.load(D_ptr + offs_d, mask=dmask, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
     col = tl.arange(0, CH)[None, None, :]
     hf_carry = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
@@ -227,13 +227,7 @@ def _bwd_carry_kernel(
         LB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CH: tl.constexpr):
     """Backward pass 1, in scan order: the state hf entering each chunk, and for LB windows the forward adjoint's
     carry λ_{s-1}·dxr_{s-1} entering it (both [b, c, d, n]); the main backward sweeps against scan order."""
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    dmask, nmask = offs_d < DIM, offs_n < NST
-    A = tl.load(A_ptr + offs_d[:, None] * NST + offs_n[None, :], mask=dmask[:, None] & nmask[None, :], other=0.0)
-    bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    pid_b, offs_d, offs_n, dmask, nmask, A, bias = _tile(A_ptr, bias_ptr, DIM, NST, HAS_BIAS, BLOCK_D, BLOCK_N)
     col = tl.arange(0, CH)[None, None, :]
     hf_carry = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
     dxr_carry = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
@@ -277,14 +271,8 @@ def _bwd_kernel(
     """Backward pass 2, chunks against scan order: recompute hf (from pass 1's carries) and hb, run both adjoints,
     write du, dΔ, dz per token, add dB, dC (summed over channels) atomically, and leave per-batch partial sums of
     dA, dD, dΔ_bias ([b, d, n] / [b, d]) for the launcher to reduce. Outputs are contiguous (b, d, l) / (b, n, l)."""
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    dmask, nmask = offs_d < DIM, offs_n < NST
+    pid_b, offs_d, offs_n, dmask, nmask, A, bias = _tile(A_ptr, bias_ptr, DIM, NST, HAS_BIAS, BLOCK_D, BLOCK_N)
     dn_mask = dmask[:, None] & nmask[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * NST + offs_n[None, :], mask=dn_mask, other=0.0)
-    bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
     Dv = tl.load(D_ptr + offs_d, mask=dmask, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
     col = tl.arange(0, CH)[None, None, :]
     ones = tl.full([BLOCK_D, BLOCK_N, CH], 1.0, tl.float32)
