@@ -28,6 +28,7 @@ WHEEL=$(ls "$WORK"/dist/vimzoo-*.whl)
 "$PY" "${PIP[@]}" --force-reinstall --no-deps "$WHEEL"
 pip_quiet "${PIP[@]}" "$WHEEL" pytest pytest-xdist pytest-timeout
 cp -r "$ROOT/tests" "$WORK/tests"
+cp "$ROOT/pyproject.toml" "$WORK/"   # the pytest markers and warning filters (no package code)
 cd "$WORK"
 "$PY" - <<'PYEOF'
 import torch, torchvision, timm, vimzoo

@@ -130,6 +130,8 @@ def _region_attention_forward(q: torch.Tensor, kv: torch.Tensor, flat_idx: torch
         k, v = _heads(sel[..., :qk_dim], num_heads), _heads(sel[..., qk_dim:], num_heads)
         o = F.scaled_dot_product_attention(_heads(q[a:b], num_heads), k, v, scale=scale)
         outs.append(_merge_heads(o))
+    if not outs:   # an empty batch: no rows to attend from
+        return q.new_empty((0, t, c_kv - qk_dim))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
@@ -149,9 +151,9 @@ def region_attention(q: torch.Tensor, kv: torch.Tensor, r_idx: torch.Tensor, num
     if not torch.jit.is_scripting():
         if torch.is_grad_enabled() and (q.requires_grad or kv.requires_grad):
             out = _RegionAttentionFn.apply(q2, kv2, flat_idx, topk, num_heads, scale, chunk_elems)
-            return out.view(n, r, t, -1)
+            return out.view(n, r, t, kv.shape[-1] - qk_dim)
     out = _region_attention_forward(q2, kv2, flat_idx, topk, num_heads, scale, chunk_elems)
-    return out.view(n, r, t, -1)
+    return out.view(n, r, t, kv.shape[-1] - qk_dim)
 
 
 def region_attention_naive(q: torch.Tensor, kv: torch.Tensor, r_idx: torch.Tensor, num_heads: int,
