@@ -182,6 +182,16 @@ def test_bad_input_errors(name):
             model(torch.randn(size[0], *size[1:]))
 
 
+@pytest.mark.parametrize('name,kwargs,arg', [
+    ('test_vim', dict(patch_size=0), 'patch_size'), ('test_vim', dict(in_chans=0), 'in_chans'),
+    ('test_lbvim', dict(embed_dim=0), 'embed_dim'), ('test_biformer', dict(n_win=0), 'n_win'),
+    ('test_vim', dict(d_state=0), 'd_state'),
+])
+def test_impossible_sizes_fail_at_construction(name, kwargs, arg):
+    with pytest.raises(ValueError, match=f'{arg} must be an int >= 1'):
+        _create(name, **kwargs)
+
+
 EMPTY_BATCH_XFAIL = {'test_halonet': "timm's own HaloAttn reshapes with -1 and fails on 0 images (timm 1.0.x)"}
 
 

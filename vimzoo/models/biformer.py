@@ -38,7 +38,7 @@ from timm.models._features import feature_take_indices
 
 from vimzoo.models._helpers import build_zoo_model, load_checkpoint, match_head, released_weights, unwrap_checkpoint
 from vimzoo.models._input import check_image_input
-from vimzoo.models._layers import check_pooled_head, create_pool2d
+from vimzoo.models._layers import check_pooled_head, check_positive_ints, create_pool2d
 from vimzoo.zoo import register_zoo_model
 
 __all__ = [
@@ -234,6 +234,7 @@ class BiLevelRoutingAttention(nn.Module):
     ) -> None:
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        check_positive_ints('BiLevelRoutingAttention', dim=dim, num_heads=num_heads, n_win=n_win)
         self.dim = dim
         self.qk_dim = qk_dim or dim
         if self.qk_dim % num_heads or dim % num_heads:

@@ -42,6 +42,7 @@ from vimzoo.ops import quasiseparable_scan
 from vimzoo.zoo import register_zoo_model
 
 from ._input import check_image_input
+from ._layers import check_positive_ints
 
 __all__ = ['GatedRMSNorm', 'HydraMixer', 'HydraBlock', 'HydraViT', 'hydra_scan', 'checkpoint_filter_fn']
 
@@ -97,10 +98,8 @@ class GatedRMSNorm(nn.Module):
 
 def _check_mixer_args(d_model, d_state, d_conv, expand, headdim, ngroups, dt_limit) -> None:
     """Impossible mixer sizes fail here, with the argument's name, not later inside a kernel."""
-    for name, value in (('d_model', d_model), ('d_state', d_state), ('d_conv', d_conv), ('expand', expand),
-                        ('headdim', headdim), ('ngroups', ngroups)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f'HydraMixer: {name} must be an int >= 1, got {value!r}.')
+    check_positive_ints('HydraMixer', d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim,
+                        ngroups=ngroups)
     if d_conv % 2 == 0:
         raise ValueError(f'HydraMixer: d_conv must be odd (the conv is centred, padding d_conv // 2), got {d_conv}.')
     d_inner = expand * d_model

@@ -41,6 +41,7 @@ from vimzoo.zoo import register_zoo_model
 
 from ._helpers import build_zoo_model, load_checkpoint, match_head, released_weights, unwrap_checkpoint
 from ._input import check_image_input, check_input_size
+from ._layers import check_positive_ints
 
 __all__ = [
     'PatchEmbed', 'RmsNormF32', 'MambaMixer', 'MambaBlock', 'LatentAttentionPool', 'VisionMamba',
@@ -66,6 +67,7 @@ class PatchEmbed(nn.Module):
             dtype=None,
     ):
         super().__init__()
+        check_positive_ints('PatchEmbed', patch_size=patch_size, stride=stride, in_chans=in_chans, embed_dim=embed_dim)
         self.patch_size = to_2tuple(patch_size)
         self.stride = to_2tuple(stride)
         self.img_size = to_2tuple(img_size)
@@ -162,9 +164,7 @@ def mixer_scan(
 def _check_mixer_args(dim, d_state, d_conv, expand, dt_rank, local_window) -> None:
     """Impossible mixer sizes fail here, with the argument's name, not later inside a kernel (local_window: None,
     'auto' or an int >= 1)."""
-    for name, value in (('dim', dim), ('d_state', d_state), ('d_conv', d_conv)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f'MambaMixer: {name} must be an int >= 1, got {value!r}.')
+    check_positive_ints('MambaMixer', dim=dim, d_state=d_state, d_conv=d_conv)
     if isinstance(expand, bool) or not isinstance(expand, (int, float)) or int(expand * dim) < 1:
         raise ValueError(f'MambaMixer: expand must be a number with int(expand * dim) >= 1, got {expand!r}.')
     if dt_rank != 'auto' and (isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1):
