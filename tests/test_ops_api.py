@@ -279,3 +279,18 @@ def test_outputs_have_the_strides_the_fake_impls_promise(backend):
         with FakeTensorMode(allow_non_fake_inputs=True):
             fake = call()
         assert [t.stride() for t in real] == [t.stride() for t in fake], name
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_all_finite_finds_one_bad_value_anywhere(dtype):
+    """The Python-side NaN/inf check (one aminmax) sees a single NaN / +inf / -inf at any position and layout."""
+    from vimzoo.ops._validate import all_finite
+    base = torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert all_finite(base) and all_finite(base.transpose(0, 2)) and all_finite(base[:, ::2])
+    assert all_finite(torch.tensor([3, 4])) and all_finite(torch.tensor([True]))
+    for bad in (float('nan'), float('inf'), -float('inf')):
+        for pos in range(base.numel()):
+            t = base.clone()
+            t.view(-1)[pos] = bad
+            assert not all_finite(t), (bad, pos)
+            assert not all_finite(t.transpose(0, 2)), (bad, pos)
