@@ -195,8 +195,7 @@ def mamba_inner_bwd_ref(
     dtype = xz.dtype
     x, z = xz.transpose(1, 2).split(d, dim=1)      # (b, d, l) views of token-major memory
     g = dout.transpose(1, 2)
-    dx_sum = dz_sum = None
-    grads = []
+    dxs, dzs, grads = [], [], []
     for i, w in enumerate([weights] + ([weights_b] if weights_b is not None else [])):
         conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, a_log, d_skip = w
         rev, win = (reverse, window) if i == 0 else (True, 1)
@@ -213,14 +212,33 @@ def mamba_inner_bwd_ref(
                                                          _opt_float(dt_bias), rev, win, scale)
         ddelta_tok = ddelta.transpose(1, 2)
         dxdbl = torch.cat([ddelta_tok @ dtw, dB.to(dtype), dC.to(dtype)], dim=-1)   # (b, l, R + 2N)
-        dx, dcw, dcb = conv_bwd((du.transpose(1, 2) + dxdbl @ xw).transpose(1, 2), x, cw, cb, rev)
+        dx, dcw, dcb = conv_bwd(_add_matmul(du.transpose(1, 2), dxdbl, xw).transpose(1, 2), x, cw, cb, rev)
         raw = [dcw.reshape(conv_w.shape), dcb, dxdbl.flatten(0, 1).t() @ u_tok.flatten(0, 1),
                ddelta_tok.flatten(0, 1).t() @ dt.flatten(0, 1), dbias, dA * A, dD]
         grads.append([None if t is None else gr.to(t.dtype) for gr, t in zip(raw, w)])
-        dx_sum = dx if dx_sum is None else dx_sum + dx
-        dz_sum = dz if dz_sum is None else dz_sum + dz
-    dxz = torch.cat([dx_sum.transpose(1, 2), dz_sum.transpose(1, 2)], dim=-1)
-    return dxz, grads[0], grads[1] if weights_b is not None else None
+        dxs.append(dx.transpose(1, 2))
+        dzs.append(dz.transpose(1, 2))
+    return _halves_summed(dxs, dzs), grads[0], grads[1] if weights_b is not None else None
+
+
+def _add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """acc + a @ b for (..., k) x (k, d) products, the add done inside the GEMM (addmm) when the dtypes agree."""
+    if not acc.dtype == a.dtype == b.dtype:
+        return acc + a @ b
+    return torch.addmm(acc.reshape(-1, acc.shape[-1]), a.reshape(-1, a.shape[-1]), b).view(acc.shape)
+
+
+def _halves_summed(dxs: Sequence[torch.Tensor], dzs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """dxz = [Σ dx | Σ dz] over the directions, (b, l, 2d), each sum written straight into its half (no cat)."""
+    dtype = torch.promote_types(dxs[0].dtype, dzs[0].dtype)
+    b, l, d = dxs[0].shape
+    dxz = dxs[0].new_empty((b, l, 2 * d), dtype=dtype)
+    for grads, half in ((dxs, dxz[..., :d]), (dzs, dxz[..., d:])):
+        if len(grads) == 1:
+            half.copy_(grads[0])
+        else:
+            torch.add(grads[0], grads[1], out=half)
+    return dxz
 
 
 def add_rms_norm_ref(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
