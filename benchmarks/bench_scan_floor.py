@@ -4,8 +4,10 @@
 
 Both take fp32 token-major (b, d, l) views (what the Vim mixer passes), d_state 16, softplus(δ + bias), D and the
 silu(z) gate. 'ops' is the public vimzoo.ops.selective_scan (validation, dispatch and the kernel's NaN/inf check
-included); 'kernel' calls the extension's entry point directly. Reported: median over rounds of time / floor time
-(process CPU time, load-robust at 1 thread; and wall), the load average before and after.
+included); 'kernel' calls the extension's entry point directly; 'kernel_bwd' is the training kernel's backward
+(scan_bwd_tm: state recompute + reverse recurrence + every gradient), in units of the floor *forward*. Reported:
+median over rounds of time / floor time (process CPU time, load-robust at 1 thread; and wall), the load average
+before and after.
 
     python benchmarks/bench_scan_floor.py [--threads 1,2] [--shape 8,384,197,16] [--rounds 31]
 """
@@ -26,6 +28,13 @@ from vimzoo.ops import _loader  # noqa: E402
 from vimzoo.ops.backends._common import kernel_inputs  # noqa: E402
 
 
+def load_floor_extension():
+    """The floor scan (benchmarks/floor_scan/floor_scan.cpp), JIT-built once like vimzoo's own CPU kernel."""
+    return _loader.load_extension('scan floor (benchmark only)', 'vimzoo_scan_floor',
+                                  [ROOT / 'benchmarks' / 'floor_scan' / 'floor_scan.cpp'], _loader.cpu_build_flags(),
+                                  ['-fopenmp'], fingerprint_extra=[(ROOT / 'csrc' / 'cpu' / 'vec_math.h').read_text()])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--threads', default='1')
@@ -34,15 +43,13 @@ def main(argv=None):
     ap.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results' / 'scan_floor.csv'))
     args = ap.parse_args(argv)
     b, d, l, n = (int(v) for v in args.shape.split(','))
-    floor = _loader.load_extension('scan floor (benchmark only)', 'vimzoo_scan_floor',
-                                   [ROOT / 'benchmarks' / 'floor_scan' / 'floor_scan.cpp'], _loader.cpu_build_flags(),
-                                   ['-fopenmp'], fingerprint_extra=[(ROOT / 'csrc' / 'cpu' / 'vec_math.h').read_text()])
+    floor = load_floor_extension()
     ext = _loader.cpu_extension()
     g = torch.Generator().manual_seed(0)
 
     def tok(scale=1.0):
         return (torch.randn(b, l, d, generator=g) * scale).transpose(1, 2)
-    u, delta, z = tok(), tok(0.5), tok()
+    u, delta, z, dout = tok(), tok(0.5), tok(), tok()
     A = -torch.exp(torch.randn(d, n, generator=g) * 0.5)
     B, C = torch.randn(b, n, l, generator=g), torch.randn(b, n, l, generator=g)
     D, bias = torch.randn(d, generator=g), torch.randn(d, generator=g) * 0.5
@@ -51,9 +58,10 @@ def main(argv=None):
         'floor': lambda: floor.floor_scan(u, delta, a, bt, ct, dk, z, bk),
         'kernel': lambda: ext.scan_fwd_tm(u, delta, a, bt, ct, dk, z, bk, True, False, 1, True),
         'ops': lambda: ops.selective_scan(u, delta, A, B, C, D, z, bias, True, backend='cpu'),
+        'kernel_bwd': lambda: ext.scan_bwd_tm(dout, u, delta, a, bt, ct, dk, z, bk, True, False, 1, 1.0),
     }
     ref = calls['floor']()
-    for name in ('kernel', 'ops'):
+    for name in ('kernel', 'ops'):   # kernel_bwd is checked against the reference by tests/test_ops.py
         err = ((calls[name]() - ref).abs().max() / ref.abs().max()).item()
         assert err < 1e-5, f'{name} differs from the floor: {err}'
     load_before = os.getloadavg()[0]
@@ -69,7 +77,7 @@ def main(argv=None):
                     c0, t0 = time.process_time(), time.perf_counter()
                     calls[k]()
                     times[k].append((time.process_time() - c0, time.perf_counter() - t0))
-            for k in ('kernel', 'ops'):
+            for k in ('kernel', 'ops', 'kernel_bwd'):
                 cpu = statistics.median(x[0] / f[0] for x, f in zip(times[k], times['floor']))
                 wall = statistics.median(x[1] / f[1] for x, f in zip(times[k], times['floor']))
                 rows.append(dict(what=k, threads=threads, vs_floor_cpu=round(cpu, 3), vs_floor_wall=round(wall, 3),
