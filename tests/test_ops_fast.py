@@ -179,6 +179,28 @@ def test_token_major_results_do_not_depend_on_threads(ext):
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize('window', [None, 8])
+def test_token_major_backward_with_more_workers_than_batch_rows(ext, window):
+    """The backward's per-worker dB / dC partial sums (zeroed when a worker first meets a batch row, reduced over
+    the workers that met it) give the reference gradients for 1, 2 and 3 threads with only 2 batch rows."""
+    inputs = _scan_inputs(2, 64, 150, 16, seed=3)
+    cot = torch.randn(2, 150, 64, generator=torch.Generator().manual_seed(4)).transpose(1, 2)
+
+    def grads(backend):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        out = ops.selective_scan(*leaves, True, False, window, backend=backend)
+        return torch.autograd.grad(out, leaves, cot)
+    expected = grads('reference')
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            for i, (got, exp) in enumerate(zip(grads('cpu'), expected)):
+                assert _rel(got, exp) < 1e-4, f'{threads} threads: grad #{i} rel {_rel(got, exp):.1e}'
+    finally:
+        torch.set_num_threads(old)
+
+
 # ---------------------------------------------------------------------------------------------------- mamba_inner
 def _mixer_weights(d, n, rank, k, seed):
     g = torch.Generator().manual_seed(seed)

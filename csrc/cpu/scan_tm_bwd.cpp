@@ -10,6 +10,8 @@
 #include "recurrence.h"
 #include "scan_tm.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <vector>
 
 namespace vimzoo::cpu {
@@ -214,6 +216,26 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
   }
 }
 
+// out (b, l, n) = Σ over the workers that touched batch row bi, and over the 16 lanes, of the partial sums
+// (slot, b, l, n, 16). Untouched (slot, bi) rows were never zeroed and are skipped.
+at::Tensor reduce_partials(const v16f* partial, const std::vector<uint8_t>& touched, int64_t nslots, int64_t Bsz,
+                           int64_t L, int64_t N, const at::TensorOptions& opts) {
+  auto out = at::empty({Bsz, L, N}, opts);
+  float* op = out.data_ptr<float>();
+  const int64_t per_b = L * N;
+  at::parallel_for(0, Bsz * per_b, 2048, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t bi = i / per_b;
+      v16f acc = splatv<v16f>(0.0f);
+      for (int64_t slot = 0; slot < nslots; ++slot) {
+        if (touched[slot * Bsz + bi]) acc += partial[slot * Bsz * per_b + i];
+      }
+      op[i] = hsum(acc);
+    }
+  });
+  return out;
+}
+
 void check_bc(const at::Tensor& t, int64_t B, int64_t L, int64_t N, const char* name) {
   TORCH_CHECK(t.dim() == 3 && t.size(0) == B && t.size(1) == L && t.size(2) == N && t.stride(2) == 1 &&
                   t.scalar_type() == at::kFloat && t.device().is_cpu(),
@@ -269,7 +291,10 @@ std::vector<at::Tensor> scan_bwd_tm(const at::Tensor& dout, const at::Tensor& u,
   auto dA_rows = at::empty({Bsz, Dm, N}, fopts), dD_rows = at::empty({Bsz, Dm}, fopts);
   auto dbias_rows = at::empty({Bsz, Dm}, fopts);
   const int64_t nthreads = at::get_num_threads();
-  auto dBv = at::zeros({nthreads, Bsz, L, N, kLanes}, fopts), dCv = at::zeros({nthreads, Bsz, L, N, kLanes}, fopts);
+  // Per-worker partial sums of dB / dC, zeroed by their worker when it first meets a batch row (in parallel, and
+  // only the rows it uses), then reduced over workers and lanes in one pass.
+  auto dBv = at::empty({nthreads, Bsz, L, N, kLanes}, fopts), dCv = at::empty({nthreads, Bsz, L, N, kLanes}, fopts);
+  std::vector<uint8_t> touched(nthreads * Bsz, 0);
   p.dA_rows = dA_rows.data_ptr<float>();
   p.dD_rows = dD_rows.data_ptr<float>();
   p.dbias_rows = dbias_rows.data_ptr<float>();
@@ -292,6 +317,12 @@ std::vector<at::Tensor> scan_bwd_tm(const at::Tensor& dout, const at::Tensor& u,
       },
       [&](State& st, int64_t task) {
         const int64_t bi = task / nblk, c0 = (task % nblk) * kLanes;
+        if (!touched[st.slot * Bsz + bi]) {   // each slot belongs to one worker: no race
+          const int64_t off = (st.slot * Bsz + bi) * L * N;
+          std::fill(p.dBv + off, p.dBv + off + L * N, splatv<v16f>(0.0f));
+          std::fill(p.dCv + off, p.dCv + off + L * N, splatv<v16f>(0.0f));
+          touched[st.slot * Bsz + bi] = 1;
+        }
         if (N == 16) {
           scan_block_bwd_tm<16>(p, bi, c0, st.slot, st.w);
         } else {
@@ -299,7 +330,9 @@ std::vector<at::Tensor> scan_bwd_tm(const at::Tensor& dout, const at::Tensor& u,
         }
       });
   auto fo = at::empty({0}, fopts);
-  return {du, dd, dA_rows.sum(0), dBv.sum({0, 4}), dCv.sum({0, 4}), D.has_value() ? dD_rows.sum(0) : fo, dz,
+  auto dB = reduce_partials(p.dBv, touched, nthreads, Bsz, L, N, fopts);
+  auto dC = reduce_partials(p.dCv, touched, nthreads, Bsz, L, N, fopts);
+  return {du, dd, dA_rows.sum(0), dB, dC, D.has_value() ? dD_rows.sum(0) : fo, dz,
           bias.has_value() ? dbias_rows.sum(0) : fo};
 }
 
