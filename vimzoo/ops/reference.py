@@ -212,7 +212,7 @@ def mamba_inner_bwd_ref(
                                                          _opt_float(dt_bias), rev, win, scale)
         ddelta_tok = ddelta.transpose(1, 2)
         dxdbl = torch.cat([ddelta_tok @ dtw, dB.to(dtype), dC.to(dtype)], dim=-1)   # (b, l, R + 2N)
-        dx, dcw, dcb = conv_bwd(_add_matmul(du.transpose(1, 2), dxdbl, xw).transpose(1, 2), x, cw, cb, rev)
+        dx, dcw, dcb = conv_bwd(_add_matmul_(du.transpose(1, 2), dxdbl, xw).transpose(1, 2), x, cw, cb, rev)
         raw = [dcw.reshape(conv_w.shape), dcb, dxdbl.flatten(0, 1).t() @ u_tok.flatten(0, 1),
                ddelta_tok.flatten(0, 1).t() @ dt.flatten(0, 1), dbias, dA * A, dD]
         grads.append([None if t is None else gr.to(t.dtype) for gr, t in zip(raw, w)])
@@ -221,11 +221,12 @@ def mamba_inner_bwd_ref(
     return _halves_summed(dxs, dzs), grads[0], grads[1] if weights_b is not None else None
 
 
-def _add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """acc + a @ b for (..., k) x (k, d) products, the add done inside the GEMM (addmm) when the dtypes agree."""
+def _add_matmul_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """acc + a @ b for (..., k) x (k, d) products; when the dtypes agree the GEMM accumulates into acc's memory
+    (addmm_, no copy), so pass an acc nobody else reads (here: the scan backward's fresh du)."""
     if not acc.dtype == a.dtype == b.dtype:
         return acc + a @ b
-    return torch.addmm(acc.reshape(-1, acc.shape[-1]), a.reshape(-1, a.shape[-1]), b).view(acc.shape)
+    return acc.reshape(-1, acc.shape[-1]).addmm_(a.reshape(-1, a.shape[-1]), b).view(acc.shape)
 
 
 def _halves_summed(dxs: Sequence[torch.Tensor], dzs: Sequence[torch.Tensor]) -> torch.Tensor:
