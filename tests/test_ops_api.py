@@ -294,3 +294,13 @@ def test_all_finite_finds_one_bad_value_anywhere(dtype):
             t.view(-1)[pos] = bad
             assert not all_finite(t), (bad, pos)
             assert not all_finite(t.transpose(0, 2)), (bad, pos)
+
+
+def test_finite_check_stays_out_of_the_autograd_graph():
+    """The check runs on tensors that require grad (training): it must save nothing for backward."""
+    from vimzoo.ops._validate import check_finite
+    x = torch.randn(4, 8, requires_grad=True) * 2   # a non-leaf, as activations are
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        check_finite('op', {'x': x})
+    assert not packed, f'the NaN/inf check saved {len(packed)} tensors for backward'

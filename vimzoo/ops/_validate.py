@@ -268,7 +268,7 @@ def all_finite(t: torch.Tensor) -> bool:
     the CPU than isfinite(t).all(), which makes several passes; non-float tensors are finite by definition."""
     if not t.is_floating_point():
         return True
-    low, high = torch.aminmax(t)
+    low, high = torch.aminmax(t.detach())   # detached: the check must not join (or grow) the autograd graph
     return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
