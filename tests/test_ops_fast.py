@@ -201,6 +201,52 @@ def test_token_major_backward_with_more_workers_than_batch_rows(ext, window):
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize('rank,n,window,reverse,with_z', [(12, 16, 1, False, True), (1, 16, 1, True, True),
+                                                          (2, 8, 4, False, False), (5, 16, 8, True, True),
+                                                          (3, 5, 1, False, True)])
+def test_lowrank_backward_matches_formed_delta(ext, rank, n, window, reverse, with_z):
+    """scan_bwd_tm_lowrank (the fused mixer's backward: Δ = dt · dt_projᵀ formed per token, the gradients of dt and
+    dt_proj summed in the kernel) == scan_bwd_tm on the formed Δ followed by the two GEMMs, at 1 and 2 threads."""
+    b, d, l = 3, 48, 29
+    u, _, A, B, C, D, z, bias = _scan_inputs(b, d, l, n, seed=rank + n + window, with_z=with_z)
+    g = torch.Generator().manual_seed(rank)
+    xdbl = torch.randn(b, l, rank + 2 * n, generator=g)
+    dt = xdbl[..., :rank]                         # a strided slice, as the mixer passes it
+    dtw = torch.randn(d, rank, generator=g) * rank ** -0.5
+    dout = _tok(b, d, l, g)
+    bt, ct = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+    delta = F.linear(dt, dtw).transpose(1, 2)      # token-major (b, d, l) view
+    args = (A, bt, ct, D, z, bias, True, reverse, window, 0.5)
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            du, dd, dA, dB, dC, dD, dz, dbias = ext.scan_bwd_tm(dout, u, delta, *args)
+            dd_tok = dd.transpose(1, 2)
+            expected = [du, dd_tok @ dtw, dd_tok.flatten(0, 1).t() @ dt.flatten(0, 1), dA, dB, dC, dD, dz, dbias]
+            got = ext.scan_bwd_tm_lowrank(dout, u, dt, dtw, *args)
+            names = ['du', 'd_dt', 'd_dtw', 'dA', 'dB', 'dC', 'dD', 'dz', 'dbias']
+            for name, x, e in zip(names, got, expected):
+                assert x.shape == e.shape, name
+                if e.numel():
+                    assert _rel(x, e) < 1e-5, f'{threads} threads: {name} rel {_rel(x, e):.1e}'
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_lowrank_backward_rejects_bad_dt(ext):
+    u, delta, A, B, C, D, z, bias = _scan_inputs(1, 16, 5, 16)
+    bt, ct = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+    dout = _tok(1, 16, 5, torch.Generator().manual_seed(0))
+    args = (A, bt, ct, D, z, bias, True, False, 1, 1.0)
+    with pytest.raises(RuntimeError, match='dt_proj_w'):
+        ext.scan_bwd_tm_lowrank(dout, u, torch.randn(1, 5, 3), torch.randn(8, 3), *args)   # d != 16
+    with pytest.raises(RuntimeError, match='dt must be'):
+        ext.scan_bwd_tm_lowrank(dout, u, torch.randn(1, 5, 4), torch.randn(16, 3), *args)   # rank 4 != 3
+    with pytest.raises(RuntimeError, match='dt must be'):
+        ext.scan_bwd_tm_lowrank(dout, u, torch.randn(1, 3, 5).transpose(1, 2), torch.randn(16, 3), *args)
+
+
 # ---------------------------------------------------------------------------------------------------- mamba_inner
 def _mixer_weights(d, n, rank, k, seed):
     g = torch.Generator().manual_seed(seed)

@@ -15,6 +15,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bidir_fwd_tm", &vz::bidir_fwd_tm, "bidir_fwd for fp32 channel-contiguous (b, d, l) views; output likewise");
   m.def("causal_conv1d_tm", &vz::causal_conv1d_tm, "depthwise causal conv (+SiLU) on channel-contiguous (b, d, l) views");
   m.def("scan_bwd_tm", &vz::scan_bwd_tm, "scan_bwd for fp32 channel-contiguous views (training; no layout copies)");
+  m.def("scan_bwd_tm_lowrank", &vz::scan_bwd_tm_lowrank, "scan_bwd_tm with delta = dt @ dt_proj_w.T formed inside: "
+        "du, d dt, d dt_proj_w, dA, dBt, dCt, dD, dz, dbias");
   m.def("causal_conv1d_bwd_tm", &vz::causal_conv1d_bwd_tm, "causal conv (+SiLU) backward in one pass: dx, dw, db");
   m.def("mamba_inner_fwd", &vz::mamba_inner_fwd, "fused inference mixer core: xz -> conv -> x_proj -> scan -> gate");
   m.def("add_rms_norm_fwd", &vz::add_rms_norm_fwd, "fused residual add + RMSNorm (inference): (normed, summed)");

@@ -48,6 +48,13 @@ std::vector<at::Tensor> scan_bwd_tm(const at::Tensor& dout, const at::Tensor& u,
                                     const at::Tensor& A, const at::Tensor& Bt, const at::Tensor& Ct,
                                     const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias, bool softplus,
                                     bool reverse, int64_t W, double scale);
+// The fused mixer's scan_bwd_tm: Δ = dt · dt_proj_wᵀ (dt (b, l, rank) with contiguous rank, dt_proj_w (d, rank)),
+// formed per token; returns (du, d dt (b, l, rank), d dt_proj_w, dA, dBt, dCt, dD, dz, dbias).
+std::vector<at::Tensor> scan_bwd_tm_lowrank(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& dt,
+                                            const at::Tensor& dt_proj_w, const at::Tensor& A, const at::Tensor& Bt,
+                                            const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z,
+                                            const opt_tensor& bias, bool softplus, bool reverse, int64_t W,
+                                            double scale);
 // (dx, dweight, dbias): the conv + bias + SiLU backward in one pass (the pre-activation is recomputed).
 std::vector<at::Tensor> causal_conv1d_bwd_tm(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& weight,
                                              const opt_tensor& bias, bool silu, bool reverse);

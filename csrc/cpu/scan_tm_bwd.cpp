@@ -6,6 +6,11 @@
 // runs the adjoints and accumulates every gradient (the formulas of docs/kernels.md "Backward", as the row kernel
 // scan_rows_bwd.cpp). Sums over the state dim n are vector adds (lanes are channels); sums over channels (dB, dC)
 // are kept per worker as 16-lane partial sums and reduced once at the end, so no horizontal sum runs per token.
+//
+// The fused mixer's variant (scan_bwd_tm_lowrank) takes Δ as the low-rank product dt · dt_projᵀ, formed per token as
+// the forward kernel does, and returns the gradients of dt and dt_proj instead of dΔ: dt_proj's is a per-block sum
+// over tokens, dt's a sum over channels kept like dB / dC. The tall-skinny GEMMs this replaces (rank 12 for Vim-T)
+// run far below the GEMM library's peak, and dΔ is never written.
 #include "kernels.h"
 #include "recurrence.h"
 #include "scan_tm.h"
@@ -28,15 +33,17 @@ struct TmBwd {
   int64_t o_sb, o_st;
   float *dA_rows, *dD_rows, *dbias_rows;  // (b, d, n), (b, d), (b, d)
   v16f *dBv, *dCv;       // per worker: (slot, b, l, n) 16-lane partial sums over channels
+  v16f* dDTv = nullptr;      // low-rank Δ: per worker (slot, b, l, R) partial sums of d dt
+  float* dW_rows = nullptr;  // low-rank Δ: (b, d, R) d dt_proj per batch row
   int64_t Bsz, Dm, L, N;
 };
 
 // Per-worker buffers; abuf keeps a_k at row k + 1 with zero rows before and after (a_{k-1}, a_{k+1} stay in bounds).
 struct TmBwdWork {
-  std::vector<v16f> A2, An, hs, abuf, bbuf, vd, vu, vg, vsig, vdz, carry, xr, dA, hbw, dxlw;
-  TmBwdWork(int64_t L, int64_t N, int64_t W)
+  std::vector<v16f> A2, An, hs, abuf, bbuf, vd, vu, vg, vsig, vdz, carry, xr, dA, hbw, dxlw, Wv, dWv;
+  TmBwdWork(int64_t L, int64_t N, int64_t W, int64_t R)
       : A2(N), An(N), hs(L * N), abuf((L + 2) * N), bbuf(W > 1 ? L * N : 0), vd(L), vu(L), vg(L),
-        vsig(L), vdz(L), carry(N), xr(N), dA(N), hbw((W + 1) * N), dxlw(W * N) {}
+        vsig(L), vdz(L), carry(N), xr(N), dA(N), hbw((W + 1) * N), dxlw(W * N), Wv(R), dWv(R) {}
 };
 
 // Δ, u, σ(δ + bias), g = scale·dout·silu(z) and scale·dout·silu'(z) for every token of the block (original order).
@@ -44,7 +51,7 @@ void bwd_prepass(const TmBwd& p, int64_t bi, int64_t c0, TmBwdWork& w) {
   const TmScan& s = p.s;
   const v16f vbias = s.bias ? O::load(s.bias + c0) : splatv<v16f>(0.0f);
   for (int64_t t = 0; t < p.L; ++t) {
-    const v16f raw = O::load(s.delta.at(bi, t, c0)) + vbias;
+    const v16f raw = tm_delta_raw(s, w.Wv.data(), bi, t, c0) + vbias;
     w.vd[t] = s.softplus ? softplus_fast(raw) : raw;
     w.vsig[t] = sigmoid_fast(raw);
     w.vu[t] = O::load(s.u.at(bi, t, c0));
@@ -63,14 +70,24 @@ void bwd_prepass(const TmBwd& p, int64_t bi, int64_t c0, TmBwdWork& w) {
 // Per-token outputs and per-block accumulators shared by the plain and the LB reverse pass.
 struct TokenGrads {
   v16f vD, dD, dbias;
-  inline void emit(const TmBwd& p, const TmBwdWork& w, int64_t bi, int64_t t, int64_t c0, v16f s_dbB, v16f s_gAA,
+  v16f* dDTrow;   // low-rank Δ: this worker's (l, R) partial sums of d dt for the batch row, else null
+  inline void emit(const TmBwd& p, TmBwdWork& w, int64_t bi, int64_t t, int64_t c0, v16f s_dbB, v16f s_gAA,
                    v16f y) {
     const v16f vd = w.vd[t], vu = w.vu[t], g = w.vg[t];
     const int64_t off = bi * p.o_sb + t * p.o_st + c0;
     O::store(p.du + off, s_dbB * vd + vD * g);
     v16f ddt = s_dbB * vu + s_gAA;
     if (p.s.softplus) ddt *= w.vsig[t];
-    O::store(p.dd + off, ddt);
+    if (dDTrow != nullptr) {   // Δ = dt · Wdtᵀ: d dt[t, r] += Σ_c dΔ Wdt[c, r], d Wdt[c, r] += dΔ dt[t, r]
+      const float* dt = p.s.dt + bi * p.s.dt_sb + t * p.s.dt_st;
+      v16f* ddt_row = dDTrow + t * p.s.R;
+      for (int64_t r = 0; r < p.s.R; ++r) {
+        ddt_row[r] += ddt * w.Wv[r];
+        w.dWv[r] += ddt * dt[r];
+      }
+    } else {
+      O::store(p.dd + off, ddt);
+    }
     dbias += ddt;
     dD += g * vu;
     if (p.z) O::store(p.dz + off, (y + vD * vu) * w.vdz[t]);
@@ -82,6 +99,11 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
   const TmScan& s = p.s;
   const int64_t L = p.L, N = NC > 0 ? NC : p.N, W = s.W;
   tm_load_A(s, c0, N, w.A2.data(), w.An.data());
+  const int64_t R = s.dt != nullptr ? s.R : 0;
+  for (int64_t r = 0; r < R; ++r) {
+    for (int j = 0; j < kLanes; ++j) w.Wv[r][j] = s.Wdt[(c0 + j) * R + r];
+    w.dWv[r] = splatv<v16f>(0.0f);
+  }
   bwd_prepass(p, bi, c0, w);
   const float* Bb = s.B + bi * s.bc_sb;
   const float* Cb = s.C + bi * s.bc_sb;
@@ -93,7 +115,8 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
   v16f* carry = w.carry.data();
   v16f* dA = w.dA.data();
   for (int64_t n = 0; n < N; ++n) carry[n] = dA[n] = splatv<v16f>(0.0f);
-  TokenGrads tg{s.D ? O::load(s.D + c0) : splatv<v16f>(0.0f), splatv<v16f>(0.0f), splatv<v16f>(0.0f)};
+  TokenGrads tg{s.D ? O::load(s.D + c0) : splatv<v16f>(0.0f), splatv<v16f>(0.0f), splatv<v16f>(0.0f),
+                R ? p.dDTv + (slot * p.Bsz + bi) * L * R : nullptr};
   // 1) forward recompute in scan order: h (and a, b for an LB window).
   for (int64_t k = 0; k < L; ++k) {
     const int64_t t = s.reverse ? L - 1 - k : k;
@@ -213,6 +236,7 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
     for (int64_t n = 0; n < N; ++n) dA_row[n] = dA[n][j];
     p.dD_rows[bi * p.Dm + c0 + j] = tg.dD[j];
     p.dbias_rows[bi * p.Dm + c0 + j] = tg.dbias[j];
+    for (int64_t r = 0; r < R; ++r) p.dW_rows[(bi * p.Dm + c0 + j) * R + r] = w.dWv[r][j];
   }
 }
 
@@ -242,15 +266,12 @@ void check_bc(const at::Tensor& t, int64_t B, int64_t L, int64_t N, const char* 
               "vimzoo scan_bwd_tm: ", name, " must be an fp32 (b, l, n) tensor with contiguous n");
 }
 
-}  // namespace
-
-std::vector<at::Tensor> scan_bwd_tm(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& delta,
-                                    const at::Tensor& A, const at::Tensor& Bt, const at::Tensor& Ct,
-                                    const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias, bool softplus,
-                                    bool reverse, int64_t W, double scale) {
-  TORCH_CHECK(tok_major_ok(u) && tok_major_ok(delta) && tok_major_ok(dout) && delta.sizes() == u.sizes() &&
-                  dout.sizes() == u.sizes(),
-              "vimzoo scan_bwd_tm: dout/u/delta must be fp32 (b, d, l) views with contiguous channels, d % 16 == 0");
+// The checks and scan inputs both entry points share (everything but Δ).
+void setup_common(TmBwd& p, const at::Tensor& dout, const at::Tensor& u, const at::Tensor& A, const at::Tensor& Bt,
+                  const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias,
+                  bool softplus, bool reverse, int64_t W, double scale) {
+  TORCH_CHECK(tok_major_ok(u) && tok_major_ok(dout) && dout.sizes() == u.sizes(),
+              "vimzoo scan_bwd_tm: dout/u must be fp32 (b, d, l) views with contiguous channels, d % 16 == 0");
   TORCH_CHECK(!z.has_value() || (tok_major_ok(*z) && z->sizes() == u.sizes()), "vimzoo scan_bwd_tm: z must match u");
   const int64_t Bsz = u.size(0), Dm = u.size(1), L = u.size(2);
   TORCH_CHECK(A.dim() == 2 && A.size(0) == Dm && A.is_contiguous() && A.scalar_type() == at::kFloat,
@@ -264,9 +285,7 @@ std::vector<at::Tensor> scan_bwd_tm(const at::Tensor& dout, const at::Tensor& u,
                                     (*t)->scalar_type() == at::kFloat),
                 "vimzoo scan_bwd_tm: D/delta_bias must be (d,) contiguous fp32");
   }
-  TmBwd p;
   p.s.u = tok_view(u);
-  p.s.delta = tok_view(delta);
   p.s.A = A.data_ptr<float>();
   p.s.B = Bt.data_ptr<float>();
   p.s.C = Ct.data_ptr<float>();
@@ -280,30 +299,45 @@ std::vector<at::Tensor> scan_bwd_tm(const at::Tensor& dout, const at::Tensor& u,
   p.dout = tok_view(dout);
   if (z.has_value()) p.z = tok_view(*z);
   p.scale = static_cast<float>(scale);
-  auto du = tok_major_empty(u), dd = tok_major_empty(u);
-  auto dz = z.has_value() ? tok_major_empty(u) : at::empty({0}, u.options());
-  p.du = du.data_ptr<float>();
-  p.dd = dd.data_ptr<float>();
-  p.dz = z.has_value() ? dz.data_ptr<float>() : nullptr;
-  p.o_sb = du.stride(0);
-  p.o_st = du.stride(2);
-  auto fopts = A.options();
-  auto dA_rows = at::empty({Bsz, Dm, N}, fopts), dD_rows = at::empty({Bsz, Dm}, fopts);
-  auto dbias_rows = at::empty({Bsz, Dm}, fopts);
-  const int64_t nthreads = at::get_num_threads();
-  // Per-worker partial sums of dB / dC, zeroed by their worker when it first meets a batch row (in parallel, and
-  // only the rows it uses), then reduced over workers and lanes in one pass.
-  auto dBv = at::empty({nthreads, Bsz, L, N, kLanes}, fopts), dCv = at::empty({nthreads, Bsz, L, N, kLanes}, fopts);
-  std::vector<uint8_t> touched(nthreads * Bsz, 0);
-  p.dA_rows = dA_rows.data_ptr<float>();
-  p.dD_rows = dD_rows.data_ptr<float>();
-  p.dbias_rows = dbias_rows.data_ptr<float>();
-  p.dBv = reinterpret_cast<v16f*>(dBv.data_ptr<float>());
-  p.dCv = reinterpret_cast<v16f*>(dCv.data_ptr<float>());
   p.Bsz = Bsz;
   p.Dm = Dm;
   p.L = L;
   p.N = N;
+}
+
+struct BwdOut {
+  at::Tensor du, dd, dz, dA, dB, dC, dD_rows, dbias_rows, ddt, dW;   // dd or (ddt, dW): plain or low-rank Δ
+};
+
+// Allocates the outputs, runs every (batch row, 16-channel block) task and reduces the per-worker partial sums.
+BwdOut run_bwd(TmBwd& p, const at::Tensor& u, bool has_z) {
+  const int64_t Bsz = p.Bsz, Dm = p.Dm, L = p.L, N = p.N, R = p.s.dt != nullptr ? p.s.R : 0;
+  const auto fopts = u.options();
+  BwdOut o;
+  o.du = tok_major_empty(u);
+  o.dd = R ? at::empty({0}, fopts) : tok_major_empty(u);
+  o.dz = has_z ? tok_major_empty(u) : at::empty({0}, fopts);
+  p.du = o.du.data_ptr<float>();
+  p.dd = R ? nullptr : o.dd.data_ptr<float>();
+  p.dz = has_z ? o.dz.data_ptr<float>() : nullptr;
+  p.o_sb = o.du.stride(0);
+  p.o_st = o.du.stride(2);
+  auto dA_rows = at::empty({Bsz, Dm, N}, fopts), dW_rows = at::empty({Bsz, Dm, R}, fopts);
+  o.dD_rows = at::empty({Bsz, Dm}, fopts);
+  o.dbias_rows = at::empty({Bsz, Dm}, fopts);
+  const int64_t nthreads = at::get_num_threads();
+  // Per-worker partial sums of dB / dC (and d dt), zeroed by their worker when it first meets a batch row (in
+  // parallel, and only the rows it uses), then reduced over workers and lanes in one pass.
+  auto dBv = at::empty({nthreads, Bsz, L, N, kLanes}, fopts), dCv = at::empty({nthreads, Bsz, L, N, kLanes}, fopts);
+  auto dDTv = at::empty({nthreads, Bsz, L, R, kLanes}, fopts);
+  std::vector<uint8_t> touched(nthreads * Bsz, 0);
+  p.dA_rows = dA_rows.data_ptr<float>();
+  p.dD_rows = o.dD_rows.data_ptr<float>();
+  p.dbias_rows = o.dbias_rows.data_ptr<float>();
+  p.dBv = reinterpret_cast<v16f*>(dBv.data_ptr<float>());
+  p.dCv = reinterpret_cast<v16f*>(dCv.data_ptr<float>());
+  p.dDTv = R ? reinterpret_cast<v16f*>(dDTv.data_ptr<float>()) : nullptr;
+  p.dW_rows = R ? dW_rows.data_ptr<float>() : nullptr;
   const int64_t nblk = Dm / kLanes;
   struct State {
     int64_t slot;
@@ -313,14 +347,15 @@ std::vector<at::Tensor> scan_bwd_tm(const at::Tensor& dout, const at::Tensor& u,
       Bsz * nblk,
       [&](int64_t slot) {
         TORCH_CHECK(slot < nthreads, "vimzoo scan_bwd_tm: more workers than accumulation slots");
-        return State{slot, TmBwdWork(L, N, p.s.W)};
+        return State{slot, TmBwdWork(L, N, p.s.W, R)};
       },
       [&](State& st, int64_t task) {
         const int64_t bi = task / nblk, c0 = (task % nblk) * kLanes;
         if (!touched[st.slot * Bsz + bi]) {   // each slot belongs to one worker: no race
-          const int64_t off = (st.slot * Bsz + bi) * L * N;
-          std::fill(p.dBv + off, p.dBv + off + L * N, splatv<v16f>(0.0f));
-          std::fill(p.dCv + off, p.dCv + off + L * N, splatv<v16f>(0.0f));
+          const int64_t off = (st.slot * Bsz + bi) * L;
+          std::fill(p.dBv + off * N, p.dBv + (off + L) * N, splatv<v16f>(0.0f));
+          std::fill(p.dCv + off * N, p.dCv + (off + L) * N, splatv<v16f>(0.0f));
+          if (R) std::fill(p.dDTv + off * R, p.dDTv + (off + L) * R, splatv<v16f>(0.0f));
           touched[st.slot * Bsz + bi] = 1;
         }
         if (N == 16) {
@@ -329,11 +364,56 @@ std::vector<at::Tensor> scan_bwd_tm(const at::Tensor& dout, const at::Tensor& u,
           scan_block_bwd_tm<0>(p, bi, c0, st.slot, st.w);
         }
       });
-  auto fo = at::empty({0}, fopts);
-  auto dB = reduce_partials(p.dBv, touched, nthreads, Bsz, L, N, fopts);
-  auto dC = reduce_partials(p.dCv, touched, nthreads, Bsz, L, N, fopts);
-  return {du, dd, dA_rows.sum(0), dB, dC, D.has_value() ? dD_rows.sum(0) : fo, dz,
-          bias.has_value() ? dbias_rows.sum(0) : fo};
+  o.dA = dA_rows.sum(0);
+  o.dB = reduce_partials(p.dBv, touched, nthreads, Bsz, L, N, fopts);
+  o.dC = reduce_partials(p.dCv, touched, nthreads, Bsz, L, N, fopts);
+  if (R) {
+    o.ddt = reduce_partials(p.dDTv, touched, nthreads, Bsz, L, R, fopts);
+    o.dW = dW_rows.sum(0);
+  }
+  return o;
+}
+
+}  // namespace
+
+std::vector<at::Tensor> scan_bwd_tm(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& delta,
+                                    const at::Tensor& A, const at::Tensor& Bt, const at::Tensor& Ct,
+                                    const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias, bool softplus,
+                                    bool reverse, int64_t W, double scale) {
+  TORCH_CHECK(tok_major_ok(delta) && delta.sizes() == u.sizes(),
+              "vimzoo scan_bwd_tm: delta must be an fp32 (b, d, l) view like u, with contiguous channels");
+  TmBwd p;
+  setup_common(p, dout, u, A, Bt, Ct, D, z, bias, softplus, reverse, W, scale);
+  p.s.delta = tok_view(delta);
+  BwdOut o = run_bwd(p, u, z.has_value());
+  auto fo = at::empty({0}, A.options());
+  return {o.du, o.dd, o.dA, o.dB, o.dC, D.has_value() ? o.dD_rows.sum(0) : fo, o.dz,
+          bias.has_value() ? o.dbias_rows.sum(0) : fo};
+}
+
+std::vector<at::Tensor> scan_bwd_tm_lowrank(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& dt,
+                                            const at::Tensor& dt_proj_w, const at::Tensor& A, const at::Tensor& Bt,
+                                            const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z,
+                                            const opt_tensor& bias, bool softplus, bool reverse, int64_t W,
+                                            double scale) {
+  TmBwd p;
+  setup_common(p, dout, u, A, Bt, Ct, D, z, bias, softplus, reverse, W, scale);
+  const int64_t R = dt_proj_w.dim() == 2 ? dt_proj_w.size(1) : 0;
+  TORCH_CHECK(R > 0 && dt_proj_w.size(0) == p.Dm && dt_proj_w.is_contiguous() &&
+                  dt_proj_w.scalar_type() == at::kFloat && dt_proj_w.device().is_cpu(),
+              "vimzoo scan_bwd_tm_lowrank: dt_proj_w must be a contiguous fp32 (d, rank) tensor");
+  TORCH_CHECK(dt.dim() == 3 && dt.size(0) == p.Bsz && dt.size(1) == p.L && dt.size(2) == R && dt.stride(2) == 1 &&
+                  dt.scalar_type() == at::kFloat && dt.device().is_cpu(),
+              "vimzoo scan_bwd_tm_lowrank: dt must be an fp32 (b, l, rank) tensor with contiguous rank");
+  p.s.dt = dt.data_ptr<float>();
+  p.s.dt_sb = dt.stride(0);
+  p.s.dt_st = dt.stride(1);
+  p.s.R = R;
+  p.s.Wdt = dt_proj_w.data_ptr<float>();
+  BwdOut o = run_bwd(p, u, z.has_value());
+  auto fo = at::empty({0}, A.options());
+  return {o.du, o.ddt, o.dW, o.dA, o.dB, o.dC, D.has_value() ? o.dD_rows.sum(0) : fo, o.dz,
+          bias.has_value() ? o.dbias_rows.sum(0) : fo};
 }
 
 }  // namespace vimzoo::cpu

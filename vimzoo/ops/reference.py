@@ -178,10 +178,23 @@ def _conv_silu_bwd_ref(dout, x, weight, bias, reverse):
     return causal_conv1d_bwd_ref(dout, x, weight, bias, 'silu', reverse)
 
 
+def _lowrank_scan_bwd(scan_bwd: Callable) -> Callable:
+    """A scan backward for Δ = dt · dt_projᵀ built from a plain one: Δ formed first, its two products after.
+    Returns (du, d dt, d dt_proj, dA, dB, dC, dD, dz, dbias)."""
+    def run(g, u, dt, dtw, A, B, C, D, z, dt_bias, reverse, window, scale):
+        delta = F.linear(dt, dtw).transpose(1, 2)                       # (b, d, l); the bias is the scan's
+        du, ddelta, dA, dB, dC, dD, dz, dbias = scan_bwd(g, u, delta, A, B, C, D, z, dt_bias, reverse, window, scale)
+        ddelta_tok = ddelta.transpose(1, 2)
+        d_dtw = ddelta_tok.flatten(0, 1).t() @ dt.flatten(0, 1)
+        return du, ddelta_tok @ dtw, d_dtw, dA, dB, dC, dD, dz, dbias
+    return run
+
+
 def mamba_inner_bwd_ref(
         dout: torch.Tensor, xz: torch.Tensor, weights: Sequence[Optional[torch.Tensor]],
         weights_b: Optional[Sequence[Optional[torch.Tensor]]], reverse: bool, window: int, scale: float,
         conv: Callable = _conv_silu_ref, scan_bwd: Callable = _scan_bwd_lnt, conv_bwd: Callable = _conv_silu_bwd_ref,
+        lowrank_scan_bwd: Optional[Callable] = None,
 ) -> Tuple[torch.Tensor, list, Optional[list]]:
     """Backward of `mamba_inner_ref` from its inputs alone: the conv output, x_proj and Δ are recomputed rather than
     saved (mamba-ssm's checkpoint_lvl=1), then per direction the scan backward, the dt_proj / x_proj products and
@@ -189,8 +202,11 @@ def mamba_inner_bwd_ref(
 
     `conv(x, w, b, reverse)` (SiLU included), `scan_bwd(dout, u, delta, A, B, C, D, z, dt_bias, reverse, window,
     scale)` with B, C and their grads as (b, l, n), and `conv_bwd(dout, x, w, b, reverse)` default to the reference
-    math; the CPU backend plugs in its kernels, so both are this one function.
+    math; the CPU backend plugs in its kernels, so both are this one function. `lowrank_scan_bwd(dout, u, dt,
+    dt_proj_w, A, B, C, D, z, dt_bias, reverse, window, scale)`, when given, replaces scan_bwd and the dt_proj
+    products (a kernel that forms Δ itself; see `_lowrank_scan_bwd` for what it returns).
     """
+    lowrank_scan_bwd = lowrank_scan_bwd or _lowrank_scan_bwd(scan_bwd)
     d = xz.shape[-1] // 2
     dtype = xz.dtype
     x, z = xz.transpose(1, 2).split(d, dim=1)      # (b, d, l) views of token-major memory
@@ -206,15 +222,13 @@ def mamba_inner_bwd_ref(
         u_tok = u.transpose(1, 2)
         xdbl = F.linear(u_tok, xw)                                          # (b, l, R + 2N)
         dt, b_mat, c_mat = xdbl[..., :rank], xdbl[..., rank:rank + n], xdbl[..., rank + n:]
-        delta = F.linear(dt, dtw).transpose(1, 2)                           # (b, d, l); the bias is the scan's
         A = -torch.exp(a_log.float())
-        du, ddelta, dA, dB, dC, dD, dz, dbias = scan_bwd(g, u, delta, A, b_mat, c_mat, _opt_float(d_skip), z,
-                                                         _opt_float(dt_bias), rev, win, scale)
-        ddelta_tok = ddelta.transpose(1, 2)
-        dxdbl = torch.cat([ddelta_tok @ dtw, dB.to(dtype), dC.to(dtype)], dim=-1)   # (b, l, R + 2N)
+        du, d_dt, d_dtw, dA, dB, dC, dD, dz, dbias = lowrank_scan_bwd(
+            g, u, dt, dtw, A, b_mat, c_mat, _opt_float(d_skip), z, _opt_float(dt_bias), rev, win, scale)
+        dxdbl = torch.cat([d_dt.to(dtype), dB.to(dtype), dC.to(dtype)], dim=-1)   # (b, l, R + 2N)
         dx, dcw, dcb = conv_bwd(_add_matmul_(du.transpose(1, 2), dxdbl, xw).transpose(1, 2), x, cw, cb, rev)
-        raw = [dcw.reshape(conv_w.shape), dcb, dxdbl.flatten(0, 1).t() @ u_tok.flatten(0, 1),
-               ddelta_tok.flatten(0, 1).t() @ dt.flatten(0, 1), dbias, dA * A, dD]
+        raw = [dcw.reshape(conv_w.shape), dcb, dxdbl.flatten(0, 1).t() @ u_tok.flatten(0, 1), d_dtw, dbias, dA * A,
+               dD]
         grads.append([None if t is None else gr.to(t.dtype) for gr, t in zip(raw, w)])
         dxs.append(dx.transpose(1, 2))
         dzs.append(dz.transpose(1, 2))

@@ -114,19 +114,22 @@ def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):
 
 
 def mamba_inner_bwd(dout, xz, fwd, bwd, reverse, window, scale):
-    """reference.mamba_inner_bwd_ref (recompute conv, x_proj and Δ; scan backward; GEMMs; conv backward) on the
-    token-major kernels: no layout copies, the conv + SiLU backward in one pass."""
+    """reference.mamba_inner_bwd_ref (recompute conv and x_proj; scan backward; GEMMs; conv backward) on the
+    token-major kernels: no layout copies, Δ = dt · dt_projᵀ and its gradients inside the scan backward (no
+    rank-12 GEMMs), the conv + SiLU backward in one pass."""
     ext = _ext()
 
     def conv(x, w, b, rev):
         return ext.causal_conv1d_tm(x, w, b, True, rev, False)
 
-    def scan_bwd_lnt(g, u, delta, A, B, C, D, z, dt_bias, rev, win, scale_):
-        return ext.scan_bwd_tm(_channel_contiguous(g), u, delta, A, B, C, D, z, dt_bias, True, rev, win, scale_)
+    def lowrank_scan_bwd(g, u, dt, dtw, A, B, C, D, z, dt_bias, rev, win, scale_):
+        return ext.scan_bwd_tm_lowrank(_channel_contiguous(g), u, dt, dtw.contiguous(), A, B, C, D, z, dt_bias, True,
+                                       rev, win, scale_)
 
     def conv_bwd_(g, x, w, b, rev):
         return ext.causal_conv1d_bwd_tm(_channel_contiguous(g), x, w, b, True, rev)
-    return mamba_inner_bwd_ref(dout, xz, fwd, bwd, reverse, window, scale, conv, scan_bwd_lnt, conv_bwd_)
+    return mamba_inner_bwd_ref(dout, xz, fwd, bwd, reverse, window, scale, conv, conv_bwd=conv_bwd_,
+                               lowrank_scan_bwd=lowrank_scan_bwd)
 
 
 def add_rms_norm_fwd(x, residual, weight, eps, check_finite):
