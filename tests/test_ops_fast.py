@@ -326,10 +326,39 @@ def test_add_rms_norm_fused_matches_torch(ext):
         torch.testing.assert_close(summed, exp_sum)
         torch.testing.assert_close(normed, F.rms_norm(exp_sum, (40,), w, 1e-5), rtol=1e-5, atol=1e-6)
         assert summed.data_ptr() != x.data_ptr()
-    leaf = x.clone().requires_grad_()
-    normed, _ = ops.add_rms_norm(leaf, res, w)   # grad needed: torch ops, differentiable
-    normed.sum().backward()
-    assert leaf.grad is not None
+
+
+
+@pytest.mark.parametrize('with_residual,use_summed', [(True, True), (True, False), (False, True)])
+def test_add_rms_norm_training_matches_torch(ext, with_residual, use_summed):
+    """Under grad the fused op (C++ forward and one-pass backward) gives torch's gradients for x, residual and the
+    weight, whether or not the sum output feeds the loss; at 1 and 2 threads (dweight sums per-thread parts)."""
+    g = torch.Generator().manual_seed(1)
+    x, res, w = torch.randn(3, 37, 48, generator=g), torch.randn(3, 37, 48, generator=g), torch.randn(48, generator=g)
+    cot_n, cot_s = torch.randn(3, 37, 48, generator=g), torch.randn(3, 37, 48, generator=g)
+
+    def grads(fn):
+        leaves = [x.clone().requires_grad_(), res.clone().requires_grad_(), w.clone().requires_grad_()]
+        normed, summed = fn(leaves[0], leaves[1] if with_residual else None, leaves[2])
+        loss = (normed * cot_n).sum() + ((summed * cot_s).sum() if use_summed else 0)
+        used = leaves if with_residual else [leaves[0], leaves[2]]
+        return normed, torch.autograd.grad(loss, used)
+
+    def torch_ops(xx, rr, ww):
+        summed = xx if rr is None else rr + xx
+        return F.rms_norm(summed, (48,), ww, 1e-5), summed
+    exp_out, expected = grads(torch_ops)
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out, got = grads(lambda a, b, c: ops.add_rms_norm(a, b, c, 1e-5))
+            assert 'vimzoo_add_rms_norm' in type(out.grad_fn).__name__, 'the fused op, not torch ops, ran'
+            torch.testing.assert_close(out, exp_out, rtol=1e-5, atol=1e-6)
+            for gt, ex in zip(got, expected):
+                torch.testing.assert_close(gt, ex, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(old)
 
 
 # ------------------------------------------------------------------------------------------- models, builds

@@ -19,7 +19,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "du, d dt, d dt_proj_w, dA, dBt, dCt, dD, dz, dbias");
   m.def("causal_conv1d_bwd_tm", &vz::causal_conv1d_bwd_tm, "causal conv (+SiLU) backward in one pass: dx, dw, db");
   m.def("mamba_inner_fwd", &vz::mamba_inner_fwd, "fused inference mixer core: xz -> conv -> x_proj -> scan -> gate");
-  m.def("add_rms_norm_fwd", &vz::add_rms_norm_fwd, "fused residual add + RMSNorm (inference): (normed, summed)");
+  m.def("add_rms_norm_fwd", &vz::add_rms_norm_fwd, "fused residual add + RMSNorm: (normed, summed)");
+  m.def("add_rms_norm_bwd", &vz::add_rms_norm_bwd, "backward of add_rms_norm_fwd from summed: (dsummed, dweight)");
   m.def("ssd_fwd", &vz::ssd_fwd, "Mamba-2 SSD scan, or Hydra's quasiseparable core when dt_b is given (chunked)");
   m.def("ssd_bwd", &vz::ssd_bwd, "backward of ssd_fwd: dx, dA, dD, dinit, then ddt, dB, dC per direction");
   m.def("built_with_openmp", [] {

@@ -114,12 +114,12 @@ def add_rms_norm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torc
     """Residual add + RMSNorm in fp32 (mamba_ssm's fused `rms_norm_fn(..., residual, prenorm=True)` semantics):
     returns (rms_norm(x + residual) * weight cast to x.dtype, x + residual in fp32). Without grad one fused op runs
     (C++ for fp32 CPU tensors); with grad, a fused differentiable op where the backend has a fused backward
-    (Triton), else PyTorch's differentiable ops."""
+    (C++ for fp32 CPU tensors, Triton), else PyTorch's differentiable ops."""
     op = 'add_rms_norm'
     check_add_rms_norm(op, x, residual, weight, eps)
     name = requested_backend(op, backend, x.device)
     if _needs_grad((x, residual, weight)):
-        # a fused differentiable op where a backend has one (Triton); not chosen while compiling (the compiler
+        # a fused differentiable op where a backend has one (C++, Triton); not chosen while compiling (the compiler
         # fuses the plain ops itself, and the choice would trace into kernel loading)
         if not torch.compiler.is_compiling() and choose(op, name, x.device, (x, residual, weight),
                                                          fallback=False) is not None:

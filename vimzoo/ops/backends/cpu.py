@@ -2,9 +2,10 @@
 
 Row kernels serve every float dtype and layout (inputs made contiguous); fp32 (b, d, l) views with contiguous
 channels and d % 16 == 0 (the token-major activations the Vim mixer produces) take the 16-channel-vector kernels,
-which also serve the fused inference ops `mamba_inner_fwd` and `add_rms_norm_fwd`. The Mamba-2 SSD scan and Hydra's
-quasiseparable core run one chunked kernel (csrc/cpu/ssd.cpp), forward and backward. The NaN/inf check happens in
-the kernels while they read the data. The causal-conv backward uses the reference (ATen's conv1d gradients).
+which also serve the fused mixer `mamba_inner_fwd` / `mamba_inner_bwd` and the fused residual add + RMSNorm
+(forward and backward). The Mamba-2 SSD scan and Hydra's quasiseparable core run one chunked kernel
+(csrc/cpu/ssd.cpp), forward and backward. The NaN/inf check happens in the kernels while they read the data.
+Causal-conv backward: one C++ pass for token-major fp32 input, else the reference (ATen's conv1d gradients).
 """
 from typing import Optional, Sequence
 
@@ -28,8 +29,8 @@ def can_run(op: str, device: torch.device, tensors: Sequence[Optional[torch.Tens
             channels: Optional[int] = None, d_state: Optional[int] = None, window: int = 1) -> Optional[str]:
     if device.type != 'cpu':
         return f'needs CPU tensors, got tensors on {device}'
-    if op == 'add_rms_norm':   # vimzoo.ops.add_rms_norm then differentiates PyTorch's ops
-        return 'no fused add + RMSNorm backward kernel'
+    if op == 'add_rms_norm' and any(t is not None and t.dtype != _F32 for t in tensors):
+        return 'the fused add + RMSNorm backward runs fp32 only'   # vimzoo.ops.add_rms_norm: PyTorch's ops then
     if _loader.cpu_extension(required=False) is None:
         return f'the C++ CPU scan kernel could not be built ({_loader.build_error("cpu")})'
     if op in ('mamba_inner_fwd', 'mamba_inner_bwd'):   # else vimzoo.ops.mamba_inner takes the unfused route
@@ -102,7 +103,6 @@ def conv_bwd(dout, x, weight, bias, silu, reverse):
     return reference.conv_bwd(dout, x, weight, bias, silu, reverse)
 
 
-add_rms_norm_bwd = reference.add_rms_norm_bwd
 
 
 def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):
@@ -137,6 +137,13 @@ def add_rms_norm_fwd(x, residual, weight, eps, check_finite):
         return reference.add_rms_norm_fwd(x, residual, weight, eps, check_finite)
     return _ext().add_rms_norm_fwd(x.contiguous(), None if residual is None else residual.contiguous(), weight, eps,
                                    check_finite)
+
+
+def add_rms_norm_bwd(dnormed, dsummed, summed, weight, eps):
+    if any(t is not None and t.dtype != _F32 for t in (dnormed, dsummed, summed, weight)):
+        return reference.add_rms_norm_bwd(dnormed, dsummed, summed, weight, eps)
+    return tuple(_ext().add_rms_norm_bwd(dnormed.contiguous(), None if dsummed is None else dsummed.contiguous(),
+                                         summed.contiguous(), weight, eps))
 
 
 # ------------------------------------------------------------------------------------------- SSD / Hydra (Mamba-2)
