@@ -5,9 +5,11 @@
 Both take fp32 token-major (b, d, l) views (what the Vim mixer passes), d_state 16, softplus(δ + bias), D and the
 silu(z) gate. 'ops' is the public vimzoo.ops.selective_scan (validation, dispatch and the kernel's NaN/inf check
 included); 'kernel' calls the extension's entry point directly; 'kernel_bwd' is the training kernel's backward
-(scan_bwd_tm: state recompute + reverse recurrence + every gradient), in units of the floor *forward*. Reported:
-median over rounds of time / floor time (process CPU time, load-robust at 1 thread; and wall), the load average
-before and after.
+(scan_bwd_tm: state recompute + reverse recurrence + every gradient), in units of the floor *forward*, and so are
+the two floor backwards of floor_scan.cpp (the simplest register-resident backward of the same math: forward states
+kept in a buffer, the decay either kept too ('floor_bwd_store') or recomputed in the reverse pass
+('floor_bwd_recompute'); checked equal to the kernel's gradients). Reported: median over rounds of time / floor
+time (process CPU time, load-robust at 1 thread; and wall), the load average before and after.
 
     python benchmarks/bench_scan_floor.py [--threads 1,2] [--shape 8,384,197,16] [--rounds 31]
 """
@@ -59,11 +61,18 @@ def main(argv=None):
         'kernel': lambda: ext.scan_fwd_tm(u, delta, a, bt, ct, dk, z, bk, True, False, 1, True),
         'ops': lambda: ops.selective_scan(u, delta, A, B, C, D, z, bias, True, backend='cpu'),
         'kernel_bwd': lambda: ext.scan_bwd_tm(dout, u, delta, a, bt, ct, dk, z, bk, True, False, 1, 1.0),
+        'floor_bwd_store': lambda: floor.floor_scan_bwd(dout, u, delta, a, bt, ct, dk, z, bk),
+        'floor_bwd_recompute': lambda: floor.floor_scan_bwd_recompute(dout, u, delta, a, bt, ct, dk, z, bk),
     }
     ref = calls['floor']()
     for name in ('kernel', 'ops'):   # kernel_bwd is checked against the reference by tests/test_ops.py
         err = ((calls[name]() - ref).abs().max() / ref.abs().max()).item()
         assert err < 1e-5, f'{name} differs from the floor: {err}'
+    ref_bwd = calls['kernel_bwd']()
+    for name in ('floor_bwd_store', 'floor_bwd_recompute'):
+        for i, (got, exp) in enumerate(zip(calls[name](), ref_bwd)):
+            err = ((got - exp).abs().max() / exp.abs().max()).item()
+            assert err < 1e-5, f'{name} gradient #{i} differs from the kernel: {err}'
     load_before = os.getloadavg()[0]
     rows = []
     with torch.no_grad():
@@ -77,7 +86,7 @@ def main(argv=None):
                     c0, t0 = time.process_time(), time.perf_counter()
                     calls[k]()
                     times[k].append((time.process_time() - c0, time.perf_counter() - t0))
-            for k in ('kernel', 'ops', 'kernel_bwd'):
+            for k in ('kernel', 'ops', 'kernel_bwd', 'floor_bwd_store', 'floor_bwd_recompute'):
                 cpu = statistics.median(x[0] / f[0] for x, f in zip(times[k], times['floor']))
                 wall = statistics.median(x[1] / f[1] for x, f in zip(times[k], times['floor']))
                 rows.append(dict(what=k, threads=threads, vs_floor_cpu=round(cpu, 3), vs_floor_wall=round(wall, 3),
