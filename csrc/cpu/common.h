@@ -74,12 +74,13 @@ inline void check_rows_finite(const char* op, int bad, const std::string& sfx) {
 
 // Rows are handed out dynamically (threads pull small chunks from a shared counter) so that a thread that is
 // descheduled on a busy machine does not hold a fixed share of the work; each thread keeps its own buffers
-// (`setup(slot)` with slot < number of workers, for per-worker accumulators).
+// (`setup(slot)` with slot < number of workers, for per-worker accumulators). A given `chunk` (> 0) hands out
+// exactly [k·chunk, (k + 1)·chunk) ranges, each to one thread, in order.
 template <typename Setup, typename Body>
-void parallel_rows(int64_t total, Setup&& setup, Body&& body) {
+void parallel_rows(int64_t total, Setup&& setup, Body&& body, int64_t chunk = 0) {
   if (total <= 0) return;
   const int64_t nthreads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total));
-  const int64_t chunk = std::max<int64_t>(1, total / (16 * nthreads));
+  if (chunk <= 0) chunk = std::max<int64_t>(1, total / (16 * nthreads));
   std::atomic<int64_t> next{0}, slots{0};
   at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
     auto state = setup(slots.fetch_add(1));

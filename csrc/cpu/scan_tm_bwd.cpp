@@ -5,7 +5,10 @@
 // forward recompute keeps h (and, for an LB window, a and b) in the task's buffers (recurrence.h); the reverse pass
 // runs the adjoints and accumulates every gradient (the formulas of docs/kernels.md "Backward", as the row kernel
 // scan_rows_bwd.cpp). Sums over the state dim n are vector adds (lanes are channels); sums over channels (dB, dC)
-// are kept per worker as 16-lane partial sums and reduced once at the end, so no horizontal sum runs per token.
+// are kept per worker as 16-lane partial sums and reduced over lanes once, so no horizontal sum runs per token. With
+// enough batch rows each worker takes whole rows: its partial sums cover one row (and stay in cache) and are reduced
+// as the row ends; otherwise a row's blocks spread over the workers, which keep partial sums per batch row, reduced
+// over workers and lanes at the end.
 //
 // The fused mixer's variant (scan_bwd_tm_lowrank) takes Δ as the low-rank product dt · dt_projᵀ, formed per token as
 // the forward kernel does, and returns the gradients of dt and dt_proj instead of dΔ: dt_proj's is a per-block sum
@@ -32,8 +35,9 @@ struct TmBwd {
   float *du, *dd, *dz;   // token-major outputs (b, l, d) at bi * o_sb + t * o_st + c
   int64_t o_sb, o_st;
   float *dA_rows, *dD_rows, *dbias_rows;  // (b, d, n), (b, d), (b, d)
-  v16f *dBv, *dCv;       // per worker: (slot, b, l, n) 16-lane partial sums over channels
-  v16f* dDTv = nullptr;      // low-rank Δ: per worker (slot, b, l, R) partial sums of d dt
+  v16f *dBv, *dCv;       // per worker: (slot, prow, l, n) 16-lane partial sums over channels
+  v16f* dDTv = nullptr;      // low-rank Δ: per worker (slot, prow, l, R) partial sums of d dt
+  int64_t prow = 0;          // partial-sum rows per worker: 1 when workers own whole batch rows, else b
   float* dW_rows = nullptr;  // low-rank Δ: (b, d, R) d dt_proj per batch row
   int64_t Bsz, Dm, L, N;
 };
@@ -107,8 +111,9 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
   bwd_prepass(p, bi, c0, w);
   const float* Bb = s.B + bi * s.bc_sb;
   const float* Cb = s.C + bi * s.bc_sb;
-  v16f* dBrow = p.dBv + (slot * p.Bsz + bi) * L * N;
-  v16f* dCrow = p.dCv + (slot * p.Bsz + bi) * L * N;
+  const int64_t prow = slot * p.prow + (p.prow == 1 ? 0 : bi);
+  v16f* dBrow = p.dBv + prow * L * N;
+  v16f* dCrow = p.dCv + prow * L * N;
   const v16f* A2 = w.A2.data();
   const v16f* An = w.An.data();
   v16f* hs = w.hs.data();
@@ -116,7 +121,7 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
   v16f* dA = w.dA.data();
   for (int64_t n = 0; n < N; ++n) carry[n] = dA[n] = splatv<v16f>(0.0f);
   TokenGrads tg{s.D ? O::load(s.D + c0) : splatv<v16f>(0.0f), splatv<v16f>(0.0f), splatv<v16f>(0.0f),
-                R ? p.dDTv + (slot * p.Bsz + bi) * L * R : nullptr};
+                R ? p.dDTv + prow * L * R : nullptr};
   // 1) forward recompute in scan order: h (and a, b for an LB window).
   for (int64_t k = 0; k < L; ++k) {
     const int64_t t = s.reverse ? L - 1 - k : k;
@@ -260,6 +265,11 @@ at::Tensor reduce_partials(const v16f* partial, const std::vector<uint8_t>& touc
   return out;
 }
 
+// out[i] = Σ over the 16 lanes of partial[i] (one worker's partial sums of one batch row).
+void reduce_lanes(const v16f* partial, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = hsum(partial[i]);
+}
+
 void check_bc(const at::Tensor& t, int64_t B, int64_t L, int64_t N, const char* name) {
   TORCH_CHECK(t.dim() == 3 && t.size(0) == B && t.size(1) == L && t.size(2) == N && t.stride(2) == 1 &&
                   t.scalar_type() == at::kFloat && t.device().is_cpu(),
@@ -325,11 +335,14 @@ BwdOut run_bwd(TmBwd& p, const at::Tensor& u, bool has_z) {
   auto dA_rows = at::empty({Bsz, Dm, N}, fopts), dW_rows = at::empty({Bsz, Dm, R}, fopts);
   o.dD_rows = at::empty({Bsz, Dm}, fopts);
   o.dbias_rows = at::empty({Bsz, Dm}, fopts);
-  const int64_t nthreads = at::get_num_threads();
-  // Per-worker partial sums of dB / dC (and d dt), zeroed by their worker when it first meets a batch row (in
-  // parallel, and only the rows it uses), then reduced over workers and lanes in one pass.
-  auto dBv = at::empty({nthreads, Bsz, L, N, kLanes}, fopts), dCv = at::empty({nthreads, Bsz, L, N, kLanes}, fopts);
-  auto dDTv = at::empty({nthreads, Bsz, L, R, kLanes}, fopts);
+  const int64_t nthreads = at::get_num_threads(), nblk = Dm / kLanes;
+  const bool own_rows = nthreads == 1 || Bsz >= 4 * nthreads;   // enough rows for workers to take whole ones
+  p.prow = own_rows ? 1 : Bsz;
+  // Per-worker partial sums of dB / dC (and d dt). Owned rows: zeroed as a row starts, reduced over lanes into the
+  // outputs as it ends. Shared rows: zeroed by a worker when it first meets a batch row (in parallel, and only the
+  // rows it uses), then reduced over workers and lanes in one pass.
+  auto dBv = at::empty({nthreads, p.prow, L, N, kLanes}, fopts), dCv = at::empty_like(dBv);
+  auto dDTv = at::empty({nthreads, p.prow, L, R, kLanes}, fopts);
   std::vector<uint8_t> touched(nthreads * Bsz, 0);
   p.dA_rows = dA_rows.data_ptr<float>();
   p.dD_rows = o.dD_rows.data_ptr<float>();
@@ -338,7 +351,11 @@ BwdOut run_bwd(TmBwd& p, const at::Tensor& u, bool has_z) {
   p.dCv = reinterpret_cast<v16f*>(dCv.data_ptr<float>());
   p.dDTv = R ? reinterpret_cast<v16f*>(dDTv.data_ptr<float>()) : nullptr;
   p.dW_rows = R ? dW_rows.data_ptr<float>() : nullptr;
-  const int64_t nblk = Dm / kLanes;
+  if (own_rows) {
+    o.dB = at::empty({Bsz, L, N}, fopts);
+    o.dC = at::empty({Bsz, L, N}, fopts);
+    if (R) o.ddt = at::empty({Bsz, L, R}, fopts);
+  }
   struct State {
     int64_t slot;
     TmBwdWork w;
@@ -350,27 +367,33 @@ BwdOut run_bwd(TmBwd& p, const at::Tensor& u, bool has_z) {
         return State{slot, TmBwdWork(L, N, p.s.W, R)};
       },
       [&](State& st, int64_t task) {
-        const int64_t bi = task / nblk, c0 = (task % nblk) * kLanes;
-        if (!touched[st.slot * Bsz + bi]) {   // each slot belongs to one worker: no race
-          const int64_t off = (st.slot * Bsz + bi) * L;
+        const int64_t bi = task / nblk, blk = task % nblk;
+        const int64_t off = (st.slot * p.prow + (own_rows ? 0 : bi)) * L;   // this worker's partial-sum row
+        if (own_rows ? blk == 0 : !touched[st.slot * Bsz + bi]) {   // each slot belongs to one worker: no race
           std::fill(p.dBv + off * N, p.dBv + (off + L) * N, splatv<v16f>(0.0f));
           std::fill(p.dCv + off * N, p.dCv + (off + L) * N, splatv<v16f>(0.0f));
           if (R) std::fill(p.dDTv + off * R, p.dDTv + (off + L) * R, splatv<v16f>(0.0f));
           touched[st.slot * Bsz + bi] = 1;
         }
         if (N == 16) {
-          scan_block_bwd_tm<16>(p, bi, c0, st.slot, st.w);
+          scan_block_bwd_tm<16>(p, bi, blk * kLanes, st.slot, st.w);
         } else {
-          scan_block_bwd_tm<0>(p, bi, c0, st.slot, st.w);
+          scan_block_bwd_tm<0>(p, bi, blk * kLanes, st.slot, st.w);
         }
-      });
+        if (own_rows && blk == nblk - 1) {   // the row is complete
+          reduce_lanes(p.dBv + off * N, L * N, o.dB.data_ptr<float>() + bi * L * N);
+          reduce_lanes(p.dCv + off * N, L * N, o.dC.data_ptr<float>() + bi * L * N);
+          if (R) reduce_lanes(p.dDTv + off * R, L * R, o.ddt.data_ptr<float>() + bi * L * R);
+        }
+      },
+      own_rows ? nblk : 0);
   o.dA = dA_rows.sum(0);
-  o.dB = reduce_partials(p.dBv, touched, nthreads, Bsz, L, N, fopts);
-  o.dC = reduce_partials(p.dCv, touched, nthreads, Bsz, L, N, fopts);
-  if (R) {
-    o.ddt = reduce_partials(p.dDTv, touched, nthreads, Bsz, L, R, fopts);
-    o.dW = dW_rows.sum(0);
+  if (!own_rows) {
+    o.dB = reduce_partials(p.dBv, touched, nthreads, Bsz, L, N, fopts);
+    o.dC = reduce_partials(p.dCv, touched, nthreads, Bsz, L, N, fopts);
+    if (R) o.ddt = reduce_partials(p.dDTv, touched, nthreads, Bsz, L, R, fopts);
   }
+  if (R) o.dW = dW_rows.sum(0);
   return o;
 }
 
