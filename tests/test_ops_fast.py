@@ -180,11 +180,13 @@ def test_token_major_results_do_not_depend_on_threads(ext):
 
 
 @pytest.mark.parametrize('window', [None, 8])
-def test_token_major_backward_with_more_workers_than_batch_rows(ext, window):
-    """The backward's per-worker dB / dC partial sums (zeroed when a worker first meets a batch row, reduced over
-    the workers that met it) give the reference gradients for 1, 2 and 3 threads with only 2 batch rows."""
-    inputs = _scan_inputs(2, 64, 150, 16, seed=3)
-    cot = torch.randn(2, 150, 64, generator=torch.Generator().manual_seed(4)).transpose(1, 2)
+@pytest.mark.parametrize('batch', [2, 9])
+def test_token_major_backward_partial_sums_across_workers(ext, window, batch):
+    """The backward's per-worker dB / dC partial sums give the reference gradients for 1, 2 and 3 threads, both
+    when workers own whole batch rows (1 thread; 9 rows on 2 threads, unevenly) and when a row's blocks spread over
+    workers (2 rows; 9 rows on 3 threads): zeroed when a worker first meets a row, reduced over those that met it."""
+    inputs = _scan_inputs(batch, 64, 150, 16, seed=3)
+    cot = torch.randn(batch, 150, 64, generator=torch.Generator().manual_seed(4)).transpose(1, 2)
 
     def grads(backend):
         leaves = [t.clone().requires_grad_() for t in inputs]
