@@ -268,6 +268,18 @@ def _init_distributed(cfg: Any, cpu: bool) -> None:
     dist.init_process_group(backend=backend, **dist_cfg)
 
 
+def _leave_process_group(finished: bool) -> None:
+    """Tear the process group down before the interpreter exits. Left to interpreter shutdown, gloo's threads can be
+    destroyed while still running (std::terminate: exit status -6 after a finished run). A finished run first waits
+    for every rank, so none tears down while another still talks to it; a failed one only leaves."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def _has_checkpoints(folder: Path) -> bool:
     return (folder / 'last_checkpoint').is_file() or any(folder.glob('*.pth'))
 
@@ -377,6 +389,16 @@ def _setup(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], mode:
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
     args, cfg = _setup(_parser('train'), argv, 'train')
+    finished = False
+    try:
+        _train(args, cfg)
+        finished = True
+    finally:
+        _leave_process_group(finished)
+    return 0
+
+
+def _train(args: argparse.Namespace, cfg: Any) -> None:
     _prebuild_kernels(cfg)
     runner, recorder = _build_runner(cfg)
     runner.train()
@@ -388,11 +410,20 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     if recorder.val:
         _log(f'final validation (iteration {recorder.val_iter}): {_format(recorder.val)}')
     _log(f'work dir: {cfg.work_dir}' + (f'; last checkpoint: {last}' if last else ''))
-    return 0
 
 
 def test_main(argv: Optional[Sequence[str]] = None) -> int:
     args, cfg = _setup(_parser('test'), argv, 'test')
+    finished = False
+    try:
+        _test(args, cfg)
+        finished = True
+    finally:
+        _leave_process_group(finished)
+    return 0
+
+
+def _test(args: argparse.Namespace, cfg: Any) -> None:
     _prebuild_kernels(cfg)
     runner, recorder = _build_runner(cfg)
     metrics = runner.test()
@@ -400,7 +431,6 @@ def test_main(argv: Optional[Sequence[str]] = None) -> int:
     _write_json(osp.join(cfg.work_dir, 'test_metrics.json'),
                 dict(config=args.config, checkpoint=args.checkpoint, test=metrics))
     _log(f'test metrics: {_format(metrics)}')
-    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
