@@ -40,6 +40,8 @@ struct TmBwd {
   int64_t prow = 0;          // partial-sum rows per worker: 1 when workers own whole batch rows, else b
   float* dW_rows = nullptr;  // low-rank Δ: (b, d, R) d dt_proj per batch row
   int64_t Bsz, Dm, L, N;
+  // The partial-sum row a worker (slot) uses for batch row bi: its only one when workers own whole rows.
+  int64_t partial_row(int64_t slot, int64_t bi) const { return slot * prow + (prow == 1 ? 0 : bi); }
 };
 
 // Per-worker buffers; abuf keeps a_k at row k + 1 with zero rows before and after (a_{k-1}, a_{k+1} stay in bounds).
@@ -111,7 +113,7 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
   bwd_prepass(p, bi, c0, w);
   const float* Bb = s.B + bi * s.bc_sb;
   const float* Cb = s.C + bi * s.bc_sb;
-  const int64_t prow = slot * p.prow + (p.prow == 1 ? 0 : bi);
+  const int64_t prow = p.partial_row(slot, bi);
   v16f* dBrow = p.dBv + prow * L * N;
   v16f* dCrow = p.dCv + prow * L * N;
   const v16f* A2 = w.A2.data();
@@ -368,7 +370,7 @@ BwdOut run_bwd(TmBwd& p, const at::Tensor& u, bool has_z) {
       },
       [&](State& st, int64_t task) {
         const int64_t bi = task / nblk, blk = task % nblk;
-        const int64_t off = (st.slot * p.prow + (own_rows ? 0 : bi)) * L;   // this worker's partial-sum row
+        const int64_t off = p.partial_row(st.slot, bi) * L;
         if (own_rows ? blk == 0 : !touched[st.slot * Bsz + bi]) {   // each slot belongs to one worker: no race
           std::fill(p.dBv + off * N, p.dBv + (off + L) * N, splatv<v16f>(0.0f));
           std::fill(p.dCv + off * N, p.dCv + (off + L) * N, splatv<v16f>(0.0f));

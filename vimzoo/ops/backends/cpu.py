@@ -103,8 +103,6 @@ def conv_bwd(dout, x, weight, bias, silu, reverse):
     return reference.conv_bwd(dout, x, weight, bias, silu, reverse)
 
 
-
-
 def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):
     empty = torch.empty(0)   # stands for an absent optional tensor in the kernel's tensor lists
 
