@@ -21,7 +21,7 @@ import os.path as osp
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config, DictAction
 from mmengine.hooks import Hook
@@ -387,15 +387,20 @@ def _setup(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], mode:
     return args, cfg
 
 
-def train_main(argv: Optional[Sequence[str]] = None) -> int:
-    args, cfg = _setup(_parser('train'), argv, 'train')
+def _run(mode: str, argv: Optional[Sequence[str]], body: Callable[[argparse.Namespace, Any], None]) -> int:
+    """Set up, run `body(args, cfg)`, and leave the process group however it ends."""
+    args, cfg = _setup(_parser(mode), argv, mode)
     finished = False
     try:
-        _train(args, cfg)
+        body(args, cfg)
         finished = True
     finally:
         _leave_process_group(finished)
     return 0
+
+
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    return _run('train', argv, _train)
 
 
 def _train(args: argparse.Namespace, cfg: Any) -> None:
@@ -413,14 +418,7 @@ def _train(args: argparse.Namespace, cfg: Any) -> None:
 
 
 def test_main(argv: Optional[Sequence[str]] = None) -> int:
-    args, cfg = _setup(_parser('test'), argv, 'test')
-    finished = False
-    try:
-        _test(args, cfg)
-        finished = True
-    finally:
-        _leave_process_group(finished)
-    return 0
+    return _run('test', argv, _test)
 
 
 def _test(args: argparse.Namespace, cfg: Any) -> None:
