@@ -2,7 +2,7 @@
 // the training counterpart of scan_tm.cpp, with no layout copies.
 //
 // Per (batch, 16-channel block) task: a pre-pass computes Δ, u, σ(δ + bias) and the gate terms for every token; the
-// forward recompute keeps h (and, for an LB window, a and b) in the task's buffers (recurrence.h); the reverse pass
+// forward recompute keeps h and a in the task's buffers (recurrence.h); the reverse pass
 // runs the adjoints and accumulates every gradient (the formulas of docs/kernels.md "Backward", as the row kernel
 // scan_rows_bwd.cpp). Sums over the state dim n are vector adds (lanes are channels); sums over channels (dB, dC)
 // are kept per worker as 16-lane partial sums and reduced over lanes once, so no horizontal sum runs per token. With
@@ -44,12 +44,12 @@ struct TmBwd {
   int64_t partial_row(int64_t slot, int64_t bi) const { return slot * prow + (prow == 1 ? 0 : bi); }
 };
 
-// Per-worker buffers; abuf keeps a_k at row k + 1 with zero rows before and after (a_{k-1}, a_{k+1} stay in bounds).
+// Per-worker buffers: hs and abuf keep h_k and a_k at row k (scan order), xrw an LB window's dxr.
 struct TmBwdWork {
-  std::vector<v16f> A2, An, hs, abuf, bbuf, vd, vu, vg, vsig, vdz, carry, xr, dA, hbw, dxlw, Wv, dWv;
+  std::vector<v16f> A2, An, hs, abuf, vd, vu, vg, vsig, vdz, carry, hb, dA, xrw, Wv, dWv;
   TmBwdWork(int64_t L, int64_t N, int64_t W, int64_t R)
-      : A2(N), An(N), hs(L * N), abuf((L + 2) * N), bbuf(W > 1 ? L * N : 0), vd(L), vu(L), vg(L),
-        vsig(L), vdz(L), carry(N), xr(N), dA(N), hbw((W + 1) * N), dxlw(W * N), Wv(R), dWv(R) {}
+      : A2(N), An(N), hs(L * N), abuf(L * N), vd(L), vu(L), vg(L), vsig(L), vdz(L), carry(N), hb(N), dA(N),
+        xrw(W > 1 ? W * N : 0), Wv(R), dWv(R) {}
 };
 
 // Δ, u, σ(δ + bias), g = scale·dout·silu(z) and scale·dout·silu'(z) for every token of the block (original order).
@@ -124,7 +124,7 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
   for (int64_t n = 0; n < N; ++n) carry[n] = dA[n] = splatv<v16f>(0.0f);
   TokenGrads tg{s.D ? O::load(s.D + c0) : splatv<v16f>(0.0f), splatv<v16f>(0.0f), splatv<v16f>(0.0f),
                 R ? p.dDTv + prow * L * R : nullptr};
-  // 1) forward recompute in scan order: h (and a, b for an LB window).
+  // 1) forward recompute in scan order: h and a.
   for (int64_t k = 0; k < L; ++k) {
     const int64_t t = s.reverse ? L - 1 - k : k;
     const v16f vd = w.vd[t];
@@ -132,12 +132,10 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
     const float* b = Bb + t * s.bc_st;
     v16f* hk = hs + k * N;
     const v16f* hprev = k ? hk - N : carry;   // carry is still zero here: h_{-1} = 0
-    v16f* ak = w.abuf.data() + (k + 1) * N;
-    v16f* bk = W > 1 ? w.bbuf.data() + k * N : nullptr;
+    v16f* ak = w.abuf.data() + k * N;
     for (int64_t n = 0; n < N; ++n) {
       const StateStep<v16f> st = tm_state_step(vd, vdu, A2[n], b[n], hprev[n]);
       ak[n] = st.a;
-      if (W > 1) bk[n] = st.b;
       hk[n] = st.h;
     }
   }
@@ -156,7 +154,7 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
       const float* c = Cb + t * s.bc_st;
       const v16f* hk = hs + k * N;
       const v16f* hprev = k ? hk - N : zeros.data();
-      const v16f* ak = w.abuf.data() + (k + 1) * N;
+      const v16f* ak = w.abuf.data() + k * N;
       v16f* dB = dBrow + t * N;
       v16f* dC = dCrow + t * N;
       v16f s_dbB = splatv<v16f>(0.0f), s_gAA = splatv<v16f>(0.0f), y = splatv<v16f>(0.0f);
@@ -175,57 +173,53 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
       tg.emit(p, w, bi, t, c0, s_dbB, s_gAA, y);
     }
   } else {
-    // 2) LB: windows last to first; 2a) reverse: local state hb and global adjoint dxl; 2b) forward: window-local
-    // adjoint dxr (restarted at the window start) and every gradient (as scan_rows_bwd.cpp).
-    v16f* abuf = w.abuf.data();
-    v16f* bbuf = w.bbuf.data();
-    v16f* hbw = w.hbw.data();
-    v16f* dxlw = w.dxlw.data();
-    v16f* xr = w.xr.data();
-    for (int64_t n = 0; n < N; ++n) abuf[n] = abuf[(L + 1) * N + n] = splatv<v16f>(0.0f);
+    // 2) LB, windows last to first. 2a) forward through the window: the window-local adjoint
+    //    dxr_k = G_k + a_{k-1} dxr_{k-1} (G = g C, restarted at the window start), kept per token; 2b) reverse: the
+    //    local state hb (zero past the window end) and the global adjoint dxl carried in local arrays (registers
+    //    when N is a compile-time 16), b_k = Δ u B recomputed, and every gradient (the formulas of scan_rows_bwd.cpp).
+    const v16f* abuf = w.abuf.data();
+    v16f* xrw = w.xrw.data();
+    v16f cr_local[NC > 0 ? NC : 1], hb_local[NC > 0 ? NC : 1];
+    v16f* cr = NC > 0 ? cr_local : carry;          // a_{k+1} dxl_{k+1}
+    v16f* hb = NC > 0 ? hb_local : w.hb.data();   // hb_{k+1}
+    for (int64_t n = 0; n < N; ++n) cr[n] = splatv<v16f>(0.0f);
     const int64_t nwin = (L + W - 1) / W;
     for (int64_t win = nwin - 1; win >= 0; --win) {
       const int64_t k0 = win * W, k1 = std::min(k0 + W, L);
-      for (int64_t n = 0; n < N; ++n) hbw[(k1 - k0) * N + n] = splatv<v16f>(0.0f);
-      for (int64_t k = k1 - 1; k >= k0; --k) {
+      for (int64_t k = k0; k < k1; ++k) {
         const int64_t t = s.reverse ? L - 1 - k : k;
         const v16f g = w.vg[t];
         const float* c = Cb + t * s.bc_st;
-        const v16f* anext = abuf + (k + 2) * N;
-        v16f* dxl = dxlw + (k - k0) * N;
-        v16f* hb = hbw + (k - k0) * N;
-        const v16f* hb_next = hb + N;
-        const v16f* ak = abuf + (k + 1) * N;
-        const v16f* bk = bbuf + k * N;
-        for (int64_t n = 0; n < N; ++n) hb[n] = local_step(ak[n], bk[n], hb_next[n]).hb;
-        for (int64_t n = 0; n < N; ++n) {
-          carry[n] = g * c[n] + anext[n] * carry[n];
-          dxl[n] = carry[n];
+        const v16f* aprev = abuf + (k - 1) * N;   // read for k > k0 only
+        v16f* x = xrw + (k - k0) * N;
+        if (k == k0) {
+          for (int64_t n = 0; n < N; ++n) x[n] = g * c[n];
+        } else {
+          for (int64_t n = 0; n < N; ++n) x[n] = g * c[n] + aprev[n] * x[n - N];
         }
       }
-      for (int64_t k = k0; k < k1; ++k) {
+      for (int64_t n = 0; n < N; ++n) hb[n] = splatv<v16f>(0.0f);
+      for (int64_t k = k1 - 1; k >= k0; --k) {
         const int64_t t = s.reverse ? L - 1 - k : k;
         const v16f vd = w.vd[t], vdu = vd * w.vu[t], g = w.vg[t];
         const float* b = Bb + t * s.bc_st;
         const float* c = Cb + t * s.bc_st;
-        const v16f* aprev = abuf + k * N;
-        const v16f* ak = abuf + (k + 1) * N;
+        const v16f* ak = abuf + k * N;
         const v16f* hk = hs + k * N;
         const v16f* hf_prev = k ? hk - N : zeros.data();
-        const v16f* hb_next = hbw + (k + 1 - k0) * N;   // zero row past the window's end
-        const v16f* dxl = dxlw + (k - k0) * N;
+        const v16f* x = xrw + (k - k0) * N;
         v16f* dB = dBrow + t * N;
         v16f* dC = dCrow + t * N;
-        const bool wstart = (k == k0);
         v16f s_dbB = splatv<v16f>(0.0f), s_gAA = splatv<v16f>(0.0f), y = splatv<v16f>(0.0f);
         for (int64_t n = 0; n < N; ++n) {
           const v16f G = g * c[n];
-          const v16f x = wstart ? G : G + aprev[n] * xr[n];
-          xr[n] = x;
-          const v16f db = dxl[n] + x - G;
-          const v16f r = ak[n] * hb_next[n];                        // hb_k - b_k
-          const v16f gA = ak[n] * (dxl[n] * hf_prev[n]) + x * r;   // (hf_k - b_k) = a_k hf_{k-1}
-          const v16f h = hk[n] + r;
+          const v16f dxl = G + cr[n];
+          cr[n] = ak[n] * dxl;
+          const LocalStep<v16f> ls = local_step(ak[n], vdu * b[n], hb[n]);   // ls.r = hb_k - b_k
+          hb[n] = ls.hb;
+          const v16f db = dxl + x[n] - G;
+          const v16f gA = ak[n] * (dxl * hf_prev[n]) + x[n] * ls.r;   // (hf_k - b_k) = a_k hf_{k-1}
+          const v16f h = hk[n] + ls.r;
           s_dbB += db * b[n];
           s_gAA += gA * An[n];
           y += h * c[n];
