@@ -12,7 +12,7 @@ namespace vimzoo::cpu {
 namespace {
 
 constexpr int64_t kChunk = 32;  // tokens per Δ / u pre-pass (an LB window is pre-passed whole)
-int64_t tm_work_vecs(int64_t N, int64_t W, int64_t R) { return 2 * N + R + (W > 1 ? 3 * W * N + N : 0); }
+int64_t tm_work_vecs(int64_t N, int64_t W, int64_t R) { return 2 * N + R + (W > 1 ? W * N + N : 0); }
 
 // One direction for a block of 16 channels, in scan order; y[t] (16 lanes per token) gets the un-gated output
 // C·h + D·u (`accumulate`: added to what y holds). Returns a vector that is non-zero (NaN) iff a u / Δ input was
@@ -71,12 +71,11 @@ v16f scan_block_tm(const TmScan& s, int64_t bi, int64_t c0, int64_t L, int64_t N
     }
     return chk;
   }
-  // LB: per window, pass 1 = global forward scan keeping a_k, b_k, hf_k; pass 2 = local backward scan in reverse scan
-  // order (hb restarted at each window end), y_k = C_k·(hf_k + a_k·hb_{k+1}) + D·u_k (same math as scan_row_fwd).
+  // LB: per window, pass 1 = the global forward scan, y_k = C_k·hf_k + D·u_k, keeping a_k; pass 2 = the local backward
+  // scan in reverse scan order (hb restarted at each window end, b_k = Δ u B recomputed), y_k += C_k·(a_k·hb_{k+1})
+  // (the same math as scan_row_fwd).
   v16f* abuf = Wv + R;
-  v16f* bbuf = abuf + W * N;
-  v16f* hbuf = bbuf + W * N;
-  v16f* hb = hbuf + W * N;
+  v16f* hb = abuf + W * N;
   for (int64_t k0 = 0; k0 < L; k0 += W) {
     const int64_t k1 = std::min(k0 + W, L);
     prep_chunk(k0, k1);
@@ -85,31 +84,33 @@ v16f scan_block_tm(const TmScan& s, int64_t bi, int64_t c0, int64_t L, int64_t N
       const v16f vd = cd[k - k0], vu = cu[k - k0];
       const v16f vdu = vd * vu;
       const float* b = Bb + t * s.bc_st;
+      const float* c = Cb + t * s.bc_st;
       v16f* ak = abuf + (k - k0) * N;
-      v16f* bk = bbuf + (k - k0) * N;
-      v16f* hk = hbuf + (k - k0) * N;
+      v16f acc = vD * vu;
       for (int64_t n = 0; n < N; ++n) {
         const StateStep<v16f> st = tm_state_step(vd, vdu, A2[n], b[n], h[n]);
         ak[n] = st.a;
-        bk[n] = st.b;
-        h[n] = hk[n] = st.h;
+        h[n] = st.h;
+        acc += st.h * c[n];
       }
+      float* yt = y + t * kLanes;
+      O::store(yt, accumulate ? O::load(yt) + acc : acc);
     }
     for (int64_t n = 0; n < N; ++n) hb[n] = splatv<v16f>(0.0f);
     for (int64_t k = k1 - 1; k >= k0; --k) {
       const int64_t t = s.reverse ? L - 1 - k : k;
+      const v16f vdu = cd[k - k0] * cu[k - k0];
+      const float* b = Bb + t * s.bc_st;
       const float* c = Cb + t * s.bc_st;
       const v16f* ak = abuf + (k - k0) * N;
-      const v16f* bk = bbuf + (k - k0) * N;
-      const v16f* hk = hbuf + (k - k0) * N;
-      v16f acc = vD * O::load(s.u.at(bi, t, c0));
+      v16f acc = splatv<v16f>(0.0f);
       for (int64_t n = 0; n < N; ++n) {
-        const LocalStep<v16f> ls = local_step(ak[n], bk[n], hb[n]);
+        const LocalStep<v16f> ls = local_step(ak[n], vdu * b[n], hb[n]);
         hb[n] = ls.hb;
-        acc += (hk[n] + ls.r) * c[n];
+        acc += ls.r * c[n];
       }
       float* yt = y + t * kLanes;
-      O::store(yt, accumulate ? O::load(yt) + acc : acc);
+      O::store(yt, O::load(yt) + acc);
     }
   }
   return chk;
