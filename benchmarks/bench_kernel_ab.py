@@ -76,7 +76,7 @@ def cases(b: int, d: int, l: int, n: int):
     tm_bp = kernel_inputs(torch.float32, None, None, *tm_b[2:6], None, tm_b[7])
     dout = torch.randn(b, d, l)
     dout_tm = torch.randn(b, l, d).transpose(1, 2)
-    conv_x, conv_w = tm[0], torch.randn(d, 4)
+    conv_x, conv_w, conv_b = tm[0], torch.randn(d, 4), torch.randn(d)
     xz = torch.randn(b, l, 2 * d)
     wf, wb = _mixer(d), _mixer(d, seed=1)
     lbw = 8
@@ -98,6 +98,7 @@ def cases(b: int, d: int, l: int, n: int):
         'tm bwd LB': lambda e: e.scan_bwd_tm(dout_tm, tm[0], tm[1], tm_p[2], tm_p[3], tm_p[4], tm_p[5], tm[6],
                                              tm_p[7], True, True, lbw, 1.0),
         'tm conv+silu': lambda e: e.causal_conv1d_tm(conv_x, conv_w, None, True, False, True),
+        'tm conv+silu bwd': lambda e: e.causal_conv1d_bwd_tm(dout_tm, conv_x, conv_w, conv_b, True, False),
         'mamba_inner bidir': lambda e: e.mamba_inner_fwd(xz, wf, wb, False, 1, 0.5, True),
         'mamba_inner LB': lambda e: e.mamba_inner_fwd(xz, wf, [], True, lbw, 1.0, True),
     }

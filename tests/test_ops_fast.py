@@ -84,10 +84,11 @@ def test_token_major_bidirectional_matches_reference(ext, shape):
 
 
 @pytest.mark.parametrize('reverse', [False, True])
-@pytest.mark.parametrize('width', [2, 4])
-def test_token_major_causal_conv_matches_reference(ext, reverse, width):
+@pytest.mark.parametrize('width', [2, 4, 5])
+@pytest.mark.parametrize('length', [29, 3])   # 3: shorter than the conv
+def test_token_major_causal_conv_matches_reference(ext, reverse, width, length):
     g = torch.Generator().manual_seed(width)
-    x = _tok(2, 32, 29, g)
+    x = _tok(2, 32, length, g)
     w, bias = torch.randn(32, width, generator=g), torch.randn(32, generator=g)
     for b_ in (bias, None):
         for act in ('silu', None):
@@ -118,14 +119,15 @@ def test_token_major_scan_backward_matches_reference(ext, shape):
 
 
 @pytest.mark.parametrize('reverse', [False, True])
-@pytest.mark.parametrize('width', [1, 4])
-def test_token_major_causal_conv_backward_matches_reference(ext, reverse, width):
+@pytest.mark.parametrize('width', [1, 3, 4])
+@pytest.mark.parametrize('length', [29, 3])
+def test_token_major_causal_conv_backward_matches_reference(ext, reverse, width, length):
     g = torch.Generator().manual_seed(width)
     for act in ('silu', None):
         for with_bias in (True, False):
-            x, w = _tok(2, 32, 29, g), torch.randn(32, width, generator=g)
+            x, w = _tok(2, 32, length, g), torch.randn(32, width, generator=g)
             bias = torch.randn(32, generator=g) if with_bias else None
-            cot = _tok(2, 32, 29, g)
+            cot = _tok(2, 32, length, g)
             grads = {}
             for backend in ('cpu', 'reference'):
                 leaves = [t.clone().requires_grad_() for t in (x, w, bias) if t is not None]

@@ -1,5 +1,6 @@
 // Depthwise causal conv1d (+ bias, + SiLU) for fp32 channel-contiguous (b, d, l) views: 16 channels per vector,
-// K shifted FMAs per token, the NaN/inf check folded into the read (scan_tm.h layout).
+// a sliding window of the last K tokens in registers (each input loaded once), the NaN/inf check folded into the
+// read (scan_tm.h layout).
 #include "kernels.h"
 #include "scan_tm.h"
 
@@ -7,31 +8,55 @@
 
 namespace vimzoo::cpu {
 
+namespace {
+
+using O = VecOps<v16f>;
+
+// One (batch row, 16-channel block) of the conv, in scan order k (position t = k, or L-1-k when reversed):
+// out_t = b + Σ_j w[K-1-j] x at scan step k - j. The last K inputs are a sliding window (registers when K is a
+// compile-time KC), so each token is loaded once. Returns the NaN/inf witness of the inputs read.
+template <int KC>
+v16f conv_block_tm(const TokView& xv, const v16f* wv, v16f vb, int64_t Kr, bool silu, bool reverse, int64_t bi,
+                   int64_t c0, int64_t L, float* o, int64_t ob, int64_t ot, v16f* heap_hist) {
+  const int64_t K = KC > 0 ? KC : Kr;
+  v16f hist_local[KC > 0 ? KC : 1];
+  v16f* hist = KC > 0 ? hist_local : heap_hist;   // hist[j] = x at scan step k - j
+  for (int64_t j = 0; j < K; ++j) hist[j] = splatv<v16f>(0.0f);
+  v16f chk = splatv<v16f>(0.0f);
+  for (int64_t k = 0; k < L; ++k) {
+    const int64_t t = reverse ? L - 1 - k : k;
+    for (int64_t j = K - 1; j > 0; --j) hist[j] = hist[j - 1];
+    hist[0] = O::load(xv.at(bi, t, c0));
+    chk += hist[0] * 0.0f;
+    v16f acc = vb;
+    for (int64_t j = 0; j < K; ++j) acc += wv[K - 1 - j] * hist[j];
+    O::store(o + bi * ob + t * ot + c0, silu ? silu_fast(acc) : acc);
+  }
+  return chk;
+}
+
+void load_taps(const float* w, int64_t K, int64_t c0, v16f* wv) {
+  for (int64_t k = 0; k < K; ++k)
+    for (int j = 0; j < kLanes; ++j) wv[k][j] = w[(c0 + j) * K + k];
+}
+
+}  // namespace
+
 bool conv_tm_into(const TokView& xv, const float* w, const float* bias, int64_t K, bool silu, bool reverse,
                   int64_t Bsz, int64_t Dm, int64_t L, float* o, int64_t ob, int64_t ot) {
   TORCH_CHECK(K >= 1, "vimzoo causal conv: the conv width must be >= 1");
   TORCH_CHECK(Dm % kLanes == 0, "vimzoo causal conv: the channel count must be a multiple of 16");
   const int64_t nblk = Dm / kLanes;
   std::atomic<int> bad{0};
-  using O = VecOps<v16f>;
   parallel_rows(
-      Bsz * nblk, [&](int64_t) { return std::vector<v16f>(K); },
-      [&](std::vector<v16f>& wv, int64_t task) {
+      Bsz * nblk, [&](int64_t) { return std::vector<v16f>(2 * K); },   // taps, then the generic path's window
+      [&](std::vector<v16f>& buf, int64_t task) {
         const int64_t bi = task / nblk, c0 = (task % nblk) * kLanes;
-        for (int64_t k = 0; k < K; ++k)
-          for (int j = 0; j < kLanes; ++j) wv[k][j] = w[(c0 + j) * K + k];
+        v16f* wv = buf.data();
+        load_taps(w, K, c0, wv);
         const v16f vb = bias ? O::load(bias + c0) : splatv<v16f>(0.0f);
-        v16f chk = splatv<v16f>(0.0f);
-        for (int64_t t = 0; t < L; ++t) {
-          const v16f xt = O::load(xv.at(bi, t, c0));
-          chk += xt * 0.0f;
-          v16f acc = vb + wv[K - 1] * xt;
-          for (int64_t j = 1; j < K; ++j) {
-            const int64_t s = reverse ? t + j : t - j;
-            if (s >= 0 && s < L) acc += wv[K - 1 - j] * O::load(xv.at(bi, s, c0));
-          }
-          O::store(o + bi * ob + t * ot + c0, silu ? silu_fast(acc) : acc);
-        }
+        const v16f chk = K == 4 ? conv_block_tm<4>(xv, wv, vb, K, silu, reverse, bi, c0, L, o, ob, ot, wv + K)
+                                : conv_block_tm<0>(xv, wv, vb, K, silu, reverse, bi, c0, L, o, ob, ot, wv + K);
         if (witness_bad(chk)) bad.fetch_or(1);
       });
   return bad.load() != 0;
@@ -59,6 +84,67 @@ at::Tensor causal_conv1d_tm(const at::Tensor& x, const at::Tensor& weight, const
   return out;
 }
 
+namespace {
+
+struct ConvBwdBlock {
+  const TokView &xv, &gv;   // the conv input and the gradient of its output
+  const v16f* wv;           // the block's taps
+  v16f vb;
+  bool silu, reverse;
+  int64_t bi, c0, L;
+  float* dx;                // the block's dx at dx[t * ot]
+  int64_t ot;
+};
+
+// One block of the conv backward, in scan order k: pass 1 recomputes the pre-activation P_k (sliding window as the
+// forward) and keeps dP_k = dout_k · silu'(P_k); pass 2, last step first, slides a window over dP:
+// dx at step k = Σ_j w[K-1-j] dP_{k+j}, dw[K-1-j] += dP_{k+j} x_k. The block's dw (K per channel) and db rows are
+// written to dw_row[j * K + k] and db_row[j].
+template <int KC>
+void conv_block_bwd_tm(const ConvBwdBlock& c, int64_t Kr, v16f* dP, v16f* heap, float* dw_row, float* db_row) {
+  const int64_t K = KC > 0 ? KC : Kr, L = c.L;
+  v16f win_local[KC > 0 ? KC : 1], dw_local[KC > 0 ? KC : 1];
+  v16f* win = KC > 0 ? win_local : heap;
+  v16f* dw = KC > 0 ? dw_local : heap + K;
+  const v16f* wv = c.wv;
+  auto pos = [&](int64_t k) { return c.reverse ? L - 1 - k : k; };
+  for (int64_t j = 0; j < K; ++j) win[j] = dw[j] = splatv<v16f>(0.0f);
+  v16f db = splatv<v16f>(0.0f);
+  for (int64_t k = 0; k < L; ++k) {   // win[j] = x at step k - j
+    const int64_t t = pos(k);
+    v16f g = O::load(c.gv.at(c.bi, t, c.c0));
+    if (c.silu) {
+      for (int64_t j = K - 1; j > 0; --j) win[j] = win[j - 1];
+      win[0] = O::load(c.xv.at(c.bi, t, c.c0));
+      v16f acc = c.vb;
+      for (int64_t j = 0; j < K; ++j) acc += wv[K - 1 - j] * win[j];
+      const v16f sg = sigmoid_fast(acc);
+      g *= sg * (1.0f + acc * (1.0f - sg));
+    }
+    dP[k] = g;
+    db += g;
+  }
+  for (int64_t j = 0; j < K; ++j) win[j] = splatv<v16f>(0.0f);
+  for (int64_t k = L - 1; k >= 0; --k) {   // win[j] = dP at step k + j (zero past the end)
+    const int64_t t = pos(k);
+    for (int64_t j = K - 1; j > 0; --j) win[j] = win[j - 1];
+    win[0] = dP[k];
+    const v16f xk = O::load(c.xv.at(c.bi, t, c.c0));
+    v16f acc = splatv<v16f>(0.0f);
+    for (int64_t j = 0; j < K; ++j) {
+      acc += wv[K - 1 - j] * win[j];
+      dw[K - 1 - j] += win[j] * xk;
+    }
+    O::store(c.dx + t * c.ot, acc);
+  }
+  for (int j = 0; j < kLanes; ++j) {
+    for (int64_t k = 0; k < K; ++k) dw_row[j * K + k] = dw[k][j];
+    db_row[j] = db[j];
+  }
+}
+
+}  // namespace
+
 std::vector<at::Tensor> causal_conv1d_bwd_tm(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& weight,
                                              const opt_tensor& bias, bool silu, bool reverse) {
   TORCH_CHECK(tok_major_ok(x) && tok_major_ok(dout) && dout.sizes() == x.sizes(),
@@ -78,50 +164,20 @@ std::vector<at::Tensor> causal_conv1d_bwd_tm(const at::Tensor& dout, const at::T
   const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
   float* dxp = dx.data_ptr<float>();
   const int64_t ob = dx.stride(0), ot = dx.stride(2);
+  float* dwp = dw_rows.data_ptr<float>();
+  float* dbp = db_rows.data_ptr<float>();
   parallel_rows(
-      Bsz * nblk, [&](int64_t) { return std::make_pair(std::vector<v16f>(K), std::vector<v16f>(L)); },
-      [&](auto& st, int64_t task) {
-        auto& wv = st.first;
-        v16f* dP = st.second.data();
+      Bsz * nblk, [&](int64_t) { return std::vector<v16f>(L + 4 * K); },   // dP, taps, the generic path's windows
+      [&](std::vector<v16f>& buf, int64_t task) {
         const int64_t bi = task / nblk, c0 = (task % nblk) * kLanes;
-        for (int64_t k = 0; k < K; ++k)
-          for (int j = 0; j < kLanes; ++j) wv[k][j] = wp[(c0 + j) * K + k];
-        const v16f vb = bp ? VecOps<v16f>::load(bp + c0) : splatv<v16f>(0.0f);
-        auto xs = [&](int64_t s) { return VecOps<v16f>::load(xv.at(bi, s, c0)); };
-        // dP_t = dout_t · silu'(P_t), P_t the recomputed pre-activation; db = Σ dP.
-        v16f db = splatv<v16f>(0.0f);
-        for (int64_t t = 0; t < L; ++t) {
-          v16f g = VecOps<v16f>::load(gv.at(bi, t, c0));
-          if (silu) {
-            v16f acc = vb + wv[K - 1] * xs(t);
-            for (int64_t j = 1; j < K; ++j) {
-              const int64_t s = reverse ? t + j : t - j;
-              if (s >= 0 && s < L) acc += wv[K - 1 - j] * xs(s);
-            }
-            const v16f sg = sigmoid_fast(acc);
-            g *= sg * (1.0f + acc * (1.0f - sg));
-          }
-          dP[t] = g;
-          db += g;
-        }
-        // dx_s = Σ_j w[K-1-j] dP_{s±j}; dw[K-1-j] = Σ_t dP_t x_{t∓j}.
-        std::vector<v16f> dwv(K, splatv<v16f>(0.0f));
-        for (int64_t s = 0; s < L; ++s) {
-          const v16f xsv = xs(s);
-          v16f acc = wv[K - 1] * dP[s];
-          dwv[K - 1] += dP[s] * xsv;
-          for (int64_t j = 1; j < K; ++j) {
-            const int64_t t = reverse ? s - j : s + j;   // the output that x_s fed through tap j
-            if (t >= 0 && t < L) {
-              acc += wv[K - 1 - j] * dP[t];
-              dwv[K - 1 - j] += dP[t] * xsv;
-            }
-          }
-          VecOps<v16f>::store(dxp + bi * ob + s * ot + c0, acc);
-        }
-        for (int j = 0; j < kLanes; ++j) {
-          for (int64_t k = 0; k < K; ++k) dw_rows.data_ptr<float>()[(bi * Dm + c0 + j) * K + k] = dwv[k][j];
-          db_rows.data_ptr<float>()[bi * Dm + c0 + j] = db[j];
+        v16f* wv = buf.data() + L;
+        load_taps(wp, K, c0, wv);
+        const v16f vb = bp ? O::load(bp + c0) : splatv<v16f>(0.0f);
+        const ConvBwdBlock blk{xv, gv, wv, vb, silu, reverse, bi, c0, L, dxp + bi * ob + c0, ot};
+        if (K == 4) {
+          conv_block_bwd_tm<4>(blk, K, buf.data(), wv + K, dwp + (bi * Dm + c0) * K, dbp + bi * Dm + c0);
+        } else {
+          conv_block_bwd_tm<0>(blk, K, buf.data(), wv + K, dwp + (bi * Dm + c0) * K, dbp + bi * Dm + c0);
         }
       });
   return {dx, dw_rows.sum(0), bias.has_value() ? db_rows.sum(0) : at::empty({0}, w.options())};
