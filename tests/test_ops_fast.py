@@ -251,6 +251,39 @@ def test_lowrank_backward_rejects_bad_dt(ext):
         ext.scan_bwd_tm_lowrank(dout, u, torch.randn(1, 3, 5).transpose(1, 2), torch.randn(16, 3), *args)
 
 
+def test_backward_kernels_write_and_add_into_given_halves(ext):
+    """The fused mixer's dx / dz outputs: written into (or, for the second direction, added to) a half of a (b, l, 2d)
+    buffer, equal to the kernels' own outputs; a mismatched or missing output tensor is an error."""
+    b, d, l = 2, 32, 11
+    u, _, A, B, C, D, z, bias = _scan_inputs(b, d, l, 16, seed=3)
+    g = torch.Generator().manual_seed(4)
+    dt, dtw, dout = torch.randn(b, l, 4, generator=g), torch.randn(d, 4, generator=g) * 0.5, _tok(b, d, l, g)
+    bt, ct = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+    args = (A, bt, ct, D, z, bias, True, False, 1, 0.5)
+    conv_w, conv_b = torch.randn(d, 4, generator=g), torch.randn(d, generator=g)
+    base = torch.randn(b, l, 2 * d, generator=g)
+    buf = base.clone()
+    dx_half, dz_half = buf.transpose(1, 2).split(d, dim=1)
+    dz = ext.scan_bwd_tm_lowrank(dout, u, dt, dtw, *args)[7]
+    dx = ext.causal_conv1d_bwd_tm(dout, u, conv_w, conv_b, True, False)[0]
+    assert ext.scan_bwd_tm_lowrank(dout, u, dt, dtw, *args, dz_half, False)[7].data_ptr() == dz_half.data_ptr()
+    ext.causal_conv1d_bwd_tm(dout, u, conv_w, conv_b, True, False, dx_half, False)
+    torch.testing.assert_close(dz_half, dz, rtol=0, atol=0)
+    torch.testing.assert_close(dx_half, dx, rtol=0, atol=0)
+    ext.scan_bwd_tm_lowrank(dout, u, dt, dtw, *args, dz_half, True)
+    ext.causal_conv1d_bwd_tm(dout, u, conv_w, conv_b, True, False, dx_half, True)
+    torch.testing.assert_close(dz_half, 2 * dz)
+    torch.testing.assert_close(dx_half, 2 * dx)
+    with pytest.raises(RuntimeError, match='dz_out must be'):
+        ext.scan_bwd_tm_lowrank(dout, u, dt, dtw, *args, buf[:, :5, :d].transpose(1, 2), False)
+    with pytest.raises(RuntimeError, match='needs dz_out'):
+        ext.scan_bwd_tm_lowrank(dout, u, dt, dtw, *args, None, True)
+    with pytest.raises(RuntimeError, match='dx_out must be'):
+        ext.causal_conv1d_bwd_tm(dout, u, conv_w, conv_b, True, False, buf.transpose(1, 2), False)
+    with pytest.raises(RuntimeError, match='needs dx_out'):
+        ext.causal_conv1d_bwd_tm(dout, u, conv_w, conv_b, True, False, None, True)
+
+
 # ---------------------------------------------------------------------------------------------------- mamba_inner
 def _mixer_weights(d, n, rank, k, seed):
     g = torch.Generator().manual_seed(seed)

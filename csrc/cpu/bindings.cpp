@@ -16,8 +16,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_conv1d_tm", &vz::causal_conv1d_tm, "depthwise causal conv (+SiLU) on channel-contiguous (b, d, l) views");
   m.def("scan_bwd_tm", &vz::scan_bwd_tm, "scan_bwd for fp32 channel-contiguous views (training; no layout copies)");
   m.def("scan_bwd_tm_lowrank", &vz::scan_bwd_tm_lowrank, "scan_bwd_tm with delta = dt @ dt_proj_w.T formed inside: "
-        "du, d dt, d dt_proj_w, dA, dBt, dCt, dD, dz, dbias");
-  m.def("causal_conv1d_bwd_tm", &vz::causal_conv1d_bwd_tm, "causal conv (+SiLU) backward in one pass: dx, dw, db");
+        "du, d dt, d dt_proj_w, dA, dBt, dCt, dD, dz, dbias (dz written into / added to dz_out when given)",
+        py::arg("dout"), py::arg("u"), py::arg("dt"), py::arg("dt_proj_w"), py::arg("A"), py::arg("B"), py::arg("C"),
+        py::arg("D"), py::arg("z"), py::arg("delta_bias"), py::arg("softplus"), py::arg("reverse"), py::arg("window"),
+        py::arg("scale"), py::arg("dz_out") = py::none(), py::arg("dz_accumulate") = false);
+  m.def("causal_conv1d_bwd_tm", &vz::causal_conv1d_bwd_tm, "causal conv (+SiLU) backward in one pass: dx, dw, db "
+        "(dx written into / added to dx_out when given)", py::arg("dout"), py::arg("x"), py::arg("weight"),
+        py::arg("bias"), py::arg("silu"), py::arg("reverse"), py::arg("dx_out") = py::none(),
+        py::arg("accumulate") = false);
   m.def("mamba_inner_fwd", &vz::mamba_inner_fwd, "fused inference mixer core: xz -> conv -> x_proj -> scan -> gate");
   m.def("add_rms_norm_fwd", &vz::add_rms_norm_fwd, "fused residual add + RMSNorm: (normed, summed)");
   m.def("add_rms_norm_bwd", &vz::add_rms_norm_bwd, "backward of add_rms_norm_fwd from summed: (dsummed, dweight)");

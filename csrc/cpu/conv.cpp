@@ -90,7 +90,7 @@ struct ConvBwdBlock {
   const TokView &xv, &gv;   // the conv input and the gradient of its output
   const v16f* wv;           // the block's taps
   v16f vb;
-  bool silu, reverse;
+  bool silu, reverse, accumulate;   // accumulate: add dx to what the output holds
   int64_t bi, c0, L;
   float* dx;                // the block's dx at dx[t * ot]
   int64_t ot;
@@ -135,7 +135,8 @@ void conv_block_bwd_tm(const ConvBwdBlock& c, int64_t Kr, v16f* dP, v16f* heap, 
       acc += wv[K - 1 - j] * win[j];
       dw[K - 1 - j] += win[j] * xk;
     }
-    O::store(c.dx + t * c.ot, acc);
+    float* q = c.dx + t * c.ot;
+    O::store(q, c.accumulate ? O::load(q) + acc : acc);
   }
   for (int j = 0; j < kLanes; ++j) {
     for (int64_t k = 0; k < K; ++k) dw_row[j * K + k] = dw[k][j];
@@ -146,9 +147,13 @@ void conv_block_bwd_tm(const ConvBwdBlock& c, int64_t Kr, v16f* dP, v16f* heap, 
 }  // namespace
 
 std::vector<at::Tensor> causal_conv1d_bwd_tm(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& weight,
-                                             const opt_tensor& bias, bool silu, bool reverse) {
+                                             const opt_tensor& bias, bool silu, bool reverse,
+                                             const opt_tensor& dx_out, bool accumulate) {
   TORCH_CHECK(tok_major_ok(x) && tok_major_ok(dout) && dout.sizes() == x.sizes(),
               "vimzoo causal_conv1d_bwd_tm: dout/x must be fp32 (b, d, l) views with contiguous channels");
+  TORCH_CHECK(!dx_out.has_value() || (tok_major_ok(*dx_out) && dx_out->sizes() == x.sizes()),
+              "vimzoo causal_conv1d_bwd_tm: dx_out must be an fp32 (b, d, l) view like x, with contiguous channels");
+  TORCH_CHECK(!accumulate || dx_out.has_value(), "vimzoo causal_conv1d_bwd_tm: accumulate needs dx_out");
   const int64_t Bsz = x.size(0), Dm = x.size(1), L = x.size(2);
   TORCH_CHECK(weight.dim() == 2 && weight.size(0) == Dm && weight.size(1) >= 1 && weight.scalar_type() == at::kFloat,
               "vimzoo causal_conv1d_bwd_tm: weight must be (d, k) fp32 with k >= 1");
@@ -157,7 +162,7 @@ std::vector<at::Tensor> causal_conv1d_bwd_tm(const at::Tensor& dout, const at::T
   const at::Tensor w = weight.contiguous();
   const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
   const int64_t K = w.size(1), nblk = Dm / kLanes;
-  auto dx = tok_major_empty(x);
+  const at::Tensor dx = dx_out.has_value() ? *dx_out : tok_major_empty(x);
   auto dw_rows = at::empty({Bsz, Dm, K}, w.options()), db_rows = at::empty({Bsz, Dm}, w.options());
   const TokView xv = tok_view(x), gv = tok_view(dout);
   const float* wp = w.data_ptr<float>();
@@ -173,7 +178,7 @@ std::vector<at::Tensor> causal_conv1d_bwd_tm(const at::Tensor& dout, const at::T
         v16f* wv = buf.data() + L;
         load_taps(wp, K, c0, wv);
         const v16f vb = bp ? O::load(bp + c0) : splatv<v16f>(0.0f);
-        const ConvBwdBlock blk{xv, gv, wv, vb, silu, reverse, bi, c0, L, dxp + bi * ob + c0, ot};
+        const ConvBwdBlock blk{xv, gv, wv, vb, silu, reverse, accumulate, bi, c0, L, dxp + bi * ob + c0, ot};
         if (K == 4) {
           conv_block_bwd_tm<4>(blk, K, buf.data(), wv + K, dwp + (bi * Dm + c0) * K, dbp + bi * Dm + c0);
         } else {

@@ -49,15 +49,19 @@ std::vector<at::Tensor> scan_bwd_tm(const at::Tensor& dout, const at::Tensor& u,
                                     const opt_tensor& D, const opt_tensor& z, const opt_tensor& bias, bool softplus,
                                     bool reverse, int64_t W, double scale);
 // The fused mixer's scan_bwd_tm: Δ = dt · dt_proj_wᵀ (dt (b, l, rank) with contiguous rank, dt_proj_w (d, rank)),
-// formed per token; returns (du, d dt (b, l, rank), d dt_proj_w, dA, dBt, dCt, dD, dz, dbias).
+// formed per token; returns (du, d dt (b, l, rank), d dt_proj_w, dA, dBt, dCt, dD, dz, dbias). dz goes into dz_out
+// when given (a (b, d, l) view with contiguous channels, e.g. half of the mixer's dxz; added to it with
+// dz_accumulate), and that tensor is returned.
 std::vector<at::Tensor> scan_bwd_tm_lowrank(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& dt,
                                             const at::Tensor& dt_proj_w, const at::Tensor& A, const at::Tensor& Bt,
                                             const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z,
                                             const opt_tensor& bias, bool softplus, bool reverse, int64_t W,
-                                            double scale);
-// (dx, dweight, dbias): the conv + bias + SiLU backward in one pass (the pre-activation is recomputed).
+                                            double scale, const opt_tensor& dz_out, bool dz_accumulate);
+// (dx, dweight, dbias): the conv + bias + SiLU backward in one pass (the pre-activation is recomputed). dx goes into
+// dx_out when given (as dz_out above; added to it with accumulate).
 std::vector<at::Tensor> causal_conv1d_bwd_tm(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& weight,
-                                             const opt_tensor& bias, bool silu, bool reverse);
+                                             const opt_tensor& bias, bool silu, bool reverse,
+                                             const opt_tensor& dx_out, bool accumulate);
 // Mamba-2 SSD scan (one direction; `reverse` runs it anti-causally) and, when dt_b / B_b / C_b are given, Hydra's
 // quasiseparable mixer core (forward + reverse scan shifted by one token, plus the diagonal D·x). fp32 or fp64, all
 // contiguous in x's dtype: x (b, l, h, p), dt (b, l, h) raw (dt_bias and softplus are applied inside), A (h,),

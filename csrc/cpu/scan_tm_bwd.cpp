@@ -32,8 +32,9 @@ struct TmBwd {
   TokView dout;
   std::optional<TokView> z;
   float scale;           // the forward's output was scale · y · silu(z)
-  float *du, *dd, *dz;   // token-major outputs (b, l, d) at bi * o_sb + t * o_st + c
-  int64_t o_sb, o_st;
+  float *du, *dd, *dz;   // token-major outputs (b, l, d): du, dd at bi * o_sb + t * o_st + c, dz at its own strides
+  int64_t o_sb, o_st, dz_sb = 0, dz_st = 0;
+  bool dz_accumulate = false;   // add dz to what the caller's tensor holds (the fused mixer's second direction)
   float *dA_rows, *dD_rows, *dbias_rows;  // (b, d, n), (b, d), (b, d)
   v16f *dBv, *dCv;       // per worker: (slot, prow, l, n) 16-lane partial sums over channels
   v16f* dDTv = nullptr;      // low-rank Δ: per worker (slot, prow, l, R) partial sums of d dt
@@ -96,7 +97,11 @@ struct TokenGrads {
     }
     dbias += ddt;
     dD += g * vu;
-    if (p.z) O::store(p.dz + off, (y + vD * vu) * w.vdz[t]);
+    if (p.z) {
+      float* q = p.dz + bi * p.dz_sb + t * p.dz_st + c0;
+      const v16f v = (y + vD * vu) * w.vdz[t];
+      O::store(q, p.dz_accumulate ? O::load(q) + v : v);
+    }
   }
 };
 
@@ -316,18 +321,20 @@ struct BwdOut {
 };
 
 // Allocates the outputs, runs every (batch row, 16-channel block) task and reduces the per-worker partial sums.
-BwdOut run_bwd(TmBwd& p, const at::Tensor& u, bool has_z) {
+BwdOut run_bwd(TmBwd& p, const at::Tensor& u, bool has_z, const opt_tensor& dz_out = std::nullopt) {
   const int64_t Bsz = p.Bsz, Dm = p.Dm, L = p.L, N = p.N, R = p.s.dt != nullptr ? p.s.R : 0;
   const auto fopts = u.options();
   BwdOut o;
   o.du = tok_major_empty(u);
   o.dd = R ? at::empty({0}, fopts) : tok_major_empty(u);
-  o.dz = has_z ? tok_major_empty(u) : at::empty({0}, fopts);
+  o.dz = !has_z ? at::empty({0}, fopts) : dz_out.has_value() ? *dz_out : tok_major_empty(u);
   p.du = o.du.data_ptr<float>();
   p.dd = R ? nullptr : o.dd.data_ptr<float>();
   p.dz = has_z ? o.dz.data_ptr<float>() : nullptr;
   p.o_sb = o.du.stride(0);
   p.o_st = o.du.stride(2);
+  p.dz_sb = has_z ? o.dz.stride(0) : 0;
+  p.dz_st = has_z ? o.dz.stride(2) : 0;
   auto dA_rows = at::empty({Bsz, Dm, N}, fopts), dW_rows = at::empty({Bsz, Dm, R}, fopts);
   o.dD_rows = at::empty({Bsz, Dm}, fopts);
   o.dbias_rows = at::empty({Bsz, Dm}, fopts);
@@ -414,7 +421,7 @@ std::vector<at::Tensor> scan_bwd_tm_lowrank(const at::Tensor& dout, const at::Te
                                             const at::Tensor& dt_proj_w, const at::Tensor& A, const at::Tensor& Bt,
                                             const at::Tensor& Ct, const opt_tensor& D, const opt_tensor& z,
                                             const opt_tensor& bias, bool softplus, bool reverse, int64_t W,
-                                            double scale) {
+                                            double scale, const opt_tensor& dz_out, bool dz_accumulate) {
   TmBwd p;
   setup_common(p, dout, u, A, Bt, Ct, D, z, bias, softplus, reverse, W, scale);
   const int64_t R = dt_proj_w.dim() == 2 ? dt_proj_w.size(1) : 0;
@@ -429,7 +436,12 @@ std::vector<at::Tensor> scan_bwd_tm_lowrank(const at::Tensor& dout, const at::Te
   p.s.dt_st = dt.stride(1);
   p.s.R = R;
   p.s.Wdt = dt_proj_w.data_ptr<float>();
-  BwdOut o = run_bwd(p, u, z.has_value());
+  TORCH_CHECK(!dz_out.has_value() || (z.has_value() && tok_major_ok(*dz_out) && dz_out->sizes() == u.sizes()),
+              "vimzoo scan_bwd_tm_lowrank: dz_out must be an fp32 (b, d, l) view like u, with contiguous channels "
+              "(and z given)");
+  TORCH_CHECK(!dz_accumulate || dz_out.has_value(), "vimzoo scan_bwd_tm_lowrank: dz_accumulate needs dz_out");
+  p.dz_accumulate = dz_accumulate;
+  BwdOut o = run_bwd(p, u, z.has_value(), dz_out);
   auto fo = at::empty({0}, A.options());
   return {o.du, o.ddt, o.dW, o.dA, o.dB, o.dC, D.has_value() ? o.dD_rows.sum(0) : fo, o.dz,
           bias.has_value() ? o.dbias_rows.sum(0) : fo};

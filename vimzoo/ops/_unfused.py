@@ -42,6 +42,6 @@ def mixer_bwd(dout, xz, fwd, bwd, reverse: bool, window: int, scale: float, pick
                                                        delta_bias, True, rev, win)
         return du, dd, dA, dB.transpose(1, 2), dC.transpose(1, 2), dD, dz, db
 
-    def conv_bwd(g, x, weight, bias, rev):
+    def conv_bwd(g, x, weight, bias, rev, dx_out, accumulate):   # dx returned; mamba_inner_bwd_ref stores it
         return pick('causal_conv1d_bwd', (x, weight, bias)).conv_bwd(g, x, weight, bias, True, rev)
     return mamba_inner_bwd_ref(dout, xz, fwd, bwd, reverse, window, scale, conv, scan_bwd, conv_bwd)

@@ -174,14 +174,14 @@ def _conv_silu_ref(x, weight, bias, reverse):
     return causal_conv1d_ref(x, weight, bias, 'silu', reverse)
 
 
-def _conv_silu_bwd_ref(dout, x, weight, bias, reverse):
-    return causal_conv1d_bwd_ref(dout, x, weight, bias, 'silu', reverse)
+def _conv_silu_bwd_ref(dout, x, weight, bias, reverse, dx_out=None, accumulate=False):
+    return causal_conv1d_bwd_ref(dout, x, weight, bias, 'silu', reverse)   # dx returned, not written
 
 
 def _lowrank_scan_bwd(scan_bwd: Callable) -> Callable:
     """A scan backward for Δ = dt · dt_projᵀ built from a plain one: Δ formed first, its two products after.
-    Returns (du, d dt, d dt_proj, dA, dB, dC, dD, dz, dbias)."""
-    def run(g, u, dt, dtw, A, B, C, D, z, dt_bias, reverse, window, scale):
+    Returns (du, d dt, d dt_proj, dA, dB, dC, dD, dz, dbias); dz is returned, not written into dz_out."""
+    def run(g, u, dt, dtw, A, B, C, D, z, dt_bias, reverse, window, scale, dz_out=None, accumulate=False):
         delta = F.linear(dt, dtw).transpose(1, 2)                       # (b, d, l); the bias is the scan's
         du, ddelta, dA, dB, dC, dD, dz, dbias = scan_bwd(g, u, delta, A, B, C, D, z, dt_bias, reverse, window, scale)
         ddelta_tok = ddelta.transpose(1, 2)
@@ -201,17 +201,21 @@ def mamba_inner_bwd_ref(
     the conv + SiLU backward. Returns (dxz, grads of `weights`, grads of `weights_b`), None for absent parameters.
 
     `conv(x, w, b, reverse)` (SiLU included), `scan_bwd(dout, u, delta, A, B, C, D, z, dt_bias, reverse, window,
-    scale)` with B, C and their grads as (b, l, n), and `conv_bwd(dout, x, w, b, reverse)` default to the reference
-    math; the CPU backend plugs in its kernels, so both are this one function. `lowrank_scan_bwd(dout, u, dt,
-    dt_proj_w, A, B, C, D, z, dt_bias, reverse, window, scale)`, when given, replaces scan_bwd and the dt_proj
-    products (a kernel that forms Δ itself; see `_lowrank_scan_bwd` for what it returns).
+    scale)` with B, C and their grads as (b, l, n), and `conv_bwd(dout, x, w, b, reverse, dx_out, accumulate)`
+    default to the reference math; the CPU backend plugs in its kernels, so both are this one function.
+    `lowrank_scan_bwd(dout, u, dt, dt_proj_w, A, B, C, D, z, dt_bias, reverse, window, scale, dz_out, accumulate)`,
+    when given, replaces scan_bwd and the dt_proj products (a kernel that forms Δ itself; see `_lowrank_scan_bwd`
+    for what it returns). dx_out / dz_out are dxz's halves as (b, d, l) views: a hook either returns dx (dz) and this
+    function stores it, or writes it there itself (adds it when `accumulate`: the second direction) and returns None.
     """
     lowrank_scan_bwd = lowrank_scan_bwd or _lowrank_scan_bwd(scan_bwd)
     d = xz.shape[-1] // 2
     dtype = xz.dtype
     x, z = xz.transpose(1, 2).split(d, dim=1)      # (b, d, l) views of token-major memory
     g = dout.transpose(1, 2)
-    dxs, dzs, grads = [], [], []
+    dxz = torch.empty_like(xz, memory_format=torch.contiguous_format)
+    dx_half, dz_half = dxz.transpose(1, 2).split(d, dim=1)
+    grads = []
     for i, w in enumerate([weights] + ([weights_b] if weights_b is not None else [])):
         conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, a_log, d_skip = w
         rev, win = (reverse, window) if i == 0 else (True, 1)
@@ -224,15 +228,26 @@ def mamba_inner_bwd_ref(
         dt, b_mat, c_mat = xdbl[..., :rank], xdbl[..., rank:rank + n], xdbl[..., rank + n:]
         A = -torch.exp(a_log.float())
         du, d_dt, d_dtw, dA, dB, dC, dD, dz, dbias = lowrank_scan_bwd(
-            g, u, dt, dtw, A, b_mat, c_mat, _opt_float(d_skip), z, _opt_float(dt_bias), rev, win, scale)
+            g, u, dt, dtw, A, b_mat, c_mat, _opt_float(d_skip), z, _opt_float(dt_bias), rev, win, scale, dz_half, i > 0)
+        _store(dz_half, dz, i > 0)
         dxdbl = torch.cat([d_dt.to(dtype), dB.to(dtype), dC.to(dtype)], dim=-1)   # (b, l, R + 2N)
-        dx, dcw, dcb = conv_bwd(_add_matmul_(du.transpose(1, 2), dxdbl, xw).transpose(1, 2), x, cw, cb, rev)
+        dx, dcw, dcb = conv_bwd(_add_matmul_(du.transpose(1, 2), dxdbl, xw).transpose(1, 2), x, cw, cb, rev,
+                                dx_half, i > 0)
+        _store(dx_half, dx, i > 0)
         raw = [dcw.reshape(conv_w.shape), dcb, dxdbl.flatten(0, 1).t() @ u_tok.flatten(0, 1), d_dtw, dbias, dA * A,
                dD]
         grads.append([None if t is None else gr.to(t.dtype) for gr, t in zip(raw, w)])
-        dxs.append(dx.transpose(1, 2))
-        dzs.append(dz.transpose(1, 2))
-    return _halves_summed(dxs, dzs), grads[0], grads[1] if weights_b is not None else None
+    return dxz, grads[0], grads[1] if weights_b is not None else None
+
+
+def _store(out: torch.Tensor, value: Optional[torch.Tensor], accumulate: bool) -> None:
+    """out = value (out += value when accumulating); None: the hook wrote it already."""
+    if value is None:
+        return
+    if accumulate:
+        out.add_(value)
+    else:
+        out.copy_(value)
 
 
 def _add_matmul_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -241,19 +256,6 @@ def _add_matmul_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.T
     if not acc.dtype == a.dtype == b.dtype:
         return acc + a @ b
     return acc.reshape(-1, acc.shape[-1]).addmm_(a.reshape(-1, a.shape[-1]), b).view(acc.shape)
-
-
-def _halves_summed(dxs: Sequence[torch.Tensor], dzs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """dxz = [Σ dx | Σ dz] over the directions, (b, l, 2d), each sum written straight into its half (no cat)."""
-    dtype = torch.promote_types(dxs[0].dtype, dzs[0].dtype)
-    b, l, d = dxs[0].shape
-    dxz = dxs[0].new_empty((b, l, 2 * d), dtype=dtype)
-    for grads, half in ((dxs, dxz[..., :d]), (dzs, dxz[..., d:])):
-        if len(grads) == 1:
-            half.copy_(grads[0])
-        else:
-            torch.add(grads[0], grads[1], out=half)
-    return dxz
 
 
 def add_rms_norm_ref(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,

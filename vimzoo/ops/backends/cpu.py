@@ -114,18 +114,21 @@ def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):
 def mamba_inner_bwd(dout, xz, fwd, bwd, reverse, window, scale):
     """reference.mamba_inner_bwd_ref (recompute conv and x_proj; scan backward; GEMMs; conv backward) on the
     token-major kernels: no layout copies, Δ = dt · dt_projᵀ and its gradients inside the scan backward (no
-    rank-12 GEMMs), the conv + SiLU backward in one pass."""
+    rank-12 GEMMs), the conv + SiLU backward in one pass, dx and dz written (and the directions summed) into dxz."""
     ext = _ext()
 
     def conv(x, w, b, rev):
         return ext.causal_conv1d_tm(x, w, b, True, rev, False)
 
-    def lowrank_scan_bwd(g, u, dt, dtw, A, B, C, D, z, dt_bias, rev, win, scale_):
-        return ext.scan_bwd_tm_lowrank(_channel_contiguous(g), u, dt, dtw.contiguous(), A, B, C, D, z, dt_bias, True,
-                                       rev, win, scale_)
+    def lowrank_scan_bwd(g, u, dt, dtw, A, B, C, D, z, dt_bias, rev, win, scale_, dz_out, accumulate):
+        du, ddt, ddtw, dA, dB, dC, dD, _, dbias = ext.scan_bwd_tm_lowrank(
+            _channel_contiguous(g), u, dt, dtw.contiguous(), A, B, C, D, z, dt_bias, True, rev, win, scale_, dz_out,
+            accumulate)
+        return du, ddt, ddtw, dA, dB, dC, dD, None, dbias   # dz written into dxz
 
-    def conv_bwd_(g, x, w, b, rev):
-        return ext.causal_conv1d_bwd_tm(_channel_contiguous(g), x, w, b, True, rev)
+    def conv_bwd_(g, x, w, b, rev, dx_out, accumulate):
+        _, dw, db = ext.causal_conv1d_bwd_tm(_channel_contiguous(g), x, w, b, True, rev, dx_out, accumulate)
+        return None, dw, db   # dx written into dxz
     return mamba_inner_bwd_ref(dout, xz, fwd, bwd, reverse, window, scale, conv, conv_bwd=conv_bwd_,
                                lowrank_scan_bwd=lowrank_scan_bwd)
 
