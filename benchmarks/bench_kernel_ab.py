@@ -78,6 +78,8 @@ def cases(b: int, d: int, l: int, n: int):
     dout_tm = torch.randn(b, l, d).transpose(1, 2)
     conv_x, conv_w, conv_b = tm[0], torch.randn(d, 4), torch.randn(d)
     xz = torch.randn(b, l, 2 * d)
+    rank = 12   # Vim-T's dt_rank; dt is a strided slice of the x_proj output, as in the fused mixer's backward
+    dt, dt_w = torch.randn(b, l, rank + 2 * n)[..., :rank], torch.randn(d, rank) * rank ** -0.5
     wf, wb = _mixer(d), _mixer(d, seed=1)
     lbw = 8
     return {
@@ -97,6 +99,10 @@ def cases(b: int, d: int, l: int, n: int):
                                           True, False, 1, 1.0),
         'tm bwd LB': lambda e: e.scan_bwd_tm(dout_tm, tm[0], tm[1], tm_p[2], tm_p[3], tm_p[4], tm_p[5], tm[6],
                                              tm_p[7], True, True, lbw, 1.0),
+        'tm bwd lowrank': lambda e: e.scan_bwd_tm_lowrank(dout_tm, tm[0], dt, dt_w, tm_p[2], tm_p[3], tm_p[4], tm_p[5],
+                                                          tm[6], tm_p[7], True, False, 1, 1.0),
+        'tm bwd lowrank LB': lambda e: e.scan_bwd_tm_lowrank(dout_tm, tm[0], dt, dt_w, tm_p[2], tm_p[3], tm_p[4],
+                                                             tm_p[5], tm[6], tm_p[7], True, True, lbw, 1.0),
         'tm conv+silu': lambda e: e.causal_conv1d_tm(conv_x, conv_w, None, True, False, True),
         'tm conv+silu bwd': lambda e: e.causal_conv1d_bwd_tm(dout_tm, conv_x, conv_w, conv_b, True, False),
         'mamba_inner bidir': lambda e: e.mamba_inner_fwd(xz, wf, wb, False, 1, 0.5, True),
