@@ -2,9 +2,8 @@
 // the training counterpart of scan_tm.cpp, with no layout copies.
 //
 // Per (batch, 16-channel block) task: a pre-pass computes Δ, u, σ(δ + bias) and the gate terms for every token; the
-// forward recompute keeps h and a in the task's buffers (recurrence.h); the reverse pass
-// runs the adjoints and accumulates every gradient (the formulas of docs/kernels.md "Backward", as the row kernel
-// scan_rows_bwd.cpp). Sums over the state dim n are vector adds (lanes are channels); sums over channels (dB, dC)
+// forward recompute keeps h and a in the task's buffers (recurrence.h); the reverse pass runs the adjoints and
+// accumulates every gradient (the formulas of docs/kernels.md "Backward", as the row kernel scan_rows_bwd.cpp). Sums over the state dim n are vector adds (lanes are channels); sums over channels (dB, dC)
 // are kept per worker as 16-lane partial sums and reduced over lanes once, so no horizontal sum runs per token. With
 // enough batch rows each worker takes whole rows: its partial sums cover one row (and stay in cache) and are reduced
 // as the row ends; otherwise a row's blocks spread over the workers, which keep partial sums per batch row, reduced
