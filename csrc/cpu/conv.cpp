@@ -12,6 +12,19 @@ namespace {
 
 using O = VecOps<v16f>;
 
+// Shifts v into a window of the last K values (win[0] = v, win[j] = the value j steps back).
+inline void slide_in(v16f* win, int64_t K, v16f v) {
+  for (int64_t j = K - 1; j > 0; --j) win[j] = win[j - 1];
+  win[0] = v;
+}
+
+// The conv's pre-activation for a window of inputs: b + Σ_j w[K-1-j] win[j].
+inline v16f conv_dot(const v16f* wv, const v16f* win, int64_t K, v16f vb) {
+  v16f acc = vb;
+  for (int64_t j = 0; j < K; ++j) acc += wv[K - 1 - j] * win[j];
+  return acc;
+}
+
 // One (batch row, 16-channel block) of the conv, in scan order k (position t = k, or L-1-k when reversed):
 // out_t = b + Σ_j w[K-1-j] x at scan step k - j. The last K inputs are a sliding window (registers when K is a
 // compile-time KC), so each token is loaded once. Returns the NaN/inf witness of the inputs read.
@@ -25,11 +38,9 @@ v16f conv_block_tm(const TokView& xv, const v16f* wv, v16f vb, int64_t Kr, bool 
   v16f chk = splatv<v16f>(0.0f);
   for (int64_t k = 0; k < L; ++k) {
     const int64_t t = reverse ? L - 1 - k : k;
-    for (int64_t j = K - 1; j > 0; --j) hist[j] = hist[j - 1];
-    hist[0] = O::load(xv.at(bi, t, c0));
+    slide_in(hist, K, O::load(xv.at(bi, t, c0)));
     chk += hist[0] * 0.0f;
-    v16f acc = vb;
-    for (int64_t j = 0; j < K; ++j) acc += wv[K - 1 - j] * hist[j];
+    const v16f acc = conv_dot(wv, hist, K, vb);
     O::store(o + bi * ob + t * ot + c0, silu ? silu_fast(acc) : acc);
   }
   return chk;
@@ -114,10 +125,8 @@ void conv_block_bwd_tm(const ConvBwdBlock& c, int64_t Kr, v16f* dP, v16f* heap, 
     const int64_t t = pos(k);
     v16f g = O::load(c.gv.at(c.bi, t, c.c0));
     if (c.silu) {
-      for (int64_t j = K - 1; j > 0; --j) win[j] = win[j - 1];
-      win[0] = O::load(c.xv.at(c.bi, t, c.c0));
-      v16f acc = c.vb;
-      for (int64_t j = 0; j < K; ++j) acc += wv[K - 1 - j] * win[j];
+      slide_in(win, K, O::load(c.xv.at(c.bi, t, c.c0)));
+      const v16f acc = conv_dot(wv, win, K, c.vb);
       const v16f sg = sigmoid_fast(acc);
       g *= sg * (1.0f + acc * (1.0f - sg));
     }
@@ -127,8 +136,7 @@ void conv_block_bwd_tm(const ConvBwdBlock& c, int64_t Kr, v16f* dP, v16f* heap, 
   for (int64_t j = 0; j < K; ++j) win[j] = splatv<v16f>(0.0f);
   for (int64_t k = L - 1; k >= 0; --k) {   // win[j] = dP at step k + j (zero past the end)
     const int64_t t = pos(k);
-    for (int64_t j = K - 1; j > 0; --j) win[j] = win[j - 1];
-    win[0] = dP[k];
+    slide_in(win, K, dP[k]);
     const v16f xk = O::load(c.xv.at(c.bi, t, c.c0));
     v16f acc = splatv<v16f>(0.0f);
     for (int64_t j = 0; j < K; ++j) {

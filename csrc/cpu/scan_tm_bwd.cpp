@@ -3,8 +3,9 @@
 //
 // Per (batch, 16-channel block) task: a pre-pass computes Δ, u, σ(δ + bias) and the gate terms for every token; the
 // forward recompute keeps h and a in the task's buffers (recurrence.h); the reverse pass runs the adjoints and
-// accumulates every gradient (the formulas of docs/kernels.md "Backward", as the row kernel scan_rows_bwd.cpp). Sums over the state dim n are vector adds (lanes are channels); sums over channels (dB, dC)
-// are kept per worker as 16-lane partial sums and reduced over lanes once, so no horizontal sum runs per token. With
+// accumulates every gradient (the formulas of docs/kernels.md "Backward", as the row kernel scan_rows_bwd.cpp). Sums
+// over the state dim n are vector adds (lanes are channels); sums over channels (dB, dC) are kept per worker as
+// 16-lane partial sums and reduced over lanes once, so no horizontal sum runs per token. With
 // enough batch rows each worker takes whole rows: its partial sums cover one row (and stay in cache) and are reduced
 // as the row ends; otherwise a row's blocks spread over the workers, which keep partial sums per batch row, reduced
 // over workers and lanes at the end.
@@ -194,11 +195,11 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
         const int64_t t = s.reverse ? L - 1 - k : k;
         const v16f g = w.vg[t];
         const float* c = Cb + t * s.bc_st;
-        const v16f* aprev = abuf + (k - 1) * N;   // read for k > k0 only
         v16f* x = xrw + (k - k0) * N;
         if (k == k0) {
           for (int64_t n = 0; n < N; ++n) x[n] = g * c[n];
         } else {
+          const v16f* aprev = abuf + (k - 1) * N;
           for (int64_t n = 0; n < N; ++n) x[n] = g * c[n] + aprev[n] * x[n - N];
         }
       }
