@@ -57,7 +57,6 @@ MODELS = {'vim': 'vim_tiny_patch16_224', 'lbvim': 'lbvim_tiny_patch16_224'}
 TARGETS = {('inference', 224): (1.0, 0.9), ('inference', 512): (0.6, None), ('inference', 1024): (0.3, None),
            ('train', 224): (1.5, 1.2)}
 Call = Callable[[], object]
-FASTEST_BACKWARD: Dict[str, str] = {}   # label -> the backward scan_calls picked for the practical bound
 
 
 def tokens_of(model: torch.nn.Module, size: int) -> int:
@@ -96,9 +95,10 @@ def gemm_calls(model: torch.nn.Module, batch: int, size: int, train: bool) -> Li
 
 
 def scan_calls(model: torch.nn.Module, batch: int, size: int, train: bool, floor,
-               floor_backward: bool = False, label: str = '') -> List[Call]:
+               floor_backward: bool = False) -> Tuple[List[Call], str]:
     """One floor scan per block and direction (two per block and direction in a training step); with
-    `floor_backward`, a training step's second one is the fastest backward at hand instead (see the module doc)."""
+    `floor_backward`, a training step's second one is the fastest backward at hand instead (see the module doc).
+    Returns the calls and the name of the backward picked ('' without `floor_backward`)."""
     mixer = model.layers[0].mixer
     d, n, l = mixer.d_inner, mixer.d_state, tokens_of(model, size)
     directions = 2 if getattr(mixer, 'x_proj_b', None) is not None else 1
@@ -114,7 +114,7 @@ def scan_calls(model: torch.nn.Module, batch: int, size: int, train: bool, floor
     count = len(model.layers) * directions * (2 if train else 1)
     forward = lambda: floor.floor_scan(u, delta, a, bt, ct, dk, z, bk)   # noqa: E731
     if not floor_backward:
-        return [forward] * count
+        return [forward] * count, ''
     dout = tok()
     variants = {name: lambda fn=fn: fn(dout, u, delta, a, bt, ct, dk, z, bk)
                 for name, fn in (('floor', floor.floor_scan_bwd), ('floor, recompute', floor.floor_scan_bwd_recompute))}
@@ -123,9 +123,7 @@ def scan_calls(model: torch.nn.Module, batch: int, size: int, train: bool, floor
     variants['vimzoo' + (f' LB W={window}' if window > 1 else '')] = lambda: kernel.scan_bwd_tm(
         dout, u, delta, a, bt, ct, dk, z, bk, True, False, window, 1.0)
     name = min(variants, key=lambda key: _best_of(variants[key], 5))
-    FASTEST_BACKWARD[label] = name
-    backward = variants[name]
-    return [forward, backward] * (count // 2)
+    return [forward, variants[name]] * (count // 2), name
 
 
 def _best_of(call: Call, repeats: int) -> float:
@@ -156,19 +154,21 @@ def model_call(model: torch.nn.Module, batch: int, size: int, train: bool) -> Ca
     return step
 
 
-def build_items(size: int, train: bool, floor) -> Dict[str, List[Call]]:
-    """What is timed: the three real models, and the bound's two parts for each zoo model."""
+def build_items(size: int, train: bool, floor) -> Tuple[Dict[str, List[Call]], Dict[str, str]]:
+    """What is timed: the three real models, and the bound's two parts for each zoo model; and, for training, the
+    backward the practical bound picked per zoo model."""
     batch = 8 if train else 1
     items = {'deit': [model_call(create(BASELINE, size), batch, size, train)]}
+    fastest: Dict[str, str] = {}
     for short, name in MODELS.items():
         model = create(name, size)
         items[f'{short}_gemm'] = gemm_calls(model, batch, size, train)
-        items[f'{short}_scan'] = scan_calls(model, batch, size, train, floor)
+        items[f'{short}_scan'], _ = scan_calls(model, batch, size, train, floor)
         if train:
-            items[f'{short}_scan_fbwd'] = scan_calls(model, batch, size, train, floor, floor_backward=True,
-                                                      label=short)
+            items[f'{short}_scan_fbwd'], fastest[short] = scan_calls(model, batch, size, train, floor,
+                                                                      floor_backward=True)
         items[short] = [model_call(model, batch, size, train)]
-    return items
+    return items, fastest
 
 
 def time_items(items: Dict[str, List[Call]], rounds: int, warmup: int, train: bool) -> Dict[str, List[float]]:
@@ -189,8 +189,8 @@ def time_items(items: Dict[str, List[Call]], rounds: int, warmup: int, train: bo
     return times
 
 
-def summarise(times: Dict[str, List[float]], mode: str, size: int, threads: int,
-              loads: Tuple[float, float]) -> List[Dict]:
+def summarise(times: Dict[str, List[float]], mode: str, size: int, threads: int, loads: Tuple[float, float],
+              fastest: Dict[str, str]) -> List[Dict]:
     deit = times['deit']
 
     def ratio(values: List[float]) -> float:
@@ -206,7 +206,7 @@ def summarise(times: Dict[str, List[float]], mode: str, size: int, threads: int,
                    actual_vs_deit=ratio(times[short]), bound_vs_deit=ratio(bound),
                    gemm_vs_deit=ratio(times[f'{short}_gemm']), scan_floor_vs_deit=ratio(times[f'{short}_scan']),
                    bound_fastest_bwd_vs_deit=practical,
-                   fastest_backward='' if practical == '' else FASTEST_BACKWARD.get(short, ''),
+                   fastest_backward=fastest.get(short, ''),
                    target=target if target is not None else '',
                    target_reachable='' if target is None else ('no' if ratio(bound) > target else 'not excluded'),
                    reachable_with_fastest_bwd='' if target is None or practical == '' else
@@ -257,10 +257,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     for threads in (int(t) for t in args.threads.split(',')):
         torch.set_num_threads(threads)
         for mode, size in modes:
-            items = build_items(size, mode == 'train', floor)
+            items, fastest = build_items(size, mode == 'train', floor)
             before = os.getloadavg()[0]
             times = time_items(items, args.rounds, args.warmup, mode == 'train')
-            rows += summarise(times, mode, size, threads, (before, os.getloadavg()[0]))
+            rows += summarise(times, mode, size, threads, (before, os.getloadavg()[0]), fastest)
     write(rows, Path(args.out), args.rounds)
     return 0
 
