@@ -16,6 +16,7 @@ import torch
 
 import vimzoo
 from vimzoo import ops
+from vimzoo.ops.reference import mamba_inner_fwd_ref
 
 ort = pytest.importorskip('onnxruntime')
 onnx = pytest.importorskip('onnx')
@@ -149,7 +150,8 @@ def _mixer_weights(d=32, n=4, rank=2, width=4, seed=0, conv_bias=True):
 
 @pytest.mark.parametrize('bidirectional,reverse,window', [(True, False, 1), (False, True, 1), (False, False, 4)])
 def test_mamba_inner_fwd_translation(bidirectional, reverse, window):
-    """The fused mixer op (what an exported fp32 Vim / LBVim graph holds) == the composite reference math."""
+    """The fused mixer op (what an exported fp32 Vim / LBVim graph holds) == the composite reference math, both of
+    its outputs (the mixer's and x_proj's per direction)."""
     xz = torch.randn(2, 10, 64)
     fwd = _mixer_weights(seed=3, conv_bias=not reverse)
     bwd = _mixer_weights(seed=4) if bidirectional else None
@@ -162,8 +164,10 @@ def test_mamba_inner_fwd_translation(bidirectional, reverse, window):
 
     expected = ops.mamba_inner(xz, fwd, bwd, reverse=reverse, local_window=window if window > 1 else None,
                                scale=0.5, backend='reference')
-    (got,) = _run(_export(_Call(fn), (xz,)), xz)
+    x_dbl = mamba_inner_fwd_ref(xz, fwd, bwd, reverse, window if window > 1 else None, 0.5)[1]
+    got, got_x_dbl = _run(_export(_Call(fn), (xz,)), xz)
     torch.testing.assert_close(got, expected, rtol=0, atol=ATOL)
+    torch.testing.assert_close(got_x_dbl, x_dbl, rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize('with_residual', [True, False])

@@ -299,8 +299,8 @@ MIXER_CASES = [dict(bidir=True), dict(bidir=False), dict(bidir=False, reverse=Tr
 
 @pytest.mark.parametrize('case', MIXER_CASES, ids=lambda c: '-'.join(f'{k}{v}' for k, v in c.items()))
 def test_mamba_inner_fused_matches_unfused_and_reference(ext, case):
-    """The fused op (inference and training: its backward recomputes conv / x_proj / Δ) == the unfused route (the
-    differentiable row-layout ops) == the reference backend, outputs and every gradient."""
+    """The fused op (inference and training: its backward reads x_proj's output, recomputes conv / Δ) == the unfused
+    route (the differentiable row-layout ops) == the reference backend, outputs and every gradient."""
     b, l, d, n, rank = 2, 41, 48, 16, 3
     g = torch.Generator().manual_seed(0)
     xz = torch.randn(b, l, 2 * d, generator=g)
@@ -331,6 +331,33 @@ def test_mamba_inner_fused_matches_unfused_and_reference(ext, case):
         assert _rel(out.detach(), exp_out) < 2e-5, route
         for i, (got, exp) in enumerate(zip(grads, exp_grads)):
             assert _rel(got, exp) < 1e-4, f'{route}: grad #{i} rel {_rel(got, exp):.1e}'
+
+
+@pytest.mark.parametrize('backend', ['cpu', 'reference'])
+@pytest.mark.parametrize('bidir', [True, False])
+def test_mamba_inner_backward_reads_the_saved_x_proj_output(ext, backend, bidir):
+    """The op's second output is x_proj's output per direction, and its backward reads that instead of recomputing
+    the GEMM: an empty x_dbl (recompute) gives the same gradients, a perturbed one different ones."""
+    b, l, d, n, rank = 2, 19, 32, 8, 2
+    g = torch.Generator().manual_seed(5)
+    xz = torch.randn(b, l, 2 * d, generator=g)
+    wf = list(_mixer_weights(d, n, rank, 4, 1))
+    wb = list(_mixer_weights(d, n, rank, 4, 2)) if bidir else []
+    window = 1 if bidir else 4
+    out, x_dbl = torch.ops.vimzoo.mamba_inner_fwd(xz, wf, wb, False, window, 0.5, backend, True)
+    exp_out, exp_x_dbl = ops.reference.mamba_inner_fwd_ref(xz, wf, wb or None, False, window, 0.5)
+    assert x_dbl.shape == (2 if bidir else 1, b, l, rank + 2 * n) and _rel(x_dbl, exp_x_dbl) < 1e-5
+    assert _rel(out, exp_out) < 2e-5
+    dout = torch.randn(b, l, d, generator=g)
+
+    def grads(saved):
+        dxz, dfwd, dbwd = torch.ops.vimzoo.mamba_inner_bwd(dout, xz, saved, wf, wb, False, window, 0.5, backend)
+        return [dxz, *dfwd, *dbwd]
+    read, recomputed = grads(x_dbl), grads(torch.empty(0))
+    for i, (got, exp) in enumerate(zip(read, recomputed)):
+        assert _rel(got, exp) < 1e-5, f'grad #{i}'
+    perturbed = grads(x_dbl + 0.1 * torch.randn(x_dbl.shape, generator=g))
+    assert _rel(perturbed[0], read[0]) > 1e-3 and _rel(perturbed[3], read[3]) > 1e-3   # dxz, d x_proj.weight
 
 
 def test_mamba_inner_errors(ext):

@@ -24,7 +24,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(dx written into / added to dx_out when given)", py::arg("dout"), py::arg("x"), py::arg("weight"),
         py::arg("bias"), py::arg("silu"), py::arg("reverse"), py::arg("dx_out") = py::none(),
         py::arg("accumulate") = false);
-  m.def("mamba_inner_fwd", &vz::mamba_inner_fwd, "fused inference mixer core: xz -> conv -> x_proj -> scan -> gate");
+  m.def("mamba_inner_fwd", &vz::mamba_inner_fwd,
+        "fused mixer core: xz -> conv -> x_proj -> scan -> gate; returns [out, x_proj output]");
   m.def("add_rms_norm_fwd", &vz::add_rms_norm_fwd, "fused residual add + RMSNorm: (normed, summed)");
   m.def("add_rms_norm_bwd", &vz::add_rms_norm_bwd, "backward of add_rms_norm_fwd from summed: (dsummed, dweight)");
   m.def("ssd_fwd", &vz::ssd_fwd, "Mamba-2 SSD scan, or Hydra's quasiseparable core when dt_b is given (chunked)");

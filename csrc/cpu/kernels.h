@@ -78,10 +78,10 @@ std::vector<at::Tensor> ssd_bwd(const at::Tensor& dy, const at::Tensor& x, const
                                 const opt_tensor& dt_bias, const opt_tensor& init, bool softplus, bool reverse,
                                 int64_t chunk);
 
-// Fused ops (fp32): the inference mixer, residual add + RMSNorm and its backward.
-at::Tensor mamba_inner_fwd(const at::Tensor& xz, const std::vector<at::Tensor>& fwd,
-                           const std::vector<at::Tensor>& bwd, bool reverse, int64_t W, double scale,
-                           bool check_finite);
+// Fused ops (fp32): the mixer's forward ({out, x_proj output}), residual add + RMSNorm and its backward.
+std::vector<at::Tensor> mamba_inner_fwd(const at::Tensor& xz, const std::vector<at::Tensor>& fwd,
+                                        const std::vector<at::Tensor>& bwd, bool reverse, int64_t W, double scale,
+                                        bool check_finite);
 std::vector<at::Tensor> add_rms_norm_fwd(const at::Tensor& x, const opt_tensor& residual, const at::Tensor& weight,
                                          double eps, bool check_finite);
 // Its backward from the fp32 sum s: (ds = the gradient of x and of residual, dweight), both fp32.

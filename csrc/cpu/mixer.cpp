@@ -1,7 +1,8 @@
-// Fused mixer core for inference, the CPU counterpart of the official `mamba_inner_fn` / `bimamba_inner_fn` minus
+// Fused mixer core, the CPU counterpart of the official `mamba_inner_fn` / `bimamba_inner_fn` minus
 // in_proj / out_proj: xz (b, l, 2d) = in_proj output -> causal conv + SiLU -> x_proj -> scan (Δ = softplus(dt_proj
 // + bias) computed inside the scan) -> gate by silu(z) -> scale; both directions when the `_b` weights are given.
-// Returns (b, l, d). Forward only: vimzoo/ops routes training through the differentiable ops.
+// Returns {out (b, l, d), x_proj's output per direction (dirs, b, l, R + 2N)}: the training backward reads the second
+// instead of recomputing that GEMM (2 x 44 floats per token for Vim-T; the conv output and Δ are recomputed).
 #include "kernels.h"
 #include "scan_tm.h"
 
@@ -75,9 +76,9 @@ TmScan direction_scan(const MixerDir& d, const at::Tensor& U, const at::Tensor& 
 
 }  // namespace
 
-at::Tensor mamba_inner_fwd(const at::Tensor& xz, const std::vector<at::Tensor>& fwd,
-                           const std::vector<at::Tensor>& bwd, bool reverse, int64_t W, double scale,
-                           bool check_finite) {
+std::vector<at::Tensor> mamba_inner_fwd(const at::Tensor& xz, const std::vector<at::Tensor>& fwd,
+                                        const std::vector<at::Tensor>& bwd, bool reverse, int64_t W, double scale,
+                                        bool check_finite) {
   const char* op = "mamba_inner";
   TORCH_CHECK(xz.dim() == 3 && xz.is_contiguous() && xz.scalar_type() == at::kFloat && xz.device().is_cpu(),
               "vimzoo mamba_inner_fwd: xz must be a contiguous fp32 CPU (b, l, 2d) tensor");
@@ -97,16 +98,19 @@ at::Tensor mamba_inner_fwd(const at::Tensor& xz, const std::vector<at::Tensor>& 
   const TokView xv{xz.data_ptr<float>(), L * 2 * Dm, 2 * Dm};
   const TokView zv{xz.data_ptr<float>() + Dm, L * 2 * Dm, 2 * Dm};
   auto U = at::empty({static_cast<int64_t>(dirs.size()), Bsz, L, Dm}, xz.options());
+  const int64_t S = dirs[0].x_proj_w.size(0);
+  TORCH_CHECK(!bidir || dirs[1].x_proj_w.size(0) == S, "vimzoo mamba_inner_fwd: directions differ in shape");
+  auto xdbl = at::empty({static_cast<int64_t>(dirs.size()), Bsz, L, S}, xz.options());
   bool bad_x = false;
-  std::vector<at::Tensor> xdbl;
   std::vector<TmScan> scans;
   for (size_t i = 0; i < dirs.size(); ++i) {
     const MixerDir& d = dirs[i];
     const bool rev = i == 0 ? reverse : true;
     bad_x |= conv_tm_into(xv, d.conv_w.data_ptr<float>(), d.conv_b.defined() ? d.conv_b.data_ptr<float>() : nullptr,
                           d.conv_w.size(1), true, rev, Bsz, Dm, L, U[i].data_ptr<float>(), L * Dm, Dm);
-    xdbl.push_back(at::linear(U[i], d.x_proj_w));  // (b, l, R + 2N)
-    scans.push_back(direction_scan(d, U[i], xdbl.back(), rev, i == 0 ? W : 1));
+    at::Tensor xdbl_rows = xdbl[i].view({Bsz * L, S});                                 // (b, l, R + 2N)
+    at::mm_out(xdbl_rows, U[i].view({Bsz * L, Dm}), d.x_proj_w.t());
+    scans.push_back(direction_scan(d, U[i], xdbl[i], rev, i == 0 ? W : 1));
   }
   if (check_finite && bad_x) raise_nonfinite(op, "x");
   auto out = at::empty({Bsz, L, Dm}, xz.options());
@@ -114,7 +118,7 @@ at::Tensor mamba_inner_fwd(const at::Tensor& xz, const std::vector<at::Tensor>& 
                               out.data_ptr<float>(), L * Dm, Dm);
   if (check_finite && (bad & kTmBadZ)) raise_nonfinite(op, "z");
   if (check_finite && (bad & (kTmBadIn | kTmBadInB))) raise_nonfinite(op, "the scan input (x_proj / dt_proj output)");
-  return out;
+  return {out, xdbl};
 }
 
 }  // namespace vimzoo::cpu

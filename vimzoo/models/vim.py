@@ -158,7 +158,7 @@ def mixer_scan(
         return mamba_inner(xz, w, w_b, reverse=reverse, local_window=None if window == 1 else window, scale=scale,
                            backend=backend)
     return torch.ops.vimzoo.mamba_inner_fwd(xz, w, [] if w_b is None else w_b, reverse, window, scale,
-                                            'default' if backend is None else backend, True)
+                                            'default' if backend is None else backend, True)[0]
 
 
 def _check_mixer_args(dim, d_state, d_conv, expand, dt_rank, local_window) -> None:

@@ -96,8 +96,8 @@ def mamba_inner(xz: torch.Tensor, weights: Sequence[Optional[torch.Tensor]],
 
     One differentiable custom op, `vimzoo::mamba_inner_fwd`, whatever the backend: the fused C++ kernel where it fits
     (fp32 CPU inputs with d % 16 == 0: conv, x_proj, the Δ projection inside the scan, gating), elsewhere the same
-    math step by step on the backend's kernels. Its backward recomputes the conv output, x_proj and Δ instead of
-    saving them (mamba-ssm's checkpoint_lvl=1), so training keeps only xz and the parameters per mixer.
+    math step by step on the backend's kernels. Its backward recomputes the conv output and Δ instead of saving them
+    (mamba-ssm's checkpoint_lvl=1), so training keeps only xz, x_proj's small output and the parameters per mixer.
     """
     op = 'mamba_inner'
     window = check_mamba_inner(op, xz, weights, weights_b, reverse, local_window, scale)
@@ -106,7 +106,7 @@ def mamba_inner(xz: torch.Tensor, weights: Sequence[Optional[torch.Tensor]],
     fwd = [absent if t is None else t for t in weights]
     bwd = [absent if t is None else t for t in weights_b] if weights_b is not None else []
     return torch.ops.vimzoo.mamba_inner_fwd(xz, fwd, bwd, bool(reverse), window, float(scale), name,
-                                            check_finite_enabled())
+                                            check_finite_enabled())[0]
 
 
 def add_rms_norm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor, eps: float = 1e-5,

@@ -9,6 +9,8 @@ The Mamba-2 SSD scan is counted like its recurrence: per (batch, token, head, p,
 C·S + accumulate (2) -> 5·b·l·h·p·n per direction, + 2·b·l·h·p for the D (diagonal) term; the quasiseparable core
 has two directions. Backward: 2x forward.
 """
+import math
+
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
@@ -83,9 +85,12 @@ def _mamba_inner_flop(xz, fwd, bwd, reverse, window, scale, backend, check_finit
 
 
 @register_flop_formula(_vz.mamba_inner_bwd)
-def _mamba_inner_bwd_flop(dout, xz, fwd, bwd, reverse, window, scale, backend, out_shape=None, **kwargs) -> int:
-    """The recomputed forward (conv, x_proj, dt_proj, scan) plus the backward of each part (2x its forward)."""
-    return 3 * sum(_mixer_parts(xz, fwd, bwd, window))
+def _mamba_inner_bwd_flop(dout, xz, x_dbl, fwd, bwd, reverse, window, scale, backend, out_shape=None,
+                          **kwargs) -> int:
+    """The recomputed forward (conv, dt_proj, scan; x_proj too when x_dbl is empty) plus the backward of each part
+    (2x its forward)."""
+    parts = _mixer_parts(xz, fwd, bwd, window)
+    return 3 * sum(parts) - (parts[1] if math.prod(x_dbl) else 0)
 
 
 @register_flop_formula(_vz.add_rms_norm_fwd)

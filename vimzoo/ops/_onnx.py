@@ -189,7 +189,8 @@ def vimzoo_bidirectional_selective_scan(
 
 
 def _mixer_branch(xs, weights: Sequence, reverse: bool, cdt: ir.DataType):
-    """One direction of `vimzoo.ops.reference.mamba_inner_ref`: conv -> x_proj -> dt_proj -> scan inputs."""
+    """One direction of `vimzoo.ops.reference.mamba_inner_ref`: conv -> x_proj -> dt_proj -> (scan inputs, x_proj's
+    output)."""
     conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, a_log, d_skip = weights
     dim = _static_dim(conv_w, 0, 'the conv weight')
     width = _static_dim(conv_w, len(conv_w.shape) - 1, 'the conv weight')
@@ -205,29 +206,32 @@ def _mixer_branch(xs, weights: Sequence, reverse: bool, cdt: ir.DataType):
     delta = op.MatMul(dt, op.Transpose(_to(dt_proj_w, cdt), perm=[1, 0]))    # (b, l, d)
     A = op.Neg(op.Exp(_to(a_log, cdt)))
     return (u, op.Transpose(delta, perm=[0, 2, 1]), A, op.Transpose(b_mat, perm=[0, 2, 1]),
-            op.Transpose(c_mat, perm=[0, 2, 1]), d_skip, dt_bias)
+            op.Transpose(c_mat, perm=[0, 2, 1]), d_skip, dt_bias), x_dbl
 
 
 @torch_op('vimzoo::mamba_inner_fwd', trace_only=True)
 def vimzoo_mamba_inner_fwd(xz: TFloat, fwd: Sequence[TFloat], bwd: Sequence[TFloat], reverse: bool, window: int,
-                           scale: float, backend: str, check_finite: bool) -> TFloat:
+                           scale: float, backend: str, check_finite: bool) -> Tuple[TFloat, TFloat]:
+    """(out, x_proj's output per direction), as the op returns them (an inference graph leaves the second unused)."""
     cdt = _compute_dtype(xz)
     dim = _static_dim(xz, 2, 'xz') // 2
     xz_t = op.Transpose(_to(xz, cdt), perm=[0, 2, 1])                         # (b, 2d, l)
     xs, z = _narrow(xz_t, 1, 0, dim), _narrow(xz_t, 1, dim, 2 * dim)
     if len(bwd):
-        u, delta, A, B, C, D, bias = _mixer_branch(xs, fwd, False, cdt)
-        u_b, delta_b, A_b, B_b, C_b, D_b, bias_b = _mixer_branch(xs, bwd, True, cdt)
+        (u, delta, A, B, C, D, bias), x_dbl = _mixer_branch(xs, fwd, False, cdt)
+        (u_b, delta_b, A_b, B_b, C_b, D_b, bias_b), x_dbl_b = _mixer_branch(xs, bwd, True, cdt)
         y = op.Add(_scan_core(u, delta, A, B, C, D, bias, True, False, 1),
                    _scan_core(u_b, delta_b, A_b, B_b, C_b, D_b, bias_b, True, True, 1))
+        x_dbls = op.Concat(op.Unsqueeze(x_dbl, _ints(0)), op.Unsqueeze(x_dbl_b, _ints(0)), axis=0)
     else:
-        u, delta, A, B, C, D, bias = _mixer_branch(xs, fwd, reverse, cdt)
+        (u, delta, A, B, C, D, bias), x_dbl = _mixer_branch(xs, fwd, reverse, cdt)
         y = _scan_core(u, delta, A, B, C, D, bias, True, reverse, window)
+        x_dbls = op.Unsqueeze(x_dbl, _ints(0))
     y = op.Mul(y, _silu(z))
     y = op.Transpose(y, perm=[0, 2, 1])
     if scale != 1.0:
         y = op.Mul(y, op.CastLike(op.Constant(value_float=scale), y))
-    return _to(y, xz.dtype)
+    return _to(y, xz.dtype), _to(x_dbls, xz.dtype)
 
 
 @torch_op('vimzoo::add_rms_norm_fwd', trace_only=True)

@@ -202,13 +202,16 @@ causal_conv1d_op.register_autograd(_conv_backward, setup_context=_conv_setup)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# mamba_inner_fwd: the fused mixer core, differentiable: its backward recomputes the conv output, x_proj and Δ from
-# the saved inputs (mamba-ssm's checkpoint_lvl=1), so only xz and the parameters are kept for it. Each direction is
-# [conv_weight (d, 1, k) or (d, k), conv_bias, x_proj_weight (R + 2N, d), dt_proj_weight (d, R), dt_proj_bias,
-# A_log (d, N), D]; absent optional tensors are None; `bwd` empty = one direction.
+# mamba_inner_fwd: the fused mixer core, differentiable. Returns (out, x_dbl): x_dbl is x_proj's output per direction
+# (directions, b, l, R + 2N), the one intermediate the backward reads; it recomputes the conv output and Δ from the
+# saved inputs (mamba-ssm's checkpoint_lvl=1, which keeps x_dbl as well), so training keeps only xz, x_dbl and the
+# parameters per mixer. Each direction is [conv_weight (d, 1, k) or (d, k), conv_bias, x_proj_weight (R + 2N, d),
+# dt_proj_weight (d, R), dt_proj_bias, A_log (d, N), D]; absent optional tensors are None; `bwd` empty = one
+# direction.
 # --------------------------------------------------------------------------------------------------------------
-def _mixer_out(xz: Tensor) -> Tensor:
-    return xz.new_empty((xz.shape[0], xz.shape[1], xz.shape[2] // 2))
+def _mixer_out(xz: Tensor, fwd: List[Tensor], bwd: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    b, l, d2 = xz.shape
+    return xz.new_empty((b, l, d2 // 2)), xz.new_empty((2 if bwd else 1, b, l, fwd[2].shape[0]))
 
 
 def _absent_as_none(weights: List[Tensor]) -> Optional[List[Optional[Tensor]]]:
@@ -227,53 +230,58 @@ def _picker(backend: str, device: torch.device):
 
 @torch.library.custom_op('vimzoo::mamba_inner_fwd', mutates_args=())
 def mamba_inner_fwd_op(xz: Tensor, fwd: List[Tensor], bwd: List[Tensor], reverse: bool, window: int, scale: float,
-                       backend: str, check_finite: bool) -> Tensor:
+                       backend: str, check_finite: bool) -> Tuple[Tensor, Tensor]:
     if xz.numel() == 0:
-        return _mixer_out(xz)
+        return _mixer_out(xz, fwd, bwd)
     weights, weights_b = _absent_as_none(fwd), _absent_as_none(bwd)
     impl = _mixer_kernel('mamba_inner_fwd', backend, xz, fwd, bwd)
     if impl is not None:
-        return impl.mamba_inner_fwd(xz, weights, weights_b, reverse, window, scale, check_finite).contiguous()
-    out = mixer_fwd(xz, weights, weights_b, reverse, window, scale, check_finite, _picker(backend, xz.device))
-    return out.contiguous()   # the fake promises a contiguous (b, l, d) output
+        out, x_dbl = impl.mamba_inner_fwd(xz, weights, weights_b, reverse, window, scale, check_finite)
+    else:
+        out, x_dbl = mixer_fwd(xz, weights, weights_b, reverse, window, scale, check_finite,
+                               _picker(backend, xz.device))
+    return out.contiguous(), x_dbl.contiguous()   # the fake promises contiguous outputs
 
 
 @mamba_inner_fwd_op.register_fake
 def _(xz, fwd, bwd, reverse, window, scale, backend, check_finite):
-    return _mixer_out(xz)
+    return _mixer_out(xz, fwd, bwd)
 
 
 @torch.library.custom_op('vimzoo::mamba_inner_bwd', mutates_args=())
-def mamba_inner_bwd_op(dout: Tensor, xz: Tensor, fwd: List[Tensor], bwd: List[Tensor], reverse: bool, window: int,
-                       scale: float, backend: str) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
+def mamba_inner_bwd_op(dout: Tensor, xz: Tensor, x_dbl: Tensor, fwd: List[Tensor], bwd: List[Tensor], reverse: bool,
+                       window: int, scale: float, backend: str) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """(dxz, grads of fwd, grads of bwd); empty tensors stand for absent parameters."""
     if xz.numel() == 0:
         return torch.zeros_like(xz), [torch.zeros_like(t) for t in fwd], [torch.zeros_like(t) for t in bwd]
     weights, weights_b = _absent_as_none(fwd), _absent_as_none(bwd)
+    x_dbl = x_dbl if x_dbl.numel() else None   # empty: recompute it
     impl = _mixer_kernel('mamba_inner_bwd', backend, xz, fwd, bwd)
     if impl is not None:
-        dxz, dfwd, dbwd = impl.mamba_inner_bwd(dout, xz, weights, weights_b, reverse, window, scale)
+        dxz, dfwd, dbwd = impl.mamba_inner_bwd(dout, xz, weights, weights_b, reverse, window, scale, x_dbl=x_dbl)
     else:
-        dxz, dfwd, dbwd = mixer_bwd(dout, xz, weights, weights_b, reverse, window, scale, _picker(backend, xz.device))
+        dxz, dfwd, dbwd = mixer_bwd(dout, xz, weights, weights_b, reverse, window, scale, _picker(backend, xz.device),
+                                    x_dbl=x_dbl)
     return dxz, list(_fill(dfwd, xz)), list(_fill(dbwd, xz)) if bwd else []
 
 
 @mamba_inner_bwd_op.register_fake
-def _(dout, xz, fwd, bwd, reverse, window, scale, backend):
+def _(dout, xz, x_dbl, fwd, bwd, reverse, window, scale, backend):
     return torch.empty_like(xz), [torch.empty_like(t) for t in fwd], [torch.empty_like(t) for t in bwd]
 
 
 def _mixer_setup(ctx, inputs, output):
     xz, fwd, bwd, reverse, window, scale, backend, _ = inputs
-    ctx.save_for_backward(xz, *fwd, *bwd)
+    ctx.mark_non_differentiable(output[1])   # x_dbl is kept for the backward, not a result to differentiate
+    ctx.save_for_backward(xz, output[1], *fwd, *bwd)
     ctx.cfg = (len(fwd), reverse, window, scale, resolve_default(backend))
 
 
-def _mixer_backward(ctx, dout):
+def _mixer_backward(ctx, dout, _dx_dbl):
     n_fwd, reverse, window, scale, backend = ctx.cfg
-    xz, *weights = ctx.saved_tensors
-    dxz, dfwd, dbwd = torch.ops.vimzoo.mamba_inner_bwd(dout.contiguous(), xz, weights[:n_fwd], weights[n_fwd:],
-                                                       reverse, window, scale, backend)
+    xz, x_dbl, *weights = ctx.saved_tensors
+    dxz, dfwd, dbwd = torch.ops.vimzoo.mamba_inner_bwd(dout.contiguous(), xz, x_dbl, weights[:n_fwd],
+                                                       weights[n_fwd:], reverse, window, scale, backend)
     return dxz, dfwd, dbwd, None, None, None, None, None
 
 

@@ -1,7 +1,7 @@
 """The mixer core (`mamba_inner`) where no fused mixer kernel fits (other dtypes, CUDA, d % 16 != 0): the
 reference orchestration (`reference.mamba_inner_ref` / `mamba_inner_bwd_ref`) with every step — conv, scan, their
 backwards — run by the backend `pick` chooses for that step. So each backend's kernels serve the mixer, forward and
-backward (which recomputes the conv output, x_proj and Δ), inside one custom op.
+backward (which reads the forward's x_proj output and recomputes the conv output and Δ), inside one custom op.
 
 `pick(op, tensors, **info)` returns the backend module for one step (vimzoo.ops._choose.choose bound to the mixer
 op's requested backend and device).
@@ -9,7 +9,7 @@ op's requested backend and device).
 from typing import Callable
 
 from ._validate import check_finite as check_values, mixer_named
-from .reference import mamba_inner_bwd_ref, mamba_inner_ref
+from .reference import mamba_inner_bwd_ref, mamba_inner_fwd_ref
 
 __all__ = ['mixer_fwd', 'mixer_bwd']
 
@@ -29,10 +29,10 @@ def mixer_fwd(xz, fwd, bwd, reverse: bool, window: int, scale: float, check_fini
         tensors = args[:15]
         impl = pick('bidirectional_selective_scan', tensors, d_state=args[2].shape[1])
         return impl.bidir_fwd(*tensors, args[15], check_finite)
-    return mamba_inner_ref(xz, fwd, bwd, reverse, window, scale, conv, scan, bidirectional_scan)
+    return mamba_inner_fwd_ref(xz, fwd, bwd, reverse, window, scale, conv, scan, bidirectional_scan)
 
 
-def mixer_bwd(dout, xz, fwd, bwd, reverse: bool, window: int, scale: float, pick: Callable):
+def mixer_bwd(dout, xz, fwd, bwd, reverse: bool, window: int, scale: float, pick: Callable, x_dbl=None):
     def conv(x, weight, bias, rev):
         return pick('causal_conv1d', (x, weight, bias)).conv_fwd(x, weight, bias, True, rev, False)
 
@@ -44,4 +44,4 @@ def mixer_bwd(dout, xz, fwd, bwd, reverse: bool, window: int, scale: float, pick
 
     def conv_bwd(g, x, weight, bias, rev, dx_out, accumulate):   # dx returned; mamba_inner_bwd_ref stores it
         return pick('causal_conv1d_bwd', (x, weight, bias)).conv_bwd(g, x, weight, bias, True, rev)
-    return mamba_inner_bwd_ref(dout, xz, fwd, bwd, reverse, window, scale, conv, scan_bwd, conv_bwd)
+    return mamba_inner_bwd_ref(dout, xz, fwd, bwd, reverse, window, scale, conv, scan_bwd, conv_bwd, x_dbl=x_dbl)

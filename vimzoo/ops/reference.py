@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ['lb_window', 'compute_dtype', 'selective_scan_ref', 'bidirectional_selective_scan_ref',
-           'causal_conv1d_ref', 'mamba_inner_ref', 'mamba_inner_bwd_ref', 'add_rms_norm_ref', 'add_rms_norm_bwd_ref']
+           'causal_conv1d_ref', 'mamba_inner_ref', 'mamba_inner_fwd_ref', 'mamba_inner_bwd_ref', 'add_rms_norm_ref',
+           'add_rms_norm_bwd_ref']
 
 
 def lb_window(length: int) -> int:
@@ -134,9 +135,22 @@ def mamba_inner_ref(
     `conv` / `scan` / `bidirectional_scan` default to the reference math; vimzoo.ops passes its differentiable
     ops instead, so both routes are this one function.
     """
+    return mamba_inner_fwd_ref(xz, weights, weights_b, reverse, local_window, scale, conv, scan,
+                               bidirectional_scan)[0]
+
+
+def mamba_inner_fwd_ref(
+        xz: torch.Tensor, weights: Sequence[Optional[torch.Tensor]],
+        weights_b: Optional[Sequence[Optional[torch.Tensor]]] = None, reverse: bool = False,
+        local_window: Optional[int] = None, scale: float = 1.0, conv: Callable = causal_conv1d_ref,
+        scan: Callable = selective_scan_ref, bidirectional_scan: Callable = bidirectional_selective_scan_ref,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`mamba_inner_ref` that also returns x_proj's output per direction, (directions, b, l, R + 2N): what the
+    training backward (`mamba_inner_bwd_ref`) reads instead of recomputing that GEMM."""
     d = xz.shape[-1] // 2
     xs, z = xz.transpose(1, 2).split(d, dim=1)   # (b, d, l) views of token-major memory
     dtype = xz.dtype
+    x_dbls = []
 
     def branch(w, rev):
         conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, a_log, d_skip = w
@@ -144,6 +158,7 @@ def mamba_inner_ref(
         u = conv(xs, conv_w.reshape(conv_w.shape[0], -1).to(dtype), None if conv_b is None else conv_b.to(dtype),
                  'silu', rev)
         x_dbl = F.linear(u.transpose(1, 2), x_proj_w.to(dtype))       # (b, l, R + 2N)
+        x_dbls.append(x_dbl)
         dt, b_mat, c_mat = torch.split(x_dbl, [rank, n, n], dim=-1)
         delta = F.linear(dt, dt_proj_w.to(dtype))                      # (b, l, d); the bias goes to the scan
         return (u, delta.transpose(1, 2), -torch.exp(a_log.float()), b_mat.transpose(1, 2), c_mat.transpose(1, 2),
@@ -155,7 +170,7 @@ def mamba_inner_ref(
         u, delta, A, b_mat, c_mat, D, dt_bias = branch(weights, reverse)
         y = scan(u, delta, A, b_mat, c_mat, D, z, dt_bias, True, reverse, local_window)
     y = y.transpose(1, 2)
-    return y * scale if scale != 1.0 else y
+    return y * scale if scale != 1.0 else y, torch.stack(x_dbls)
 
 
 def _opt_float(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -194,11 +209,12 @@ def mamba_inner_bwd_ref(
         dout: torch.Tensor, xz: torch.Tensor, weights: Sequence[Optional[torch.Tensor]],
         weights_b: Optional[Sequence[Optional[torch.Tensor]]], reverse: bool, window: int, scale: float,
         conv: Callable = _conv_silu_ref, scan_bwd: Callable = _scan_bwd_lnt, conv_bwd: Callable = _conv_silu_bwd_ref,
-        lowrank_scan_bwd: Optional[Callable] = None,
+        lowrank_scan_bwd: Optional[Callable] = None, x_dbl: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, list, Optional[list]]:
-    """Backward of `mamba_inner_ref` from its inputs alone: the conv output, x_proj and Δ are recomputed rather than
-    saved (mamba-ssm's checkpoint_lvl=1), then per direction the scan backward, the dt_proj / x_proj products and
-    the conv + SiLU backward. Returns (dxz, grads of `weights`, grads of `weights_b`), None for absent parameters.
+    """Backward of `mamba_inner_ref` from its inputs and x_proj's output `x_dbl` (directions, b, l, R + 2N), as
+    `mamba_inner_fwd_ref` returns it (None: recomputed): the conv output and Δ are recomputed rather than saved
+    (mamba-ssm's checkpoint_lvl=1), then per direction the scan backward, the dt_proj / x_proj products and the
+    conv + SiLU backward. Returns (dxz, grads of `weights`, grads of `weights_b`), None for absent parameters.
 
     `conv(x, w, b, reverse)` (SiLU included), `scan_bwd(dout, u, delta, A, B, C, D, z, dt_bias, reverse, window,
     scale)` with B, C and their grads as (b, l, n), and `conv_bwd(dout, x, w, b, reverse, dx_out, accumulate)`
@@ -224,7 +240,7 @@ def mamba_inner_bwd_ref(
         xw, dtw = x_proj_w.to(dtype), dt_proj_w.to(dtype)
         u = conv(x, cw, cb, rev)                                            # (b, d, l)
         u_tok = u.transpose(1, 2)
-        xdbl = F.linear(u_tok, xw)                                          # (b, l, R + 2N)
+        xdbl = F.linear(u_tok, xw) if x_dbl is None else x_dbl[i].to(dtype)   # (b, l, R + 2N)
         dt, b_mat, c_mat = xdbl[..., :rank], xdbl[..., rank:rank + n], xdbl[..., rank + n:]
         A = -torch.exp(a_log.float())
         du, d_dt, d_dtw, dA, dB, dC, dD, dz, dbias = lowrank_scan_bwd(

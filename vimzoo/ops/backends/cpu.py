@@ -108,11 +108,12 @@ def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):
 
     def pack(weights):
         return [empty if t is None else t for t in weights] if weights else []
-    return _ext().mamba_inner_fwd(xz.contiguous(), pack(fwd), pack(bwd), reverse, window, scale, check_finite)
+    out, x_dbl = _ext().mamba_inner_fwd(xz.contiguous(), pack(fwd), pack(bwd), reverse, window, scale, check_finite)
+    return out, x_dbl
 
 
-def mamba_inner_bwd(dout, xz, fwd, bwd, reverse, window, scale):
-    """reference.mamba_inner_bwd_ref (recompute conv and x_proj; scan backward; GEMMs; conv backward) on the
+def mamba_inner_bwd(dout, xz, fwd, bwd, reverse, window, scale, x_dbl=None):
+    """reference.mamba_inner_bwd_ref (recompute the conv; scan backward; GEMMs; conv backward) on the
     token-major kernels: no layout copies, Δ = dt · dt_projᵀ and its gradients inside the scan backward (no
     rank-12 GEMMs), the conv + SiLU backward in one pass, dx and dz written (and the directions summed) into dxz."""
     ext = _ext()
@@ -130,7 +131,7 @@ def mamba_inner_bwd(dout, xz, fwd, bwd, reverse, window, scale):
         _, dw, db = ext.causal_conv1d_bwd_tm(_channel_contiguous(g), x, w, b, True, rev, dx_out, accumulate)
         return None, dw, db   # dx written into dxz
     return mamba_inner_bwd_ref(dout, xz, fwd, bwd, reverse, window, scale, conv, conv_bwd=conv_bwd_,
-                               lowrank_scan_bwd=lowrank_scan_bwd)
+                               lowrank_scan_bwd=lowrank_scan_bwd, x_dbl=x_dbl)
 
 
 def add_rms_norm_fwd(x, residual, weight, eps, check_finite):

@@ -58,13 +58,14 @@ def conv_bwd(dout, x, weight, bias, silu, reverse):
 
 
 def mamba_inner_fwd(xz, fwd, bwd, reverse, window, scale, check_finite):
+    """(out, x_proj's output per direction): the backward reads the second instead of recomputing it."""
     if check_finite:
         _check_values('mamba_inner', mixer_named(xz, fwd, bwd))
-    return ref.mamba_inner_ref(xz, fwd, bwd, reverse, window, scale)
+    return ref.mamba_inner_fwd_ref(xz, fwd, bwd, reverse, window, scale)
 
 
-def mamba_inner_bwd(dout, xz, fwd, bwd, reverse, window, scale):
-    return ref.mamba_inner_bwd_ref(dout, xz, fwd, bwd, reverse, window, scale)
+def mamba_inner_bwd(dout, xz, fwd, bwd, reverse, window, scale, x_dbl=None):
+    return ref.mamba_inner_bwd_ref(dout, xz, fwd, bwd, reverse, window, scale, x_dbl=x_dbl)
 
 
 def add_rms_norm_fwd(x, residual, weight, eps, check_finite):
