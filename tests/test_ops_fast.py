@@ -358,6 +358,8 @@ def test_mamba_inner_backward_reads_the_saved_x_proj_output(ext, backend, bidir)
         assert _rel(got, exp) < 1e-5, f'grad #{i}'
     perturbed = grads(x_dbl + 0.1 * torch.randn(x_dbl.shape, generator=g))
     assert _rel(perturbed[0], read[0]) > 1e-3 and _rel(perturbed[3], read[3]) > 1e-3   # dxz, d x_proj.weight
+    with pytest.raises(ValueError, match="x_dbl must be the forward's second output"):
+        grads(x_dbl[:, :, 1:])
 
 
 def test_mamba_inner_errors(ext):

@@ -255,6 +255,10 @@ def mamba_inner_bwd_op(dout: Tensor, xz: Tensor, x_dbl: Tensor, fwd: List[Tensor
     if xz.numel() == 0:
         return torch.zeros_like(xz), [torch.zeros_like(t) for t in fwd], [torch.zeros_like(t) for t in bwd]
     weights, weights_b = _absent_as_none(fwd), _absent_as_none(bwd)
+    expected = _mixer_out(xz, fwd, bwd)[1].shape
+    if x_dbl.numel() and x_dbl.shape != expected:
+        raise ValueError(f'vimzoo mamba_inner_bwd: x_dbl must be the forward\'s second output, shape '
+                         f'{tuple(expected)}, got {tuple(x_dbl.shape)}.')
     x_dbl = x_dbl if x_dbl.numel() else None   # empty: recompute it
     impl = _mixer_kernel('mamba_inner_bwd', backend, xz, fwd, bwd)
     if impl is not None:
