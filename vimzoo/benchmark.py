@@ -376,7 +376,7 @@ def read_csv(path: Path) -> List[Dict]:
         return [{k: convert(v) for k, v in row.items() if v != ''} for row in csv.DictReader(f)]
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', nargs='+', default=None,
                         help='timm/zoo model names (default: the smallest variant of every zoo family present)')
@@ -399,34 +399,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--replot', action='store_true', help='redraw <out>.png from <out>.csv, measure nothing')
     parser.add_argument('--no-progress', action='store_true')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
 
-    if args.worker:
-        print(json.dumps(measure(**json.loads(args.worker))))
-        return 0
-    args.amp = {'bfloat16': 'bf16', 'float16': 'fp16'}.get(args.amp, args.amp)
-    if args.replot:
-        out = Path(args.out[:-4] if args.out.endswith('.csv') else args.out)
-        proto = out.parent / f'{out.name}.protocol.json'
-        plot(read_csv(out.parent / f'{out.name}.csv'), out.parent / f'{out.name}.png', args.baseline,
-             json.loads(proto.read_text()) if proto.exists() else None)
-        print(f'wrote {out.parent / f"{out.name}.png"}')
-        return 0
-    if args.batch_size < 1 or args.iters < 1 or args.warmup < 0 or args.rounds < 1:
-        parser.error('--batch-size, --iters and --rounds must be >= 1, --warmup >= 0')
-    if args.device == 'cuda':
-        import torch
-        if not torch.cuda.is_available():
-            parser.error('--device cuda requested but torch.cuda.is_available() is False')
 
+def _out_prefix(out: str) -> Path:
+    return Path(out[:-4] if out.endswith('.csv') else out)
+
+
+def _protocol(args: argparse.Namespace) -> Dict[str, object]:
+    """Everything a reader needs to rerun and interpret the measurement (written next to the CSV)."""
     import timm
-    import vimzoo
-    models = [args.baseline] + [m for m in (args.models or default_models()) if m != args.baseline]
-    for m in models:
-        vimzoo.check_model_name(m)  # fail fast with suggestions, before any subprocess
-    plan = [(m, r) for r in args.resolutions for m in models]
     import torch
-    protocol = dict(
+    import vimzoo
+    return dict(
         baseline=args.baseline, batch_size=args.batch_size, device=args.device, amp=args.amp or 'fp32',
         threads=args.threads, warmup=args.warmup, iters=args.iters, rounds=args.rounds,
         mode='eval, torch.inference_mode, forward only',
@@ -443,6 +428,60 @@ def main(argv: Optional[List[str]] = None) -> int:
         vimzoo=vimzoo.__version__, cpu=_cpu_name(), cpu_count=os.cpu_count(), python=platform.python_version(),
         date=time.strftime('%Y-%m-%d %H:%M:%S'),
     )
+
+
+def _write_results(rows: List[Dict], out: Path, protocol: Dict[str, object], baseline: str) -> List[Path]:
+    paths = {ext: out.parent / f'{out.name}{ext}' for ext in ('.csv', '.png', '.protocol.json')}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(paths['.csv'], 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f'{v:.4g}' if isinstance(v, float) else v) for k, v in row.items()})
+    paths['.protocol.json'].write_text(json.dumps(protocol, indent=2) + '\n')
+    plot(rows, paths['.png'], baseline, protocol)
+    return list(paths.values())
+
+
+def _print_table(rows: List[Dict]) -> None:
+    print(f'{"model":40s} {"res":>5s} {"params(M)":>9s} {"GMACs":>7s} {"ms":>9s} {"img/s":>8s} {"x base":>7s} '
+          f'{"mem MB":>8s}  status')
+    for r in rows:
+        def fmt(key, spec):
+            return format(r[key], spec) if isinstance(r.get(key), (int, float)) else '-'
+        print(f'{r["model"]:40s} {r["resolution"]:5d} {fmt("params_m", "9.2f")} {fmt("gmacs", "7.3g")} '
+              f'{fmt("latency_ms_median", "9.1f")} {fmt("throughput_img_s", "8.1f")} '
+              f'{fmt("throughput_ratio_vs_baseline", "7.2f")} {fmt("peak_mem_mb", "8.1f")}  '
+              f'{r.get("status")} {r.get("error", "")}')
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(**json.loads(args.worker))))
+        return 0
+    args.amp = {'bfloat16': 'bf16', 'float16': 'fp16'}.get(args.amp, args.amp)
+    if args.replot:
+        out = _out_prefix(args.out)
+        proto = out.parent / f'{out.name}.protocol.json'
+        plot(read_csv(out.parent / f'{out.name}.csv'), out.parent / f'{out.name}.png', args.baseline,
+             json.loads(proto.read_text()) if proto.exists() else None)
+        print(f'wrote {out.parent / f"{out.name}.png"}')
+        return 0
+    if args.batch_size < 1 or args.iters < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error('--batch-size, --iters and --rounds must be >= 1, --warmup >= 0')
+    if args.device == 'cuda':
+        import torch
+        if not torch.cuda.is_available():
+            parser.error('--device cuda requested but torch.cuda.is_available() is False')
+
+    import vimzoo
+    models = [args.baseline] + [m for m in (args.models or default_models()) if m != args.baseline]
+    for m in models:
+        vimzoo.check_model_name(m)  # fail fast with suggestions, before any subprocess
+    plan = [(m, r) for r in args.resolutions for m in models]
+    protocol = _protocol(args)
     print('protocol:\n' + '\n'.join(f'  {k}: {v}' for k, v in protocol.items()))
     if args.dry_run:
         for m, r in plan:
@@ -456,30 +495,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         runs[(m, r)].append(_run_worker(args, m, r))
     rows = [merge_rounds(runs[key]) for key in plan]
     add_ratios(rows, args.baseline)
-
-    out = Path(args.out[:-4] if args.out.endswith('.csv') else args.out)
-    paths = {ext: out.parent / f'{out.name}{ext}' for ext in ('.csv', '.png', '.protocol.json')}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(paths['.csv'], 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f'{v:.4g}' if isinstance(v, float) else v) for k, v in row.items()})
-    paths['.protocol.json'].write_text(json.dumps(protocol, indent=2) + '\n')
-    plot(rows, paths['.png'], args.baseline, protocol)
-
-    print(f'{"model":40s} {"res":>5s} {"params(M)":>9s} {"GMACs":>7s} {"ms":>9s} {"img/s":>8s} {"x base":>7s} '
-          f'{"mem MB":>8s}  status')
-    for r in rows:
-        def fmt(key, spec):
-            return format(r[key], spec) if isinstance(r.get(key), (int, float)) else '-'
-        print(f'{r["model"]:40s} {r["resolution"]:5d} {fmt("params_m", "9.2f")} {fmt("gmacs", "7.3g")} '
-              f'{fmt("latency_ms_median", "9.1f")} {fmt("throughput_img_s", "8.1f")} '
-              f'{fmt("throughput_ratio_vs_baseline", "7.2f")} {fmt("peak_mem_mb", "8.1f")}  '
-              f'{r.get("status")} {r.get("error", "")}')
-    print('wrote ' + ', '.join(str(p) for p in paths.values()))
+    paths = _write_results(rows, _out_prefix(args.out), protocol, args.baseline)
+    _print_table(rows)
+    print('wrote ' + ', '.join(str(p) for p in paths))
     return 0 if any(r.get('status') == 'ok' for r in rows if r['model'] == args.baseline) else 1
-
 
 if __name__ == '__main__':
     sys.exit(main())
