@@ -105,10 +105,171 @@ struct TokenGrads {
   }
 };
 
+// What one (batch row, 16-channel block) task's passes share: the scan inputs of the row, the forward recompute's
+// h and a (w.hs, w.abuf at row k, scan order), this worker's dB / dC partial-sum rows and the block's accumulators.
+struct BlockBwd {
+  const TmBwd& p;
+  TmBwdWork& w;
+  TokenGrads& tg;
+  int64_t bi, c0, L, N;
+  const float *Bb, *Cb;   // B, C of batch row bi, token t at t * bc_st
+  v16f *dBrow, *dCrow;    // (l, n) partial sums over channels
+  const v16f* zeros;      // h_{-1} = 0
+  int64_t t_of(int64_t k) const { return p.s.reverse ? L - 1 - k : k; }
+};
+
+// 1) Forward recompute in scan order: h_k and a_k for every state.
+template <int NC>
+void recompute_states(const BlockBwd& c) {
+  const TmScan& s = c.p.s;
+  const int64_t N = NC > 0 ? NC : c.N;
+  const v16f* A2 = c.w.A2.data();
+  v16f* hs = c.w.hs.data();
+  for (int64_t k = 0; k < c.L; ++k) {
+    const int64_t t = c.t_of(k);
+    const v16f vd = c.w.vd[t];
+    const v16f vdu = vd * c.w.vu[t];
+    const float* b = c.Bb + t * s.bc_st;
+    v16f* hk = hs + k * N;
+    const v16f* hprev = k ? hk - N : c.zeros;
+    v16f* ak = c.w.abuf.data() + k * N;
+    for (int64_t n = 0; n < N; ++n) {
+      const StateStep<v16f> st = tm_state_step(vd, vdu, A2[n], b[n], hprev[n]);
+      ak[n] = st.a;
+      hk[n] = st.h;
+    }
+  }
+}
+
+// 2) Plain reverse pass: dxl_k = g_k C_k + a_{k+1} dxl_{k+1} (carry = a_{k+1} dxl_{k+1}); db = dxl;
+//    gA = dxl (h_k - b_k) = dxl a_k h_{k-1} (the product form has no cancellation). The carry lives in a local
+//    array (registers when N is a compile-time 16), not behind the dB / dC stores.
+template <int NC>
+void reverse_plain(const BlockBwd& c) {
+  const int64_t N = NC > 0 ? NC : c.N;
+  const v16f* An = c.w.An.data();
+  const v16f* hs = c.w.hs.data();
+  v16f* dA = c.w.dA.data();
+  v16f cr_local[NC > 0 ? NC : 1];
+  v16f* cr = NC > 0 ? cr_local : c.w.carry.data();
+  for (int64_t n = 0; n < N; ++n) cr[n] = splatv<v16f>(0.0f);
+  for (int64_t k = c.L - 1; k >= 0; --k) {
+    const int64_t t = c.t_of(k);
+    const v16f vd = c.w.vd[t], vdu = vd * c.w.vu[t], g = c.w.vg[t];
+    const float* b = c.Bb + t * c.p.s.bc_st;
+    const float* cc = c.Cb + t * c.p.s.bc_st;
+    const v16f* hk = hs + k * N;
+    const v16f* hprev = k ? hk - N : c.zeros;
+    const v16f* ak = c.w.abuf.data() + k * N;
+    v16f* dB = c.dBrow + t * N;
+    v16f* dC = c.dCrow + t * N;
+    v16f s_dbB = splatv<v16f>(0.0f), s_gAA = splatv<v16f>(0.0f), y = splatv<v16f>(0.0f);
+    for (int64_t n = 0; n < N; ++n) {
+      const v16f a = ak[n];
+      const v16f dxl = g * cc[n] + cr[n];
+      cr[n] = a * dxl;
+      const v16f gA = dxl * a * hprev[n];
+      s_dbB += dxl * b[n];
+      s_gAA += gA * An[n];
+      dA[n] += vd * gA;
+      dB[n] += dxl * vdu;
+      dC[n] += g * hk[n];
+      y += hk[n] * cc[n];
+    }
+    c.tg.emit(c.p, c.w, c.bi, t, c.c0, s_dbB, s_gAA, y);
+  }
+}
+
+// 2a) An LB window's forward pass: the window-local adjoint dxr_k = G_k + a_{k-1} dxr_{k-1} (G = g C, restarted at
+//     the window start), kept per token in w.xrw.
+template <int NC>
+void lb_window_adjoint(const BlockBwd& c, int64_t k0, int64_t k1) {
+  const int64_t N = NC > 0 ? NC : c.N;
+  const v16f* abuf = c.w.abuf.data();
+  v16f* xrw = c.w.xrw.data();
+  for (int64_t k = k0; k < k1; ++k) {
+    const int64_t t = c.t_of(k);
+    const v16f g = c.w.vg[t];
+    const float* cc = c.Cb + t * c.p.s.bc_st;
+    v16f* x = xrw + (k - k0) * N;
+    if (k == k0) {
+      for (int64_t n = 0; n < N; ++n) x[n] = g * cc[n];
+    } else {
+      const v16f* aprev = abuf + (k - 1) * N;
+      for (int64_t n = 0; n < N; ++n) x[n] = g * cc[n] + aprev[n] * x[n - N];
+    }
+  }
+}
+
+// 2) LB reverse pass, windows last to first: 2a) above, then 2b) reverse through the window with the local state hb
+//    (zero past the window end) and the global adjoint dxl carried in local arrays (registers when N is a
+//    compile-time 16), b_k = Δ u B recomputed, and every gradient (the formulas of scan_rows_bwd.cpp).
+template <int NC>
+void reverse_lb(const BlockBwd& c) {
+  const int64_t N = NC > 0 ? NC : c.N, L = c.L, W = c.p.s.W;
+  const v16f* An = c.w.An.data();
+  const v16f* hs = c.w.hs.data();
+  const v16f* abuf = c.w.abuf.data();
+  const v16f* xrw = c.w.xrw.data();
+  v16f* dA = c.w.dA.data();
+  v16f cr_local[NC > 0 ? NC : 1], hb_local[NC > 0 ? NC : 1];
+  v16f* cr = NC > 0 ? cr_local : c.w.carry.data();   // a_{k+1} dxl_{k+1}
+  v16f* hb = NC > 0 ? hb_local : c.w.hb.data();      // hb_{k+1}
+  for (int64_t n = 0; n < N; ++n) cr[n] = splatv<v16f>(0.0f);
+  for (int64_t win = (L + W - 1) / W - 1; win >= 0; --win) {
+    const int64_t k0 = win * W, k1 = std::min(k0 + W, L);
+    lb_window_adjoint<NC>(c, k0, k1);
+    for (int64_t n = 0; n < N; ++n) hb[n] = splatv<v16f>(0.0f);
+    for (int64_t k = k1 - 1; k >= k0; --k) {
+      const int64_t t = c.t_of(k);
+      const v16f vd = c.w.vd[t], vdu = vd * c.w.vu[t], g = c.w.vg[t];
+      const float* b = c.Bb + t * c.p.s.bc_st;
+      const float* cc = c.Cb + t * c.p.s.bc_st;
+      const v16f* ak = abuf + k * N;
+      const v16f* hk = hs + k * N;
+      const v16f* hf_prev = k ? hk - N : c.zeros;
+      const v16f* x = xrw + (k - k0) * N;
+      v16f* dB = c.dBrow + t * N;
+      v16f* dC = c.dCrow + t * N;
+      v16f s_dbB = splatv<v16f>(0.0f), s_gAA = splatv<v16f>(0.0f), y = splatv<v16f>(0.0f);
+      for (int64_t n = 0; n < N; ++n) {
+        const v16f G = g * cc[n];
+        const v16f dxl = G + cr[n];
+        cr[n] = ak[n] * dxl;
+        const LocalStep<v16f> ls = local_step(ak[n], vdu * b[n], hb[n]);   // ls.r = hb_k - b_k
+        hb[n] = ls.hb;
+        const v16f db = dxl + x[n] - G;
+        const v16f gA = ak[n] * (dxl * hf_prev[n]) + x[n] * ls.r;   // (hf_k - b_k) = a_k hf_{k-1}
+        const v16f h = hk[n] + ls.r;
+        s_dbB += db * b[n];
+        s_gAA += gA * An[n];
+        y += h * cc[n];
+        dA[n] += vd * gA;
+        dB[n] += db * vdu;
+        dC[n] += g * h;
+      }
+      c.tg.emit(c.p, c.w, c.bi, t, c.c0, s_dbB, s_gAA, y);
+    }
+  }
+}
+
+// Per-block results: dA (channels c0.., every n), dD, dbias, d dt_proj, for this batch row (summed over the batch
+// later).
+void store_block_results(const BlockBwd& c, int64_t R) {
+  const TmBwd& p = c.p;
+  for (int j = 0; j < kLanes; ++j) {
+    const int64_t row = c.bi * p.Dm + c.c0 + j;
+    for (int64_t n = 0; n < c.N; ++n) p.dA_rows[row * c.N + n] = c.w.dA[n][j];
+    p.dD_rows[row] = c.tg.dD[j];
+    p.dbias_rows[row] = c.tg.dbias[j];
+    for (int64_t r = 0; r < R; ++r) p.dW_rows[row * R + r] = c.w.dWv[r][j];
+  }
+}
+
 template <int NC>
 void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmBwdWork& w) {
   const TmScan& s = p.s;
-  const int64_t L = p.L, N = NC > 0 ? NC : p.N, W = s.W;
+  const int64_t L = p.L, N = NC > 0 ? NC : p.N;
   tm_load_A(s, c0, N, w.A2.data(), w.An.data());
   const int64_t R = s.dt != nullptr ? s.R : 0;
   for (int64_t r = 0; r < R; ++r) {
@@ -116,134 +277,20 @@ void scan_block_bwd_tm(const TmBwd& p, int64_t bi, int64_t c0, int64_t slot, TmB
     w.dWv[r] = splatv<v16f>(0.0f);
   }
   bwd_prepass(p, bi, c0, w);
-  const float* Bb = s.B + bi * s.bc_sb;
-  const float* Cb = s.C + bi * s.bc_sb;
+  for (int64_t n = 0; n < N; ++n) w.dA[n] = splatv<v16f>(0.0f);
   const int64_t prow = p.partial_row(slot, bi);
-  v16f* dBrow = p.dBv + prow * L * N;
-  v16f* dCrow = p.dCv + prow * L * N;
-  const v16f* A2 = w.A2.data();
-  const v16f* An = w.An.data();
-  v16f* hs = w.hs.data();
-  v16f* carry = w.carry.data();
-  v16f* dA = w.dA.data();
-  for (int64_t n = 0; n < N; ++n) carry[n] = dA[n] = splatv<v16f>(0.0f);
   TokenGrads tg{s.D ? O::load(s.D + c0) : splatv<v16f>(0.0f), splatv<v16f>(0.0f), splatv<v16f>(0.0f),
                 R ? p.dDTv + prow * L * R : nullptr};
-  // 1) forward recompute in scan order: h and a.
-  for (int64_t k = 0; k < L; ++k) {
-    const int64_t t = s.reverse ? L - 1 - k : k;
-    const v16f vd = w.vd[t];
-    const v16f vdu = vd * w.vu[t];
-    const float* b = Bb + t * s.bc_st;
-    v16f* hk = hs + k * N;
-    const v16f* hprev = k ? hk - N : carry;   // carry is still zero here: h_{-1} = 0
-    v16f* ak = w.abuf.data() + k * N;
-    for (int64_t n = 0; n < N; ++n) {
-      const StateStep<v16f> st = tm_state_step(vd, vdu, A2[n], b[n], hprev[n]);
-      ak[n] = st.a;
-      hk[n] = st.h;
-    }
-  }
   const std::vector<v16f> zeros(N, splatv<v16f>(0.0f));
-  if (W <= 1) {
-    // 2) reverse: dxl_k = g_k C_k + a_{k+1} dxl_{k+1} (carry = a_{k+1} dxl_{k+1}); db = dxl;
-    //    gA = dxl (h_k - b_k) = dxl a_k h_{k-1} (the product form has no cancellation). The carry lives in a local
-    //    array (registers when N is a compile-time 16), not behind the dB / dC stores.
-    v16f cr_local[NC > 0 ? NC : 1];
-    v16f* cr = NC > 0 ? cr_local : carry;
-    for (int64_t n = 0; n < N; ++n) cr[n] = splatv<v16f>(0.0f);
-    for (int64_t k = L - 1; k >= 0; --k) {
-      const int64_t t = s.reverse ? L - 1 - k : k;
-      const v16f vd = w.vd[t], vdu = vd * w.vu[t], g = w.vg[t];
-      const float* b = Bb + t * s.bc_st;
-      const float* c = Cb + t * s.bc_st;
-      const v16f* hk = hs + k * N;
-      const v16f* hprev = k ? hk - N : zeros.data();
-      const v16f* ak = w.abuf.data() + k * N;
-      v16f* dB = dBrow + t * N;
-      v16f* dC = dCrow + t * N;
-      v16f s_dbB = splatv<v16f>(0.0f), s_gAA = splatv<v16f>(0.0f), y = splatv<v16f>(0.0f);
-      for (int64_t n = 0; n < N; ++n) {
-        const v16f a = ak[n];
-        const v16f dxl = g * c[n] + cr[n];
-        cr[n] = a * dxl;
-        const v16f gA = dxl * a * hprev[n];
-        s_dbB += dxl * b[n];
-        s_gAA += gA * An[n];
-        dA[n] += vd * gA;
-        dB[n] += dxl * vdu;
-        dC[n] += g * hk[n];
-        y += hk[n] * c[n];
-      }
-      tg.emit(p, w, bi, t, c0, s_dbB, s_gAA, y);
-    }
+  const BlockBwd blk{p, w, tg, bi, c0, L, N, s.B + bi * s.bc_sb, s.C + bi * s.bc_sb, p.dBv + prow * L * N,
+                     p.dCv + prow * L * N, zeros.data()};
+  recompute_states<NC>(blk);
+  if (s.W <= 1) {
+    reverse_plain<NC>(blk);
   } else {
-    // 2) LB, windows last to first. 2a) forward through the window: the window-local adjoint
-    //    dxr_k = G_k + a_{k-1} dxr_{k-1} (G = g C, restarted at the window start), kept per token; 2b) reverse: the
-    //    local state hb (zero past the window end) and the global adjoint dxl carried in local arrays (registers
-    //    when N is a compile-time 16), b_k = Δ u B recomputed, and every gradient (the formulas of scan_rows_bwd.cpp).
-    const v16f* abuf = w.abuf.data();
-    v16f* xrw = w.xrw.data();
-    v16f cr_local[NC > 0 ? NC : 1], hb_local[NC > 0 ? NC : 1];
-    v16f* cr = NC > 0 ? cr_local : carry;          // a_{k+1} dxl_{k+1}
-    v16f* hb = NC > 0 ? hb_local : w.hb.data();   // hb_{k+1}
-    for (int64_t n = 0; n < N; ++n) cr[n] = splatv<v16f>(0.0f);
-    const int64_t nwin = (L + W - 1) / W;
-    for (int64_t win = nwin - 1; win >= 0; --win) {
-      const int64_t k0 = win * W, k1 = std::min(k0 + W, L);
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t t = s.reverse ? L - 1 - k : k;
-        const v16f g = w.vg[t];
-        const float* c = Cb + t * s.bc_st;
-        v16f* x = xrw + (k - k0) * N;
-        if (k == k0) {
-          for (int64_t n = 0; n < N; ++n) x[n] = g * c[n];
-        } else {
-          const v16f* aprev = abuf + (k - 1) * N;
-          for (int64_t n = 0; n < N; ++n) x[n] = g * c[n] + aprev[n] * x[n - N];
-        }
-      }
-      for (int64_t n = 0; n < N; ++n) hb[n] = splatv<v16f>(0.0f);
-      for (int64_t k = k1 - 1; k >= k0; --k) {
-        const int64_t t = s.reverse ? L - 1 - k : k;
-        const v16f vd = w.vd[t], vdu = vd * w.vu[t], g = w.vg[t];
-        const float* b = Bb + t * s.bc_st;
-        const float* c = Cb + t * s.bc_st;
-        const v16f* ak = abuf + k * N;
-        const v16f* hk = hs + k * N;
-        const v16f* hf_prev = k ? hk - N : zeros.data();
-        const v16f* x = xrw + (k - k0) * N;
-        v16f* dB = dBrow + t * N;
-        v16f* dC = dCrow + t * N;
-        v16f s_dbB = splatv<v16f>(0.0f), s_gAA = splatv<v16f>(0.0f), y = splatv<v16f>(0.0f);
-        for (int64_t n = 0; n < N; ++n) {
-          const v16f G = g * c[n];
-          const v16f dxl = G + cr[n];
-          cr[n] = ak[n] * dxl;
-          const LocalStep<v16f> ls = local_step(ak[n], vdu * b[n], hb[n]);   // ls.r = hb_k - b_k
-          hb[n] = ls.hb;
-          const v16f db = dxl + x[n] - G;
-          const v16f gA = ak[n] * (dxl * hf_prev[n]) + x[n] * ls.r;   // (hf_k - b_k) = a_k hf_{k-1}
-          const v16f h = hk[n] + ls.r;
-          s_dbB += db * b[n];
-          s_gAA += gA * An[n];
-          y += h * c[n];
-          dA[n] += vd * gA;
-          dB[n] += db * vdu;
-          dC[n] += g * h;
-        }
-        tg.emit(p, w, bi, t, c0, s_dbB, s_gAA, y);
-      }
-    }
+    reverse_lb<NC>(blk);
   }
-  // Per-block results: dA (channels c0.., every n), dD, dbias, for this batch row (summed over the batch later).
-  for (int j = 0; j < kLanes; ++j) {
-    float* dA_row = p.dA_rows + (bi * p.Dm + c0 + j) * N;
-    for (int64_t n = 0; n < N; ++n) dA_row[n] = dA[n][j];
-    p.dD_rows[bi * p.Dm + c0 + j] = tg.dD[j];
-    p.dbias_rows[bi * p.Dm + c0 + j] = tg.dbias[j];
-    for (int64_t r = 0; r < R; ++r) p.dW_rows[(bi * p.Dm + c0 + j) * R + r] = w.dWv[r][j];
-  }
+  store_block_results(blk, R);
 }
 
 // out (b, l, n) = Σ over the workers that touched batch row bi, and over the 16 lanes, of the partial sums
