@@ -66,6 +66,19 @@ def _mixer(d, n=16, rank=12, k=4, seed=0):
             torch.randn(d, generator=g) * 0.1, torch.randn(d, n, generator=g) * 0.3, torch.randn(d, generator=g)]
 
 
+def _ssd_inputs(b: int, l: int, h: int = 6, p: int = 64, n: int = 64, two_directions: bool = False, seed: int = 0):
+    """(dy, x, dt, A, B, C, dt_b, B_b, C_b, D, dt_bias, init) as the SSD kernels take them, at Hydra-T's mixer
+    shape (6 heads of 64 channels, d_state 64, one group); the second direction's tensors make it Hydra's
+    quasiseparable core."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+    second = (rnd(b, l, h), rnd(b, l, 1, n), rnd(b, l, 1, n)) if two_directions else (None, None, None)
+    return (rnd(b, l, h, p), rnd(b, l, h, p), rnd(b, l, h), -torch.rand(h, generator=g) - 0.5, rnd(b, l, 1, n),
+            rnd(b, l, 1, n), *second, rnd(h), rnd(h), None)
+
+
 def cases(b: int, d: int, l: int, n: int):
     """name -> function(ext) running one kernel call (inputs prepared once, outside the timing)."""
     row = kernel_inputs(torch.float32, *_scan_inputs(b, d, l, n, False))
@@ -82,6 +95,7 @@ def cases(b: int, d: int, l: int, n: int):
     dt, dt_w = torch.randn(b, l, rank + 2 * n)[..., :rank], torch.randn(d, rank) * rank ** -0.5
     wf, wb = _mixer(d), _mixer(d, seed=1)
     lbw = 8
+    ssd, qs = _ssd_inputs(b, l), _ssd_inputs(b, l, two_directions=True)
     return {
         'row fwd': lambda e: e.scan_fwd(*row, True, False, 1, True),
         'row fwd LB': lambda e: e.scan_fwd(*row, True, False, lbw, True),
@@ -107,6 +121,9 @@ def cases(b: int, d: int, l: int, n: int):
         'tm conv+silu bwd': lambda e: e.causal_conv1d_bwd_tm(dout_tm, conv_x, conv_w, conv_b, True, False),
         'mamba_inner bidir': lambda e: e.mamba_inner_fwd(xz, wf, wb, False, 1, 0.5, True),
         'mamba_inner LB': lambda e: e.mamba_inner_fwd(xz, wf, [], True, lbw, 1.0, True),
+        'ssd fwd': lambda e: e.ssd_fwd(*ssd[1:], True, False, 64, True),
+        'ssd bwd': lambda e: e.ssd_bwd(*ssd, True, False, 64),
+        'hydra qs bwd': lambda e: e.ssd_bwd(*qs, True, False, 64),
     }
 
 

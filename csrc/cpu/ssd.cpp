@@ -207,123 +207,173 @@ struct DirGrads {
   T* dinit;
 };
 
+// Backward pass 1: the state entering every chunk, into w.sprev (chunk c at c * N * P).
+template <typename T>
+void chunk_entry_states(const SsdDims& d, const SsdDir<T>& dir, const T* x, const T* init, int64_t bi, int64_t h,
+                        T A, T bias, SsdWork<T>& w) {
+  const int64_t NP = d.N * d.P, nch = (d.L + d.T - 1) / d.T;
+  T* st = w.st.data();
+  if (init) {
+    std::copy_n(init + (bi * d.H + h) * NP, NP, st);
+  } else {
+    std::fill_n(st, NP, T(0));
+  }
+  for (int64_t c = 0; c < nch; ++c) {
+    std::copy_n(st, NP, w.sprev.data() + c * NP);
+    const int64_t Tc = gather_chunk(d, dir, x, bi, h, A, bias, c * d.T, w);
+    advance_state(d, Tc, w, st);
+  }
+}
+
+// The output gradient of the chunk's tokens (their outputs sit dir.shift tokens on; zero past the end) into w.dys.
+template <typename T>
+void gather_chunk_dy(const SsdDims& d, const SsdDir<T>& dir, const T* dy, int64_t bi, int64_t h, int64_t k0,
+                     int64_t Tc, SsdWork<T>& w) {
+  const int64_t P = d.P, L = d.L;
+  for (int64_t i = 0; i < Tc; ++i) {
+    const int64_t k = k0 + i + dir.shift;
+    T* di = w.dys.data() + i * P;
+    if (k < L) {
+      std::copy_n(dy + ((bi * L + dir.pos(L, k)) * d.H + h) * P, P, di);
+    } else {
+      std::fill_n(di, P, T(0));
+    }
+  }
+}
+
+// The chunk's decays, its inter-chunk pieces q_i = S_prevᵀ dy_i (n), rx_j = Rᵀ x_j (n), rb_j = R B_j (p), and the
+// intra-chunk matrices (j <= i): M = exp(Λ_i - Λ_j) C_i·B_j, DXe = exp(Λ_i - Λ_j) dy_i·x_j; the decay gradient
+// W_ij = (dy_i·x_j) Δ_j M_ij goes to Λ_i (+) and Λ_j (-) in w.dl.
+template <typename T>
+void chunk_pieces(const SsdDims& d, int64_t Tc, const T* sp, const T* rt, SsdWork<T>& w) {
+  const int64_t P = d.P, N = d.N, TT = d.T;
+  const T* xs = w.xs.data();
+  const T* dys = w.dys.data();
+  const T cumT = w.cum[Tc - 1];
+  for (int64_t i = 0; i < Tc; ++i) {
+    w.ecum[i] = exp_c(w.cum[i]);
+    w.eto[i] = exp_c(cumT - w.cum[i]);
+    w.dl[i] = 0;
+  }
+  transpose(sp, N, P, P, w.spt.data(), N);
+  transpose(rt, N, P, P, w.rtt.data(), N);
+  transpose(xs, Tc, P, P, w.xst.data(), TT);
+  for (int64_t i = 0; i < Tc; ++i) {
+    combine_rows(P, dys + i * P, 1, w.spt.data(), N, N, w.q.data() + i * N, false);
+    combine_rows(P, xs + i * P, 1, w.rtt.data(), N, N, w.rx.data() + i * N, false);
+    combine_rows(N, w.bs.data() + i * N, 1, rt, P, P, w.rb.data() + i * P, false);
+  }
+  for (int64_t i = 0; i < Tc; ++i) {
+    cb_row(d, i, w);
+    combine_rows(P, dys + i * P, 1, w.xst.data(), TT, i + 1, w.coef.data(), false);   // dy_i·x_j
+    T* mi = w.m.data() + i * TT;
+    T* dxi = w.dxe.data() + i * TT;
+    for (int64_t j = 0; j <= i; ++j) {
+      const T e = exp_c(w.cum[i] - w.cum[j]);
+      mi[j] = e * w.cb[j];
+      dxi[j] = e * w.coef[j];
+      if (j < i) {
+        const T wij = w.coef[j] * w.dts[j] * mi[j];
+        w.dl[i] += wij;
+        w.dl[j] -= wij;
+      }
+    }
+  }
+}
+
+// dx (accumulated) and dB of the chunk's tokens, g_j kept in w.g for ddt; returns Σ_j of the state term u_j that
+// the chunk's last Λ gets.
+template <typename T>
+T chunk_dx_dB(const SsdDims& d, const SsdDir<T>& dir, int64_t bi, int64_t h, int64_t k0, int64_t Tc,
+              const DirGrads<T>& out, SsdWork<T>& w) {
+  const int64_t P = d.P, N = d.N, TT = d.T, L = d.L;
+  const T* xs = w.xs.data();
+  T usum = 0;
+  for (int64_t j = 0; j < Tc; ++j) {
+    const int64_t tok = bi * L + dir.pos(L, k0 + j);
+    // g_j = Σ_{i>=j} M_ij dy_i + exp(Λ_T - Λ_j) R B_j ;  dx_j = Δ_j g_j
+    T* gj = w.g.data() + j * P;
+    combine_rows(Tc - j, w.m.data() + j * TT + j, TT, w.dys.data() + j * P, P, P, gj, false);
+    axpy(w.eto[j], w.rb.data() + j * P, gj, P);
+    const T u = w.eto[j] * w.dts[j] * dot(xs + j * P, w.rb.data() + j * P, P);
+    w.dl[j] -= u;
+    usum += u;
+    axpy(w.dts[j], gj, out.dx + (tok * d.H + h) * P, P);
+    // dB_j = Δ_j (Σ_{i>=j} DXe_ij C_i + exp(Λ_T - Λ_j) Rᵀ x_j)
+    T* db = w.db.data();
+    combine_rows(Tc - j, w.dxe.data() + j * TT + j, TT, w.cs.data() + j * N, N, N, db, false);
+    axpy(w.eto[j], w.rx.data() + j * N, db, N);
+    T* dBj = out.dB + (tok * d.H + h) * N;
+    for (int64_t n = 0; n < N; ++n) dBj[n] = w.dts[j] * db[n];
+  }
+  return usum;
+}
+
+// dC_i = Σ_{j<=i} DXe_ij Δ_j B_j + exp(Λ_i) S_prevᵀ dy_i ;  Λ_i also gets dy_i · (exp(Λ_i) S_prev C_i).
+template <typename T>
+void chunk_dC(const SsdDims& d, const SsdDir<T>& dir, int64_t bi, int64_t h, int64_t k0, int64_t Tc,
+              const DirGrads<T>& out, SsdWork<T>& w) {
+  const int64_t N = d.N, TT = d.T, L = d.L;
+  for (int64_t i = 0; i < Tc; ++i) {
+    const int64_t tok = bi * L + dir.pos(L, k0 + i);
+    for (int64_t j = 0; j <= i; ++j) w.coef[j] = w.dxe[i * TT + j] * w.dts[j];
+    T* dCi = out.dC + (tok * d.H + h) * N;
+    combine_rows(i + 1, w.coef.data(), 1, w.bs.data(), N, N, dCi, false);
+    axpy(w.ecum[i], w.q.data() + i * N, dCi, N);
+    w.dl[i] += w.ecum[i] * dot(w.cs.data() + i * N, w.q.data() + i * N, N);
+  }
+}
+
+// da_k = Σ_{i>=k} dΛ_i; Δ gets x·g (direct) + A·da (decay); the raw dt goes through softplus.
+template <typename T>
+void chunk_ddt(const SsdDims& d, const SsdDir<T>& dir, int64_t bi, int64_t h, int64_t k0, int64_t Tc, T A,
+               const DirGrads<T>& out, T& dA_row, SsdWork<T>& w) {
+  const int64_t P = d.P, L = d.L;
+  T da = 0;
+  for (int64_t j = Tc - 1; j >= 0; --j) {
+    da += w.dl[j];
+    const int64_t tok = bi * L + dir.pos(L, k0 + j);
+    const T gdt = dot(w.xs.data() + j * P, w.g.data() + j * P, P) + A * da;
+    dA_row += w.dts[j] * da;
+    out.ddt[tok * d.H + h] = d.softplus ? gdt * sigmoid_of(w.raw[j]) : gdt;
+  }
+}
+
+// R for the previous chunk: exp(Λ_T) R + Σ_i exp(Λ_i) C_i dy_iᵀ.
+template <typename T>
+void carry_adjoint(const SsdDims& d, int64_t Tc, T* rt, SsdWork<T>& w) {
+  const int64_t P = d.P, N = d.N, TT = d.T;
+  const T eT = exp_c(w.cum[Tc - 1]);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < Tc; ++i) w.ect[n * TT + i] = w.ecum[i] * w.ct[n * TT + i];
+  for (int64_t i = 0; i < N * P; ++i) rt[i] *= eT;
+  for (int64_t n = 0; n < N; ++n) combine_rows(Tc, w.ect.data() + n * TT, 1, w.dys.data(), P, P, rt + n * P, true);
+}
+
+// One direction's backward for one (batch, head): pass 1 keeps the state entering each chunk; pass 2 walks the
+// chunks against scan order with rt = ∂L/∂S at the end of the current chunk (from later steps).
 template <typename T>
 void direction_bwd(const SsdDims& d, const SsdDir<T>& dir, const T* x, const T* dy, const T* init, int64_t bi,
                    int64_t h, T A, T bias, const DirGrads<T>& out, T& dA_row, SsdWork<T>& w) {
-  const int64_t P = d.P, N = d.N, TT = d.T, L = d.L;
-  const int64_t nch = (L + TT - 1) / TT;
-  // Pass 1: the state entering every chunk.
-  T* st = w.st.data();
-  if (init) {
-    std::copy_n(init + (bi * d.H + h) * N * P, N * P, st);
-  } else {
-    std::fill_n(st, N * P, T(0));
-  }
-  for (int64_t c = 0; c < nch; ++c) {
-    std::copy_n(st, N * P, w.sprev.data() + c * N * P);
-    const int64_t Tc = gather_chunk(d, dir, x, bi, h, A, bias, c * TT, w);
-    advance_state(d, Tc, w, st);
-  }
-  // Pass 2: chunks in reverse scan order; rt = ∂L/∂S at the end of the current chunk (from later steps).
+  const int64_t NP = d.N * d.P, nch = (d.L + d.T - 1) / d.T;
+  chunk_entry_states(d, dir, x, init, bi, h, A, bias, w);
   T* rt = w.rt.data();
-  std::fill_n(rt, N * P, T(0));
+  std::fill_n(rt, NP, T(0));
   for (int64_t c = nch - 1; c >= 0; --c) {
-    const int64_t k0 = c * TT;
+    const int64_t k0 = c * d.T;
     const int64_t Tc = gather_chunk(d, dir, x, bi, h, A, bias, k0, w);
-    const T* sp = w.sprev.data() + c * N * P;
-    const T* xs = w.xs.data();
-    const T* bs = w.bs.data();
-    const T* cs = w.cs.data();
-    for (int64_t i = 0; i < Tc; ++i) {
-      const int64_t k = k0 + i + dir.shift;
-      T* di = w.dys.data() + i * P;
-      if (k < L) {
-        std::copy_n(dy + ((bi * L + dir.pos(L, k)) * d.H + h) * P, P, di);
-      } else {
-        std::fill_n(di, P, T(0));
-      }
-    }
-    const T* dys = w.dys.data();
-    const T cumT = w.cum[Tc - 1];
-    for (int64_t i = 0; i < Tc; ++i) {
-      w.ecum[i] = exp_c(w.cum[i]);
-      w.eto[i] = exp_c(cumT - w.cum[i]);
-      w.dl[i] = 0;
-    }
-    // Inter-chunk pieces: q_i = S_prevᵀ dy_i (n), rx_j = Rᵀ x_j (n), rb_j = R B_j (p).
-    transpose(sp, N, P, P, w.spt.data(), N);
-    transpose(rt, N, P, P, w.rtt.data(), N);
-    transpose(xs, Tc, P, P, w.xst.data(), TT);
-    for (int64_t i = 0; i < Tc; ++i) {
-      combine_rows(P, dys + i * P, 1, w.spt.data(), N, N, w.q.data() + i * N, false);
-      combine_rows(P, xs + i * P, 1, w.rtt.data(), N, N, w.rx.data() + i * N, false);
-      combine_rows(N, bs + i * N, 1, rt, P, P, w.rb.data() + i * P, false);
-    }
-    // Intra-chunk matrices (j <= i): M = exp(Λ_i - Λ_j) C_i·B_j, DXe = exp(Λ_i - Λ_j) dy_i·x_j; the decay
-    // gradient W_ij = (dy_i·x_j) Δ_j M_ij goes to Λ_i (+) and Λ_j (-).
-    for (int64_t i = 0; i < Tc; ++i) {
-      cb_row(d, i, w);
-      combine_rows(P, dys + i * P, 1, w.xst.data(), TT, i + 1, w.coef.data(), false);   // dy_i·x_j
-      T* mi = w.m.data() + i * TT;
-      T* dxi = w.dxe.data() + i * TT;
-      for (int64_t j = 0; j <= i; ++j) {
-        const T e = exp_c(w.cum[i] - w.cum[j]);
-        mi[j] = e * w.cb[j];
-        dxi[j] = e * w.coef[j];
-        if (j < i) {
-          const T wij = w.coef[j] * w.dts[j] * mi[j];
-          w.dl[i] += wij;
-          w.dl[j] -= wij;
-        }
-      }
-    }
+    const T* sp = w.sprev.data() + c * NP;
+    gather_chunk_dy(d, dir, dy, bi, h, k0, Tc, w);
+    chunk_pieces(d, Tc, sp, rt, w);
     T stateterm = 0;
-    for (int64_t i = 0; i < N * P; ++i) stateterm += rt[i] * sp[i];
-    T usum = 0;
-    for (int64_t j = 0; j < Tc; ++j) {
-      const int64_t tok = bi * L + dir.pos(L, k0 + j);
-      // g_j = Σ_{i>=j} M_ij dy_i + exp(Λ_T - Λ_j) R B_j ;  dx_j = Δ_j g_j
-      T* gj = w.g.data() + j * P;
-      combine_rows(Tc - j, w.m.data() + j * TT + j, TT, dys + j * P, P, P, gj, false);
-      axpy(w.eto[j], w.rb.data() + j * P, gj, P);
-      const T u = w.eto[j] * w.dts[j] * dot(xs + j * P, w.rb.data() + j * P, P);
-      w.dl[j] -= u;
-      usum += u;
-      axpy(w.dts[j], gj, out.dx + (tok * d.H + h) * P, P);
-      // dB_j = Δ_j (Σ_{i>=j} DXe_ij C_i + exp(Λ_T - Λ_j) Rᵀ x_j)
-      T* db = w.db.data();
-      combine_rows(Tc - j, w.dxe.data() + j * TT + j, TT, cs + j * N, N, N, db, false);
-      axpy(w.eto[j], w.rx.data() + j * N, db, N);
-      T* dBj = out.dB + (tok * d.H + h) * N;
-      for (int64_t n = 0; n < N; ++n) dBj[n] = w.dts[j] * db[n];
-    }
-    for (int64_t i = 0; i < Tc; ++i) {
-      // dC_i = Σ_{j<=i} DXe_ij Δ_j B_j + exp(Λ_i) S_prevᵀ dy_i ;  Λ_i also gets dy_i · (exp(Λ_i) S_prev C_i)
-      const int64_t tok = bi * L + dir.pos(L, k0 + i);
-      for (int64_t j = 0; j <= i; ++j) w.coef[j] = w.dxe[i * TT + j] * w.dts[j];
-      T* dCi = out.dC + (tok * d.H + h) * N;
-      combine_rows(i + 1, w.coef.data(), 1, bs, N, N, dCi, false);
-      axpy(w.ecum[i], w.q.data() + i * N, dCi, N);
-      w.dl[i] += w.ecum[i] * dot(cs + i * N, w.q.data() + i * N, N);
-    }
-    w.dl[Tc - 1] += usum + exp_c(cumT) * stateterm;
-    // da_k = Σ_{i>=k} dΛ_i; Δ gets x·g (direct) + A·da (decay); the raw dt goes through softplus.
-    T da = 0;
-    for (int64_t j = Tc - 1; j >= 0; --j) {
-      da += w.dl[j];
-      const int64_t tok = bi * L + dir.pos(L, k0 + j);
-      const T gdt = dot(xs + j * P, w.g.data() + j * P, P) + A * da;
-      dA_row += w.dts[j] * da;
-      out.ddt[tok * d.H + h] = d.softplus ? gdt * sigmoid_of(w.raw[j]) : gdt;
-    }
-    // R for the previous chunk: exp(Λ_T) R + Σ_i exp(Λ_i) C_i dy_iᵀ.
-    const T eT = exp_c(cumT);
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t i = 0; i < Tc; ++i) w.ect[n * TT + i] = w.ecum[i] * w.ct[n * TT + i];
-    for (int64_t i = 0; i < N * P; ++i) rt[i] *= eT;
-    for (int64_t n = 0; n < N; ++n) combine_rows(Tc, w.ect.data() + n * TT, 1, dys, P, P, rt + n * P, true);
+    for (int64_t i = 0; i < NP; ++i) stateterm += rt[i] * sp[i];
+    const T usum = chunk_dx_dB(d, dir, bi, h, k0, Tc, out, w);
+    chunk_dC(d, dir, bi, h, k0, Tc, out, w);
+    w.dl[Tc - 1] += usum + exp_c(w.cum[Tc - 1]) * stateterm;
+    chunk_ddt(d, dir, bi, h, k0, Tc, A, out, dA_row, w);
+    carry_adjoint(d, Tc, rt, w);
   }
-  if (out.dinit) axpy(T(1), rt, out.dinit + (bi * d.H + h) * N * P, N * P);
+  if (out.dinit) axpy(T(1), rt, out.dinit + (bi * d.H + h) * NP, NP);
 }
 
 // ------------------------------------------------------------------------------------------ entry-point plumbing
