@@ -38,6 +38,7 @@ import time
 import types
 from pathlib import Path
 from types import ModuleType
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -137,7 +138,7 @@ def _bench(ref, ours, x, warmup: int, repeats: int):
     return times
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--official-repo', type=Path, required=True, help='rayleizhu/BiFormer checkout root')
     parser.add_argument('--extra-path', type=Path, nargs='*', default=[], help='extra sys.path dirs (einops)')
@@ -153,8 +154,68 @@ def main() -> int:
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=6)
     parser.add_argument('--bench-out', type=Path, default=ROOT / 'benchmarks' / 'results' / 'biformer_vs_official.csv')
-    args = parser.parse_args()
+    return parser
 
+
+def _train_diffs(official, name: str, seed: int, x: torch.Tensor) -> Tuple[float, float]:
+    """Train mode (BN batch statistics): max |output diff| and the max |grad difference| over all parameters,
+    relative to the largest official gradient entry. (Per-tensor relative errors are meaningless for the conv biases
+    right before a train-mode BatchNorm: their true gradient is exactly 0 and both sides only hold ~1e-9 rounding
+    noise.)"""
+    ref, ours = _pair(official, name, seed)
+    ref.train(), ours.train()
+    out_ref, out_ours = ref(x), ours(x)
+    out_diff = _maxdiff(out_ref.detach(), out_ours.detach())
+    out_ref.square().mean().backward()
+    out_ours.square().mean().backward()
+    ref_grads = dict(ref.named_parameters())
+    scale = max(p.grad.abs().max().item() for p in ref.parameters())
+    return out_diff, max(_maxdiff(ref_grads[k].grad, p.grad) for k, p in ours.named_parameters()) / scale
+
+
+def _compare_variant(official, name: str, seed: int, inputs: Dict[str, torch.Tensor], with_grads: bool):
+    """(parameter count, max |diff| per check, max |official logit|) for one variant."""
+    ref, ours = _pair(official, name, seed)
+    n_params = sum(p.numel() for p in ours.parameters())
+    n_ref = sum(p.numel() for p in ref.parameters())
+    assert n_params == n_ref, (n_params, n_ref)
+    with torch.no_grad():
+        ref_logits = ref(inputs['x'])
+        d = {'logits': _maxdiff(ref_logits, ours(inputs['x']))}
+    del ref, ours
+    for key, xin, kw in (('odd+pad', inputs['odd'], dict(auto_pad=True)),
+                         ('n_win8', inputs['256'], dict(auto_pad=True, n_win=8)),
+                         ('n_win16', inputs['256'], dict(auto_pad=True, n_win=16))):
+        ref, ours = _pair(official, name, seed, **kw)
+        with torch.no_grad():
+            d[key] = _maxdiff(ref(xin), ours(xin))
+        del ref, ours
+    d['train'], d['grads(rel)'] = _train_diffs(official, name, seed, inputs['x']) if with_grads else (
+        float('nan'), float('nan'))
+    return n_params, d, ref_logits.abs().max().item()
+
+
+def _bench_rows(official, name: str, seed: int, args: argparse.Namespace) -> List[Dict[str, object]]:
+    """Time both models' CPU forward; one CSV row per implementation."""
+    import timm
+    ref, ours = _pair(official, name, seed)
+    xb = torch.randn(args.bench_batch_size, 3, args.img_size, args.img_size)
+    times = _bench(ref, ours, xb, args.warmup, args.repeats)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med['vimzoo'] / med['official']
+    print(f'  bench {name}: vimzoo {med["vimzoo"]:.1f} ms, official {med["official"]:.1f} ms, '
+          f'ratio {ratio:.3f} (batch {args.bench_batch_size}, {args.img_size}px)', flush=True)
+    return [dict(variant=name, impl=impl, device='cpu', threads=torch.get_num_threads(),
+                 batch_size=args.bench_batch_size, img_size=args.img_size, median_ms=round(med[impl], 1),
+                 min_ms=round(min(times[impl]), 1), repeats=args.repeats,
+                 ratio_vimzoo_over_official=round(ratio, 4), torch=torch.__version__, timm=timm.__version__,
+                 cpu=platform.processor() or platform.machine(),
+                 date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%MZ'))
+            for impl in ('vimzoo', 'official')]
+
+
+def main() -> int:
+    args = _parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -162,67 +223,22 @@ def main() -> int:
     import vimzoo  # noqa: F401  (registers the vimzoo models)
     official = load_official(args.official_repo.resolve(), args.extra_path)
 
-    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
-    x_odd = torch.randn(args.batch_size, 3, *args.odd_size)
-    x_256 = torch.randn(1, 3, 256, 256)
+    inputs = {'x': torch.randn(args.batch_size, 3, args.img_size, args.img_size),
+              'odd': torch.randn(args.batch_size, 3, *args.odd_size), '256': torch.randn(1, 3, 256, 256)}
     worst, rows = 0., []
     print(f'torch {torch.__version__}, timm {timm.__version__}, threads {torch.get_num_threads()}, '
-          f'input {tuple(x.shape)}, odd {tuple(x_odd.shape)}, tol {args.tol:g}')
+          f'input {tuple(inputs["x"].shape)}, odd {tuple(inputs["odd"].shape)}, tol {args.tol:g}')
     print(f'{"variant":15} {"params":>10} {"logits":>9} {"odd+pad":>9} {"n_win8":>9} {"n_win16":>9} {"train":>9} '
           f'{"grads(rel)":>10} {"|logit|":>8} {"s":>5}')
     for n, name in enumerate(args.variants):
         t0 = time.perf_counter()
-        ref, ours = _pair(official, name, args.seed + n)
-        n_params = sum(p.numel() for p in ours.parameters())
-        n_ref = sum(p.numel() for p in ref.parameters())
-        assert n_params == n_ref, (n_params, n_ref)
-        with torch.no_grad():
-            ref_logits = ref(x)
-            d = {'logits': _maxdiff(ref_logits, ours(x))}
-        del ref, ours
-        for key, xin, kw in (('odd+pad', x_odd, dict(auto_pad=True)), ('n_win8', x_256, dict(auto_pad=True, n_win=8)),
-                             ('n_win16', x_256, dict(auto_pad=True, n_win=16))):
-            ref, ours = _pair(official, name, args.seed + n, **kw)
-            with torch.no_grad():
-                d[key] = _maxdiff(ref(xin), ours(xin))
-            del ref, ours
-        d['train'] = d['grads(rel)'] = float('nan')
-        if n == 0:  # train mode (BN batch statistics) and every parameter's gradient
-            ref, ours = _pair(official, name, args.seed + n)
-            ref.train(), ours.train()
-            out_ref, out_ours = ref(x), ours(x)
-            d['train'] = _maxdiff(out_ref.detach(), out_ours.detach())
-            out_ref.square().mean().backward()
-            out_ours.square().mean().backward()
-            # max |grad difference| over all parameters, relative to the largest official gradient entry. (Per-tensor
-            # relative errors are meaningless for the conv biases right before a train-mode BatchNorm: their true
-            # gradient is exactly 0 and both sides only hold ~1e-9 rounding noise.)
-            ref_grads = dict(ref.named_parameters())
-            scale = max(p.grad.abs().max().item() for p in ref.parameters())
-            d['grads(rel)'] = max(_maxdiff(ref_grads[k].grad, p.grad) for k, p in ours.named_parameters()) / scale
-            del ref, ours
+        n_params, d, max_logit = _compare_variant(official, name, args.seed + n, inputs, with_grads=n == 0)
         worst = max(worst, *(v for v in d.values() if v == v))
         print(f'{name:15} {n_params:10d} ' + ' '.join(f'{d[k]:9.2e}' for k in ('logits', 'odd+pad', 'n_win8',
-              'n_win16', 'train')) + f' {d["grads(rel)"]:10.2e} {ref_logits.abs().max().item():8.2e} '
+              'n_win16', 'train')) + f' {d["grads(rel)"]:10.2e} {max_logit:8.2e} '
               f'{time.perf_counter() - t0:5.1f}', flush=True)
-
         if args.bench:
-            ref, ours = _pair(official, name, args.seed + n)
-            xb = torch.randn(args.bench_batch_size, 3, args.img_size, args.img_size)
-            times = _bench(ref, ours, xb, args.warmup, args.repeats)
-            med = {k: statistics.median(v) for k, v in times.items()}
-            ratio = med['vimzoo'] / med['official']
-            print(f'  bench {name}: vimzoo {med["vimzoo"]:.1f} ms, official {med["official"]:.1f} ms, '
-                  f'ratio {ratio:.3f} (batch {args.bench_batch_size}, {args.img_size}px)', flush=True)
-            for impl in ('vimzoo', 'official'):
-                rows.append(dict(
-                    variant=name, impl=impl, device='cpu', threads=torch.get_num_threads(),
-                    batch_size=args.bench_batch_size, img_size=args.img_size, median_ms=round(med[impl], 1),
-                    min_ms=round(min(times[impl]), 1), repeats=args.repeats,
-                    ratio_vimzoo_over_official=round(ratio, 4), torch=torch.__version__, timm=timm.__version__,
-                    cpu=platform.processor() or platform.machine(),
-                    date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%MZ')))
-            del ref, ours
+            rows += _bench_rows(official, name, args.seed + n, args)
     if rows:
         args.bench_out.parent.mkdir(parents=True, exist_ok=True)
         with open(args.bench_out, 'w', newline='') as f:
@@ -233,7 +249,6 @@ def main() -> int:
     ok = worst < args.tol
     print(f'worst max|diff| = {worst:.3e} -> {"PASS" if ok else "FAIL"} (tol {args.tol:g})')
     return 0 if ok else 1
-
 
 if __name__ == '__main__':
     sys.exit(main())
