@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 import torch
 
@@ -86,7 +87,16 @@ def run_case(kind, b, d, l, n, backend, warmup, repeats):
     return tuple(x * 1e3 for x in (f_med, fb_med, f_min, fb_min, f_cpu, fb_cpu))
 
 
-def main(argv=None):
+CASES = [('plain', 1, 384, 197, 16), ('plain', 8, 384, 197, 16), ('lb', 1, 384, 197, 16), ('lb', 8, 384, 197, 16),
+         ('bidir', 8, 384, 197, 16), ('plain', 1, 384, 4096, 16), ('lb', 1, 384, 4096, 16)]
+FIELDS = ['scan', 'b', 'd', 'l', 'n', 'window', 'threads', 'cpu_fwd_ms', 'cpu_fwd_bwd_ms', 'cpu_fwd_min_ms',
+          'cpu_fwd_bwd_min_ms', 'cpu_fwd_cputime_ms', 'cpu_fwd_bwd_cputime_ms', 'ref_fwd_ms', 'ref_fwd_bwd_ms',
+          'ref_fwd_cputime_ms', 'ref_fwd_bwd_cputime_ms', 'speedup_fwd', 'speedup_fwd_bwd', 'speedup_fwd_cputime',
+          'speedup_fwd_bwd_cputime', 'cpu_fwd_vs_plain', 'cpu_fwd_bwd_vs_plain', 'cpu_fwd_vs_plain_cputime',
+          'cpu_fwd_bwd_vs_plain_cputime']
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--threads', default='2', help='comma-separated thread counts, e.g. "1,2"')
     ap.add_argument('--warmup', type=int, default=2)
@@ -97,44 +107,35 @@ def main(argv=None):
     ap.add_argument('--ref-threads', default='1', help='thread counts at which the reference is also timed '
                     '(default 1: with 2 threads on a loaded machine its many small parallel ops stall)')
     ap.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results' / 'scan_cpu'))
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.repeats, args.ref_repeats, args.warmup = 5, 1, 1
-    from vimzoo.ops._loader import cpu_extension
-    t0 = time.time()
-    cpu_extension(required=True)
-    build_s = time.time() - t0
-    load_before = os.getloadavg()[0]
+    return ap
 
-    cases = [('plain', 1, 384, 197, 16), ('plain', 8, 384, 197, 16), ('lb', 1, 384, 197, 16),
-             ('lb', 8, 384, 197, 16), ('bidir', 8, 384, 197, 16), ('plain', 1, 384, 4096, 16),
-             ('lb', 1, 384, 4096, 16)]
-    rows = []
-    for threads in [int(t) for t in str(args.threads).split(',')]:
-        torch.set_num_threads(threads)
-        for kind, b, d, l, n in cases:
-            res = {}
-            for backend in ('cpu', 'reference'):
-                if backend == 'reference' and ((l > 1000 and args.no_long_ref) or
-                                               str(threads) not in args.ref_threads.split(',')):
-                    continue
-                reps = args.repeats if backend == 'cpu' else args.ref_repeats
-                warm = args.warmup if backend == 'cpu' else min(args.warmup, 1)
-                res[backend] = run_case(kind, b, d, l, n, backend, warm, reps)
-            c = res['cpu']
-            row = dict(scan=kind, b=b, d=d, l=l, n=n, window=ops.lb_window(l) if kind == 'lb' else 1,
-                       threads=threads, cpu_fwd_ms=round(c[0], 3), cpu_fwd_bwd_ms=round(c[1], 3),
-                       cpu_fwd_min_ms=round(c[2], 3), cpu_fwd_bwd_min_ms=round(c[3], 3),
-                       cpu_fwd_cputime_ms=round(c[4], 3), cpu_fwd_bwd_cputime_ms=round(c[5], 3))
-            if 'reference' in res:
-                r = res['reference']
-                row.update(ref_fwd_ms=round(r[0], 2), ref_fwd_bwd_ms=round(r[1], 2),
-                           ref_fwd_cputime_ms=round(r[4], 2), ref_fwd_bwd_cputime_ms=round(r[5], 2),
-                           speedup_fwd=round(r[0] / c[0], 1), speedup_fwd_bwd=round(r[1] / c[1], 1),
-                           speedup_fwd_cputime=round(r[4] / c[4], 1), speedup_fwd_bwd_cputime=round(r[5] / c[5], 1))
-            rows.append(row)
-            print(row, flush=True)
-    # LB / bidirectional cost relative to the one-direction scan at the same shape and threads (kernel, medians).
+
+def _measure(kind: str, b: int, d: int, l: int, n: int, threads: int, args: argparse.Namespace) -> dict:
+    """One CSV row: the kernel (and, where asked, the reference) at one shape and thread count."""
+    res = {}
+    for backend in ('cpu', 'reference'):
+        if backend == 'reference' and ((l > 1000 and args.no_long_ref) or
+                                       str(threads) not in args.ref_threads.split(',')):
+            continue
+        reps = args.repeats if backend == 'cpu' else args.ref_repeats
+        warm = args.warmup if backend == 'cpu' else min(args.warmup, 1)
+        res[backend] = run_case(kind, b, d, l, n, backend, warm, reps)
+    c = res['cpu']
+    row = dict(scan=kind, b=b, d=d, l=l, n=n, window=ops.lb_window(l) if kind == 'lb' else 1,
+               threads=threads, cpu_fwd_ms=round(c[0], 3), cpu_fwd_bwd_ms=round(c[1], 3),
+               cpu_fwd_min_ms=round(c[2], 3), cpu_fwd_bwd_min_ms=round(c[3], 3),
+               cpu_fwd_cputime_ms=round(c[4], 3), cpu_fwd_bwd_cputime_ms=round(c[5], 3))
+    if 'reference' in res:
+        r = res['reference']
+        row.update(ref_fwd_ms=round(r[0], 2), ref_fwd_bwd_ms=round(r[1], 2),
+                   ref_fwd_cputime_ms=round(r[4], 2), ref_fwd_bwd_cputime_ms=round(r[5], 2),
+                   speedup_fwd=round(r[0] / c[0], 1), speedup_fwd_bwd=round(r[1] / c[1], 1),
+                   speedup_fwd_cputime=round(r[4] / c[4], 1), speedup_fwd_bwd_cputime=round(r[5] / c[5], 1))
+    return row
+
+
+def _add_vs_plain(rows: list) -> None:
+    """LB / bidirectional cost relative to the one-direction scan at the same shape and threads (kernel, medians)."""
     plain = {(r['b'], r['l'], r['threads']): r for r in rows if r['scan'] == 'plain'}
     for r in rows:
         p = plain.get((r['b'], r['l'], r['threads']))
@@ -143,23 +144,9 @@ def main(argv=None):
             r['cpu_fwd_bwd_vs_plain'] = round(r['cpu_fwd_bwd_ms'] / p['cpu_fwd_bwd_ms'], 2)
             r['cpu_fwd_vs_plain_cputime'] = round(r['cpu_fwd_cputime_ms'] / p['cpu_fwd_cputime_ms'], 2)
             r['cpu_fwd_bwd_vs_plain_cputime'] = round(r['cpu_fwd_bwd_cputime_ms'] / p['cpu_fwd_bwd_cputime_ms'], 2)
-    load_after = os.getloadavg()[0]
-    fields = ['scan', 'b', 'd', 'l', 'n', 'window', 'threads', 'cpu_fwd_ms', 'cpu_fwd_bwd_ms', 'cpu_fwd_min_ms',
-              'cpu_fwd_bwd_min_ms', 'cpu_fwd_cputime_ms', 'cpu_fwd_bwd_cputime_ms', 'ref_fwd_ms', 'ref_fwd_bwd_ms',
-              'ref_fwd_cputime_ms', 'ref_fwd_bwd_cputime_ms', 'speedup_fwd', 'speedup_fwd_bwd', 'speedup_fwd_cputime',
-              'speedup_fwd_bwd_cputime', 'cpu_fwd_vs_plain', 'cpu_fwd_bwd_vs_plain', 'cpu_fwd_vs_plain_cputime',
-              'cpu_fwd_bwd_vs_plain_cputime']
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix('.csv'), 'w', newline='') as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, '') for k in fields})
-    env = (f'{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, '
-           f'threads={args.threads}, 1-min loadavg before/after: {load_before:.2f}/{load_after:.2f}, '
-           f'kernel build/load {build_s:.1f}s (not timed), warmup {args.warmup}, median of {args.repeats} '
-           f'(kernel) / {args.ref_repeats} (reference) runs, {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}')
+
+
+def _markdown(rows: list, env: str) -> List[str]:
     lines = ['# CPU selective-scan benchmark (fp32)', '', env, '',
              '| threads | scan | b | l | W | kernel fwd ms | kernel fwd+bwd ms | ref fwd ms | ref fwd+bwd ms | '
              'speedup fwd (wall / cpu) | speedup fwd+bwd (wall / cpu) | kernel vs plain fwd (wall / cpu) | '
@@ -174,13 +161,43 @@ def main(argv=None):
         lines.append(f"| {r['threads']} | {r['scan']} | {r['b']} | {r['l']} | {r['window']} | {r['cpu_fwd_ms']} | "
                      f"{r['cpu_fwd_bwd_ms']} | {r.get('ref_fwd_ms', '')} | {r.get('ref_fwd_bwd_ms', '')} | "
                      f"{sp} | {spb} | {vs} | {vsb} |")
-    lines += ['', 'd=384, n=16 (Vim-T d_inner, d_state). bidir = fused forward + reverse scan (two parameter sets); '
-              'ref = sequential PyTorch reference backend (Python loop over tokens, explicit backward formulas). '
-              'Times are wall-clock medians; "cpu" ratios use the median process CPU time (load-robust with 1 '
-              'thread). The CSV also has the kernel minima.']
+    return lines + ['', 'd=384, n=16 (Vim-T d_inner, d_state). bidir = fused forward + reverse scan (two parameter '
+                    'sets); ref = sequential PyTorch reference backend (Python loop over tokens, explicit backward '
+                    'formulas). Times are wall-clock medians; "cpu" ratios use the median process CPU time '
+                    '(load-robust with 1 thread). The CSV also has the kernel minima.']
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.quick:
+        args.repeats, args.ref_repeats, args.warmup = 5, 1, 1
+    from vimzoo.ops._loader import cpu_extension
+    t0 = time.time()
+    cpu_extension(required=True)
+    build_s = time.time() - t0
+    load_before = os.getloadavg()[0]
+    rows = []
+    for threads in [int(t) for t in str(args.threads).split(',')]:
+        torch.set_num_threads(threads)
+        for case in CASES:
+            rows.append(_measure(*case, threads, args))
+            print(rows[-1], flush=True)
+    _add_vs_plain(rows)
+    load_after = os.getloadavg()[0]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix('.csv'), 'w', newline='') as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, '') for k in FIELDS})
+    env = (f'{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, '
+           f'threads={args.threads}, 1-min loadavg before/after: {load_before:.2f}/{load_after:.2f}, '
+           f'kernel build/load {build_s:.1f}s (not timed), warmup {args.warmup}, median of {args.repeats} '
+           f'(kernel) / {args.ref_repeats} (reference) runs, {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}')
+    lines = _markdown(rows, env)
     out.with_suffix('.md').write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines))
-
 
 if __name__ == '__main__':
     main()
