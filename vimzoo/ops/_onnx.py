@@ -17,7 +17,7 @@ The math is the pure-PyTorch reference's (`vimzoo/ops/reference.py`) in standard
   the quasiseparable op shifts the two directions by one token with `Pad` and adds the diagonal.
 Everything is computed in fp32 (fp64 for fp64 inputs) and cast back to the input dtype, as the reference does.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from onnxscript import graph, ir, script
