@@ -14,33 +14,26 @@ namespace {
 constexpr int64_t kChunk = 32;  // tokens per Δ / u pre-pass (an LB window is pre-passed whole)
 int64_t tm_work_vecs(int64_t N, int64_t W, int64_t R) { return 2 * N + R + (W > 1 ? W * N + N : 0); }
 
-// One direction for a block of 16 channels, in scan order; y[t] (16 lanes per token) gets the un-gated output
-// C·h + D·u (`accumulate`: added to what y holds). Returns a vector that is non-zero (NaN) iff a u / Δ input was
-// NaN or inf.
-template <int NC>
-v16f scan_block_tm(const TmScan& s, int64_t bi, int64_t c0, int64_t L, int64_t Nr, float* __restrict y,
-                   bool accumulate, v16f* __restrict work) {
-  const int64_t N = NC > 0 ? NC : Nr, R = s.R, W = s.W;
+// What one (batch row, 16-channel block) forward task's passes share. Δ (softplus) and u for a chunk of tokens are
+// computed first (`prep`), in a loop without a carried dependency, so their long latency chains overlap; the
+// recurrence loops then only wait on h.
+struct FwdBlock {
   using O = VecOps<v16f>;
-  v16f* A2 = work;  // A[c0 + j, n] * log2(e) for the 16 channels j
-  v16f* h = A2 + N;
-  v16f* Wv = h + N;  // Wdt[c0 + j, r]
-  tm_load_A(s, c0, N, A2, nullptr);
-  for (int64_t n = 0; n < N; ++n) h[n] = splatv<v16f>(0.0f);
-  for (int64_t r = 0; r < R; ++r)
-    for (int j = 0; j < kLanes; ++j) Wv[r][j] = s.Wdt[(c0 + j) * R + r];
-  const v16f vbias = s.bias ? O::load(s.bias + c0) : splatv<v16f>(0.0f);
-  const v16f vD = s.D ? O::load(s.D + c0) : splatv<v16f>(0.0f);
-  v16f chk = splatv<v16f>(0.0f);
-  const float* Bb = s.B + bi * s.bc_sb;
-  const float* Cb = s.C + bi * s.bc_sb;
-  // Δ (softplus) and u for a chunk of tokens are computed first, in a loop without a carried dependency, so their
-  // long latency chains overlap; the recurrence loop then only waits on h.
-  v16f* cd = work + tm_work_vecs(N, W, R);  // chunk Δ vectors, then chunk u vectors (chunk = max(kChunk, W))
-  v16f* cu = cd + std::max(kChunk, W);
-  auto prep_chunk = [&](int64_t k0, int64_t k1) {
+  const TmScan& s;
+  int64_t bi, c0, L, N;
+  float* __restrict y;   // y[t * 16 + lane]
+  bool accumulate;
+  const v16f* A2;        // A[c0 + j, n] * log2(e) for the 16 channels j
+  v16f* h;               // the state, one vector per n
+  const v16f* Wv;        // Wdt[c0 + j, r]
+  v16f vbias, vD;
+  const float *Bb, *Cb;  // B, C of batch row bi
+  v16f *cd, *cu;         // the chunk's Δ and u vectors
+  v16f chk;              // non-zero (NaN) iff a u / Δ input was NaN or inf
+  int64_t t_of(int64_t k) const { return s.reverse ? L - 1 - k : k; }
+  void prep(int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
-      const int64_t t = s.reverse ? L - 1 - k : k;
+      const int64_t t = t_of(k);
       const v16f vu = O::load(s.u.at(bi, t, c0));
       const v16f raw = tm_delta_raw(s, Wv, bi, t, c0);
       chk += vu * 0.0f + raw * 0.0f;
@@ -48,60 +41,70 @@ v16f scan_block_tm(const TmScan& s, int64_t bi, int64_t c0, int64_t L, int64_t N
       cd[k - k0] = s.softplus ? softplus_fast(vd) : vd;
       cu[k - k0] = vu;
     }
-  };
-  if (W <= 1) {
-    for (int64_t k = 0; k < L; ++k) {
-      if (k % kChunk == 0) prep_chunk(k, std::min(k + kChunk, L));
-      const int64_t t = s.reverse ? L - 1 - k : k;
-      const v16f vd = cd[k % kChunk], vu = cu[k % kChunk];
-      const float* c = Cb + t * s.bc_st;
-      const float* b = Bb + t * s.bc_st;
-      const v16f vdu = vd * vu;
-      v16f acc0 = vD * vu, acc1 = splatv<v16f>(0.0f);  // two accumulators: shorter add chains
-      for (int64_t n = 0; n < N; n += 2) {
-        h[n] = tm_state_step(vd, vdu, A2[n], b[n], h[n]).h;
-        acc0 += h[n] * c[n];
-        if (n + 1 < N) {
-          h[n + 1] = tm_state_step(vd, vdu, A2[n + 1], b[n + 1], h[n + 1]).h;
-          acc1 += h[n + 1] * c[n + 1];
-        }
-      }
-      float* yt = y + t * kLanes;
-      O::store(yt, accumulate ? O::load(yt) + acc0 + acc1 : acc0 + acc1);
-    }
-    return chk;
   }
-  // LB: per window, pass 1 = the global forward scan, y_k = C_k·hf_k + D·u_k, keeping a_k; pass 2 = the local backward
-  // scan in reverse scan order (hb restarted at each window end, b_k = Δ u B recomputed), y_k += C_k·(a_k·hb_{k+1})
-  // (the same math as scan_row_fwd).
-  v16f* abuf = Wv + R;
-  v16f* hb = abuf + W * N;
-  for (int64_t k0 = 0; k0 < L; k0 += W) {
-    const int64_t k1 = std::min(k0 + W, L);
-    prep_chunk(k0, k1);
+  void store(int64_t t, v16f v, bool add) {
+    float* yt = y + t * kLanes;
+    O::store(yt, add ? O::load(yt) + v : v);
+  }
+};
+
+// The plain scan: y_k = C_k·h_k + D·u_k, Δ / u prepared kChunk tokens at a time.
+template <int NC>
+void forward_plain(FwdBlock& f) {
+  const int64_t N = NC > 0 ? NC : f.N;
+  v16f* h = f.h;
+  for (int64_t k = 0; k < f.L; ++k) {
+    if (k % kChunk == 0) f.prep(k, std::min(k + kChunk, f.L));
+    const int64_t t = f.t_of(k);
+    const v16f vd = f.cd[k % kChunk], vu = f.cu[k % kChunk];
+    const float* c = f.Cb + t * f.s.bc_st;
+    const float* b = f.Bb + t * f.s.bc_st;
+    const v16f vdu = vd * vu;
+    v16f acc0 = f.vD * vu, acc1 = splatv<v16f>(0.0f);  // two accumulators: shorter add chains
+    for (int64_t n = 0; n < N; n += 2) {
+      h[n] = tm_state_step(vd, vdu, f.A2[n], b[n], h[n]).h;
+      acc0 += h[n] * c[n];
+      if (n + 1 < N) {
+        h[n + 1] = tm_state_step(vd, vdu, f.A2[n + 1], b[n + 1], h[n + 1]).h;
+        acc1 += h[n + 1] * c[n + 1];
+      }
+    }
+    f.store(t, acc0 + acc1, f.accumulate);
+  }
+}
+
+// LB: per window, pass 1 = the global forward scan, y_k = C_k·hf_k + D·u_k, keeping a_k in abuf; pass 2 = the local
+// backward scan in reverse scan order (hb restarted at each window end, b_k = Δ u B recomputed),
+// y_k += C_k·(a_k·hb_{k+1}) (the same math as scan_row_fwd).
+template <int NC>
+void forward_lb(FwdBlock& f, int64_t W, v16f* __restrict abuf, v16f* __restrict hb) {
+  const int64_t N = NC > 0 ? NC : f.N;
+  v16f* h = f.h;
+  for (int64_t k0 = 0; k0 < f.L; k0 += W) {
+    const int64_t k1 = std::min(k0 + W, f.L);
+    f.prep(k0, k1);
     for (int64_t k = k0; k < k1; ++k) {
-      const int64_t t = s.reverse ? L - 1 - k : k;
-      const v16f vd = cd[k - k0], vu = cu[k - k0];
+      const int64_t t = f.t_of(k);
+      const v16f vd = f.cd[k - k0], vu = f.cu[k - k0];
       const v16f vdu = vd * vu;
-      const float* b = Bb + t * s.bc_st;
-      const float* c = Cb + t * s.bc_st;
+      const float* b = f.Bb + t * f.s.bc_st;
+      const float* c = f.Cb + t * f.s.bc_st;
       v16f* ak = abuf + (k - k0) * N;
-      v16f acc = vD * vu;
+      v16f acc = f.vD * vu;
       for (int64_t n = 0; n < N; ++n) {
-        const StateStep<v16f> st = tm_state_step(vd, vdu, A2[n], b[n], h[n]);
+        const StateStep<v16f> st = tm_state_step(vd, vdu, f.A2[n], b[n], h[n]);
         ak[n] = st.a;
         h[n] = st.h;
         acc += st.h * c[n];
       }
-      float* yt = y + t * kLanes;
-      O::store(yt, accumulate ? O::load(yt) + acc : acc);
+      f.store(t, acc, f.accumulate);
     }
     for (int64_t n = 0; n < N; ++n) hb[n] = splatv<v16f>(0.0f);
     for (int64_t k = k1 - 1; k >= k0; --k) {
-      const int64_t t = s.reverse ? L - 1 - k : k;
-      const v16f vdu = cd[k - k0] * cu[k - k0];
-      const float* b = Bb + t * s.bc_st;
-      const float* c = Cb + t * s.bc_st;
+      const int64_t t = f.t_of(k);
+      const v16f vdu = f.cd[k - k0] * f.cu[k - k0];
+      const float* b = f.Bb + t * f.s.bc_st;
+      const float* c = f.Cb + t * f.s.bc_st;
       const v16f* ak = abuf + (k - k0) * N;
       v16f acc = splatv<v16f>(0.0f);
       for (int64_t n = 0; n < N; ++n) {
@@ -109,11 +112,37 @@ v16f scan_block_tm(const TmScan& s, int64_t bi, int64_t c0, int64_t L, int64_t N
         hb[n] = ls.hb;
         acc += ls.r * c[n];
       }
-      float* yt = y + t * kLanes;
-      O::store(yt, O::load(yt) + acc);
+      f.store(t, acc, true);
     }
   }
-  return chk;
+}
+
+// One direction for a block of 16 channels, in scan order; y[t] (16 lanes per token) gets the un-gated output
+// C·h + D·u (`accumulate`: added to what y holds). Returns a vector that is non-zero (NaN) iff a u / Δ input was
+// NaN or inf.
+template <int NC>
+v16f scan_block_tm(const TmScan& s, int64_t bi, int64_t c0, int64_t L, int64_t Nr, float* __restrict y,
+                   bool accumulate, v16f* __restrict work) {
+  using O = VecOps<v16f>;
+  const int64_t N = NC > 0 ? NC : Nr, R = s.R, W = s.W;
+  v16f* A2 = work;
+  v16f* h = A2 + N;
+  v16f* Wv = h + N;
+  tm_load_A(s, c0, N, A2, nullptr);
+  for (int64_t n = 0; n < N; ++n) h[n] = splatv<v16f>(0.0f);
+  for (int64_t r = 0; r < R; ++r)
+    for (int j = 0; j < kLanes; ++j) Wv[r][j] = s.Wdt[(c0 + j) * R + r];
+  v16f* cd = work + tm_work_vecs(N, W, R);  // chunk Δ vectors, then chunk u vectors (chunk = max(kChunk, W))
+  FwdBlock f{s, bi, c0, L, N, y, accumulate, A2, h, Wv,
+             s.bias ? O::load(s.bias + c0) : splatv<v16f>(0.0f), s.D ? O::load(s.D + c0) : splatv<v16f>(0.0f),
+             s.B + bi * s.bc_sb, s.C + bi * s.bc_sb, cd, cd + std::max(kChunk, W), splatv<v16f>(0.0f)};
+  if (W <= 1) {
+    forward_plain<NC>(f);
+  } else {
+    v16f* abuf = Wv + R;
+    forward_lb<NC>(f, W, abuf, abuf + W * N);
+  }
+  return f.chk;
 }
 
 v16f scan_block_tm_any(const TmScan& s, int64_t bi, int64_t c0, int64_t L, int64_t N, float* y, bool accumulate,
