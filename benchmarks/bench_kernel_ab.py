@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -127,8 +128,9 @@ def cases(b: int, d: int, l: int, n: int):
     }
 
 
-def paired(fn, ext_a, ext_b, warmup: int, rounds: int):
-    """Median over rounds of B/A (process CPU time and wall time), and the median A times (ms)."""
+def paired(fn, ext_a, ext_b, warmup: int, rounds: int, flush: Optional[torch.Tensor] = None):
+    """Median over rounds of B/A (process CPU time and wall time), and the median A times (ms). `flush`: a buffer
+    larger than the caches, written before every timed call (cold caches, as in a training step)."""
     for _ in range(warmup):
         fn(ext_a)
         fn(ext_b)
@@ -136,6 +138,8 @@ def paired(fn, ext_a, ext_b, warmup: int, rounds: int):
     for i in range(rounds):
         times = {}
         for name, ext in (('a', ext_a), ('b', ext_b)) if i % 2 == 0 else (('b', ext_b), ('a', ext_a)):
+            if flush is not None:
+                flush.add_(1.0)
             c0, t0 = time.process_time(), time.perf_counter()
             fn(ext)
             times[name] = (time.process_time() - c0, time.perf_counter() - t0)
@@ -155,6 +159,8 @@ def main(argv=None):
     ap.add_argument('--warmup', type=int, default=3)
     ap.add_argument('--rounds', type=int, default=21)
     ap.add_argument('--cases', default='', help='comma-separated case names (default: all)')
+    ap.add_argument('--cold', action='store_true', help='write a 64 MiB buffer before every timed call, so the '
+                    'kernels read their inputs from memory as in a training step (default: warm caches)')
     ap.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results' / 'kernel_ab'))
     args = ap.parse_args(argv)
     b, d, l, n = (int(x) for x in args.shape.split(','))
@@ -164,6 +170,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         ext_a = build_revision(args.baseline, Path(tmp))
         ext_b = _loader.cpu_extension(required=True)
+        flush = torch.empty(64 * 2 ** 20 // 4) if args.cold else None
         load_before = os.getloadavg()[0]
         rows = []
         for threads in (int(t) for t in args.threads.split(',')):
@@ -177,7 +184,7 @@ def main(argv=None):
                 except (AttributeError, RuntimeError) as err:   # a kernel or signature the other build lacks
                     print(f'skipping {name!r}: {str(err).splitlines()[0]}', flush=True)
                     continue
-                cpu_r, wall_r, a_cpu, a_wall = paired(fn, ext_a, ext_b, args.warmup, args.rounds)
+                cpu_r, wall_r, a_cpu, a_wall = paired(fn, ext_a, ext_b, args.warmup, args.rounds, flush)
                 rows.append(dict(case=name, threads=threads, ratio_cpu=round(cpu_r, 3), ratio_wall=round(wall_r, 3),
                                  baseline_cpu_ms=round(a_cpu, 3), baseline_wall_ms=round(a_wall, 3)))
                 print(rows[-1], flush=True)
@@ -189,7 +196,8 @@ def main(argv=None):
         writer.writeheader()
         writer.writerows(rows)
     protocol = (f'A = {args.baseline}, B = {head.strip()}{" + uncommitted csrc changes" if dirty else ""}; '
-                f'b,d,l,n = {b},{d},{l},{n}; fp32; {args.rounds} interleaved rounds after {args.warmup} warm-up; '
+                f'b,d,l,n = {b},{d},{l},{n}; fp32; {"cold caches (64 MiB written before each call); " if args.cold else ""}'
+                f'{args.rounds} interleaved rounds after {args.warmup} warm-up; '
                 f'{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; 1-min load average '
                 f'{load_before:.2f} before / {load_after:.2f} after; {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}')
     lines = ['# CPU kernel A/B (time B / time A, median of paired rounds; < 1 = B faster)', '', protocol, '',

@@ -86,10 +86,11 @@ def test_token_major_bidirectional_matches_reference(ext, shape):
 @pytest.mark.parametrize('reverse', [False, True])
 @pytest.mark.parametrize('width', [2, 4, 5])
 @pytest.mark.parametrize('length', [29, 3])   # 3: shorter than the conv
-def test_token_major_causal_conv_matches_reference(ext, reverse, width, length):
+@pytest.mark.parametrize('d', [32, 128])      # 128: width 4 runs four 16-channel blocks per task
+def test_token_major_causal_conv_matches_reference(ext, reverse, width, length, d):
     g = torch.Generator().manual_seed(width)
-    x = _tok(2, 32, length, g)
-    w, bias = torch.randn(32, width, generator=g), torch.randn(32, generator=g)
+    x = _tok(2, d, length, g)
+    w, bias = torch.randn(d, width, generator=g), torch.randn(d, generator=g)
     for b_ in (bias, None):
         for act in ('silu', None):
             got = ops.causal_conv1d(x, w, b_, act, reverse, backend='cpu')
@@ -121,13 +122,14 @@ def test_token_major_scan_backward_matches_reference(ext, shape):
 @pytest.mark.parametrize('reverse', [False, True])
 @pytest.mark.parametrize('width', [1, 3, 4])
 @pytest.mark.parametrize('length', [29, 3])
-def test_token_major_causal_conv_backward_matches_reference(ext, reverse, width, length):
+@pytest.mark.parametrize('d', [32, 128])
+def test_token_major_causal_conv_backward_matches_reference(ext, reverse, width, length, d):
     g = torch.Generator().manual_seed(width)
     for act in ('silu', None):
         for with_bias in (True, False):
-            x, w = _tok(2, 32, length, g), torch.randn(32, width, generator=g)
-            bias = torch.randn(32, generator=g) if with_bias else None
-            cot = _tok(2, 32, length, g)
+            x, w = _tok(2, d, length, g), torch.randn(d, width, generator=g)
+            bias = torch.randn(d, generator=g) if with_bias else None
+            cot = _tok(2, d, length, g)
             grads = {}
             for backend in ('cpu', 'reference'):
                 leaves = [t.clone().requires_grad_() for t in (x, w, bias) if t is not None]

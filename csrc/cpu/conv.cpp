@@ -1,6 +1,6 @@
 // Depthwise causal conv1d (+ bias, + SiLU) for fp32 channel-contiguous (b, d, l) views: 16 channels per vector,
-// a sliding window of the last K tokens in registers (each input loaded once), the NaN/inf check folded into the
-// read (scan_tm.h layout).
+// four adjacent vectors per task for width 4 (more memory requests in flight), a sliding window of the last K
+// tokens in registers (each input loaded once), the NaN/inf check folded into the read (scan_tm.h layout).
 #include "kernels.h"
 #include "scan_tm.h"
 
@@ -25,23 +25,32 @@ inline v16f conv_dot(const v16f* wv, const v16f* win, int64_t K, v16f vb) {
   return acc;
 }
 
-// One (batch row, 16-channel block) of the conv, in scan order k (position t = k, or L-1-k when reversed):
-// out_t = b + Σ_j w[K-1-j] x at scan step k - j. The last K inputs are a sliding window (registers when K is a
-// compile-time KC), so each token is loaded once. Returns the NaN/inf witness of the inputs read.
-template <int KC>
-v16f conv_block_tm(const TokView& xv, const v16f* wv, v16f vb, int64_t Kr, bool silu, bool reverse, int64_t bi,
-                   int64_t c0, int64_t L, float* o, int64_t ob, int64_t ot, v16f* heap_hist) {
+// NB adjacent 16-channel blocks of one batch row, in scan order k (position t = k, or L-1-k when reversed):
+// out_t = b + Σ_j w[K-1-j] x at scan step k - j. The last K inputs are a sliding window per block (registers when K
+// is a compile-time KC), so each token is loaded once; a token's NB blocks are NB·64 contiguous bytes read together,
+// which keeps more memory requests in flight than one line per token (in training the inputs come from DRAM). wv:
+// the K taps of block q at wv[q·K], vb[q] its bias. Returns the NaN/inf witness of the inputs read.
+template <int KC, int NB>
+v16f conv_blocks_tm(const TokView& xv, const v16f* wv, const v16f* vb, int64_t Kr, bool silu, bool reverse,
+                    int64_t bi, int64_t c0, int64_t L, float* o, int64_t ob, int64_t ot, v16f* heap_hist) {
   const int64_t K = KC > 0 ? KC : Kr;
-  v16f hist_local[KC > 0 ? KC : 1];
-  v16f* hist = KC > 0 ? hist_local : heap_hist;   // hist[j] = x at scan step k - j
-  for (int64_t j = 0; j < K; ++j) hist[j] = splatv<v16f>(0.0f);
+  v16f hist_local[NB][KC > 0 ? KC : 1];
+  v16f* hist[NB];   // hist[q][j] = block q's x at scan step k - j
+  for (int q = 0; q < NB; ++q) {
+    hist[q] = KC > 0 ? hist_local[q] : heap_hist + q * K;
+    for (int64_t j = 0; j < K; ++j) hist[q][j] = splatv<v16f>(0.0f);
+  }
   v16f chk = splatv<v16f>(0.0f);
   for (int64_t k = 0; k < L; ++k) {
     const int64_t t = reverse ? L - 1 - k : k;
-    slide_in(hist, K, O::load(xv.at(bi, t, c0)));
-    chk += hist[0] * 0.0f;
-    const v16f acc = conv_dot(wv, hist, K, vb);
-    O::store(o + bi * ob + t * ot + c0, silu ? silu_fast(acc) : acc);
+    const float* xp = xv.at(bi, t, c0);
+    float* op = o + bi * ob + t * ot + c0;
+    for (int q = 0; q < NB; ++q) {
+      slide_in(hist[q], K, O::load(xp + q * kLanes));
+      chk += hist[q][0] * 0.0f;
+      const v16f acc = conv_dot(wv + q * K, hist[q], K, vb[q]);
+      O::store(op + q * kLanes, silu ? silu_fast(acc) : acc);
+    }
   }
   return chk;
 }
@@ -53,21 +62,29 @@ void load_taps(const float* w, int64_t K, int64_t c0, v16f* wv) {
 
 }  // namespace
 
+// Blocks per conv task: 4 for width 4 and d % 64 == 0 (Vim's case), else 1.
+int64_t conv_blocks_per_task(int64_t K, int64_t nblk) { return K == 4 && nblk % 4 == 0 ? 4 : 1; }
+
 bool conv_tm_into(const TokView& xv, const float* w, const float* bias, int64_t K, bool silu, bool reverse,
                   int64_t Bsz, int64_t Dm, int64_t L, float* o, int64_t ob, int64_t ot) {
   TORCH_CHECK(K >= 1, "vimzoo causal conv: the conv width must be >= 1");
   TORCH_CHECK(Dm % kLanes == 0, "vimzoo causal conv: the channel count must be a multiple of 16");
-  const int64_t nblk = Dm / kLanes;
+  const int64_t nblk = Dm / kLanes, nb = conv_blocks_per_task(K, nblk), ngrp = nblk / nb;
   std::atomic<int> bad{0};
   parallel_rows(
-      Bsz * nblk, [&](int64_t) { return std::vector<v16f>(2 * K); },   // taps, then the generic path's window
+      Bsz * ngrp, [&](int64_t) { return std::vector<v16f>(nb * (2 * K + 1)); },   // taps, biases, generic windows
       [&](std::vector<v16f>& buf, int64_t task) {
-        const int64_t bi = task / nblk, c0 = (task % nblk) * kLanes;
+        const int64_t bi = task / ngrp, c0 = (task % ngrp) * nb * kLanes;
         v16f* wv = buf.data();
-        load_taps(w, K, c0, wv);
-        const v16f vb = bias ? O::load(bias + c0) : splatv<v16f>(0.0f);
-        const v16f chk = K == 4 ? conv_block_tm<4>(xv, wv, vb, K, silu, reverse, bi, c0, L, o, ob, ot, wv + K)
-                                : conv_block_tm<0>(xv, wv, vb, K, silu, reverse, bi, c0, L, o, ob, ot, wv + K);
+        v16f* vb = wv + nb * K;
+        for (int64_t q = 0; q < nb; ++q) {
+          load_taps(w, K, c0 + q * kLanes, wv + q * K);
+          vb[q] = bias ? O::load(bias + c0 + q * kLanes) : splatv<v16f>(0.0f);
+        }
+        const v16f chk =
+            nb == 4  ? conv_blocks_tm<4, 4>(xv, wv, vb, K, silu, reverse, bi, c0, L, o, ob, ot, nullptr)
+            : K == 4 ? conv_blocks_tm<4, 1>(xv, wv, vb, K, silu, reverse, bi, c0, L, o, ob, ot, nullptr)
+                     : conv_blocks_tm<0, 1>(xv, wv, vb, K, silu, reverse, bi, c0, L, o, ob, ot, vb + 1);
         if (witness_bad(chk)) bad.fetch_or(1);
       });
   return bad.load() != 0;
@@ -99,56 +116,70 @@ namespace {
 
 struct ConvBwdBlock {
   const TokView &xv, &gv;   // the conv input and the gradient of its output
-  const v16f* wv;           // the block's taps
-  v16f vb;
+  const v16f* wv;           // the taps, block q's at wv[q * K]
+  const v16f* vb;           // the biases, block q's at vb[q]
   bool silu, reverse, accumulate;   // accumulate: add dx to what the output holds
   int64_t bi, c0, L;
-  float* dx;                // the block's dx at dx[t * ot]
+  float* dx;                // the blocks' dx at dx[t * ot]
   int64_t ot;
 };
 
-// One block of the conv backward, in scan order k: pass 1 recomputes the pre-activation P_k (sliding window as the
-// forward) and keeps dP_k = dout_k · silu'(P_k); pass 2, last step first, slides a window over dP:
-// dx at step k = Σ_j w[K-1-j] dP_{k+j}, dw[K-1-j] += dP_{k+j} x_k. The block's dw (K per channel) and db rows are
-// written to dw_row[j * K + k] and db_row[j].
-template <int KC>
-void conv_block_bwd_tm(const ConvBwdBlock& c, int64_t Kr, v16f* dP, v16f* heap, float* dw_row, float* db_row) {
+// NB adjacent blocks of the conv backward, in scan order k (NB·64 contiguous bytes per token, as the forward):
+// pass 1 recomputes the pre-activation P_k (sliding window as the forward) and keeps dP_k = dout_k · silu'(P_k);
+// pass 2, last step first, slides a window over dP: dx at step k = Σ_j w[K-1-j] dP_{k+j}, dw[K-1-j] += dP_{k+j} x_k.
+// Block q's dw (K per channel) and db rows are written to dw_row[(q * 16 + j) * K + k] and db_row[q * 16 + j].
+template <int KC, int NB>
+void conv_blocks_bwd_tm(const ConvBwdBlock& c, int64_t Kr, v16f* dP, v16f* heap, float* dw_row, float* db_row) {
   const int64_t K = KC > 0 ? KC : Kr, L = c.L;
-  v16f win_local[KC > 0 ? KC : 1], dw_local[KC > 0 ? KC : 1];
-  v16f* win = KC > 0 ? win_local : heap;
-  v16f* dw = KC > 0 ? dw_local : heap + K;
-  const v16f* wv = c.wv;
+  v16f win_local[NB][KC > 0 ? KC : 1], dw_local[NB][KC > 0 ? KC : 1];
+  v16f *win[NB], *dw[NB], db[NB];
+  for (int q = 0; q < NB; ++q) {
+    win[q] = KC > 0 ? win_local[q] : heap + 2 * q * K;
+    dw[q] = KC > 0 ? dw_local[q] : heap + (2 * q + 1) * K;
+    for (int64_t j = 0; j < K; ++j) win[q][j] = dw[q][j] = splatv<v16f>(0.0f);
+    db[q] = splatv<v16f>(0.0f);
+  }
   auto pos = [&](int64_t k) { return c.reverse ? L - 1 - k : k; };
-  for (int64_t j = 0; j < K; ++j) win[j] = dw[j] = splatv<v16f>(0.0f);
-  v16f db = splatv<v16f>(0.0f);
-  for (int64_t k = 0; k < L; ++k) {   // win[j] = x at step k - j
+  for (int64_t k = 0; k < L; ++k) {   // win[q][j] = x at step k - j
     const int64_t t = pos(k);
-    v16f g = O::load(c.gv.at(c.bi, t, c.c0));
-    if (c.silu) {
-      slide_in(win, K, O::load(c.xv.at(c.bi, t, c.c0)));
-      const v16f acc = conv_dot(wv, win, K, c.vb);
-      const v16f sg = sigmoid_fast(acc);
-      g *= sg * (1.0f + acc * (1.0f - sg));
+    const float* gp = c.gv.at(c.bi, t, c.c0);
+    const float* xp = c.xv.at(c.bi, t, c.c0);
+    for (int q = 0; q < NB; ++q) {
+      v16f g = O::load(gp + q * kLanes);
+      if (c.silu) {
+        slide_in(win[q], K, O::load(xp + q * kLanes));
+        const v16f acc = conv_dot(c.wv + q * K, win[q], K, c.vb[q]);
+        const v16f sg = sigmoid_fast(acc);
+        g *= sg * (1.0f + acc * (1.0f - sg));
+      }
+      dP[k * NB + q] = g;
+      db[q] += g;
     }
-    dP[k] = g;
-    db += g;
   }
-  for (int64_t j = 0; j < K; ++j) win[j] = splatv<v16f>(0.0f);
-  for (int64_t k = L - 1; k >= 0; --k) {   // win[j] = dP at step k + j (zero past the end)
+  for (int q = 0; q < NB; ++q)
+    for (int64_t j = 0; j < K; ++j) win[q][j] = splatv<v16f>(0.0f);
+  for (int64_t k = L - 1; k >= 0; --k) {   // win[q][j] = dP at step k + j (zero past the end)
     const int64_t t = pos(k);
-    slide_in(win, K, dP[k]);
-    const v16f xk = O::load(c.xv.at(c.bi, t, c.c0));
-    v16f acc = splatv<v16f>(0.0f);
-    for (int64_t j = 0; j < K; ++j) {
-      acc += wv[K - 1 - j] * win[j];
-      dw[K - 1 - j] += win[j] * xk;
+    const float* xp = c.xv.at(c.bi, t, c.c0);
+    float* dxp = c.dx + t * c.ot;
+    for (int q = 0; q < NB; ++q) {
+      slide_in(win[q], K, dP[k * NB + q]);
+      const v16f xk = O::load(xp + q * kLanes);
+      const v16f* wq = c.wv + q * K;
+      v16f acc = splatv<v16f>(0.0f);
+      for (int64_t j = 0; j < K; ++j) {
+        acc += wq[K - 1 - j] * win[q][j];
+        dw[q][K - 1 - j] += win[q][j] * xk;
+      }
+      float* d = dxp + q * kLanes;
+      O::store(d, c.accumulate ? O::load(d) + acc : acc);
     }
-    float* q = c.dx + t * c.ot;
-    O::store(q, c.accumulate ? O::load(q) + acc : acc);
   }
-  for (int j = 0; j < kLanes; ++j) {
-    for (int64_t k = 0; k < K; ++k) dw_row[j * K + k] = dw[k][j];
-    db_row[j] = db[j];
+  for (int q = 0; q < NB; ++q) {
+    for (int j = 0; j < kLanes; ++j) {
+      for (int64_t k = 0; k < K; ++k) dw_row[(q * kLanes + j) * K + k] = dw[q][k][j];
+      db_row[q * kLanes + j] = db[q][j];
+    }
   }
 }
 
@@ -179,18 +210,26 @@ std::vector<at::Tensor> causal_conv1d_bwd_tm(const at::Tensor& dout, const at::T
   const int64_t ob = dx.stride(0), ot = dx.stride(2);
   float* dwp = dw_rows.data_ptr<float>();
   float* dbp = db_rows.data_ptr<float>();
+  const int64_t nb = conv_blocks_per_task(K, nblk), ngrp = nblk / nb;
   parallel_rows(
-      Bsz * nblk, [&](int64_t) { return std::vector<v16f>(L + 4 * K); },   // dP, taps, the generic path's windows
+      Bsz * ngrp, [&](int64_t) { return std::vector<v16f>(nb * (L + 4 * K + 1)); },   // dP, taps, biases, windows
       [&](std::vector<v16f>& buf, int64_t task) {
-        const int64_t bi = task / nblk, c0 = (task % nblk) * kLanes;
-        v16f* wv = buf.data() + L;
-        load_taps(wp, K, c0, wv);
-        const v16f vb = bp ? O::load(bp + c0) : splatv<v16f>(0.0f);
+        const int64_t bi = task / ngrp, c0 = (task % ngrp) * nb * kLanes;
+        v16f* wv = buf.data() + nb * L;
+        v16f* vb = wv + nb * K;
+        for (int64_t q = 0; q < nb; ++q) {
+          load_taps(wp, K, c0 + q * kLanes, wv + q * K);
+          vb[q] = bp ? O::load(bp + c0 + q * kLanes) : splatv<v16f>(0.0f);
+        }
         const ConvBwdBlock blk{xv, gv, wv, vb, silu, reverse, accumulate, bi, c0, L, dxp + bi * ob + c0, ot};
-        if (K == 4) {
-          conv_block_bwd_tm<4>(blk, K, buf.data(), wv + K, dwp + (bi * Dm + c0) * K, dbp + bi * Dm + c0);
+        float* dw_row = dwp + (bi * Dm + c0) * K;
+        float* db_row = dbp + bi * Dm + c0;
+        if (nb == 4) {
+          conv_blocks_bwd_tm<4, 4>(blk, K, buf.data(), nullptr, dw_row, db_row);
+        } else if (K == 4) {
+          conv_blocks_bwd_tm<4, 1>(blk, K, buf.data(), nullptr, dw_row, db_row);
         } else {
-          conv_block_bwd_tm<0>(blk, K, buf.data(), wv + K, dwp + (bi * Dm + c0) * K, dbp + bi * Dm + c0);
+          conv_blocks_bwd_tm<0, 1>(blk, K, buf.data(), vb + 1, dw_row, db_row);
         }
       });
   return {dx, dw_rows.sum(0), bias.has_value() ? db_rows.sum(0) : at::empty({0}, w.options())};
