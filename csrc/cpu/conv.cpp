@@ -1,5 +1,5 @@
 // Depthwise causal conv1d (+ bias, + SiLU) for fp32 channel-contiguous (b, d, l) views: 16 channels per vector,
-// four adjacent vectors per task for width 4 (more memory requests in flight), a sliding window of the last K
+// several adjacent vectors per task for width 4 (more memory requests in flight), a sliding window of the last K
 // tokens in registers (each input loaded once), the NaN/inf check folded into the read (scan_tm.h layout).
 #include "kernels.h"
 #include "scan_tm.h"
@@ -62,14 +62,15 @@ void load_taps(const float* w, int64_t K, int64_t c0, v16f* wv) {
 
 }  // namespace
 
-// Blocks per conv task: 4 for width 4 and d % 64 == 0 (Vim's case), else 1.
-int64_t conv_blocks_per_task(int64_t K, int64_t nblk) { return K == 4 && nblk % 4 == 0 ? 4 : 1; }
+// Blocks per conv task for width 4 (Vim's case) when they divide the channel blocks, else 1: 4 for the forward; 2 for
+// the backward, whose per-task dP buffer (L·blocks vectors) then stays in L1 (4 ran slower with 2 threads).
+int64_t conv_blocks_per_task(int64_t K, int64_t nblk, int64_t want) { return K == 4 && nblk % want == 0 ? want : 1; }
 
 bool conv_tm_into(const TokView& xv, const float* w, const float* bias, int64_t K, bool silu, bool reverse,
                   int64_t Bsz, int64_t Dm, int64_t L, float* o, int64_t ob, int64_t ot) {
   TORCH_CHECK(K >= 1, "vimzoo causal conv: the conv width must be >= 1");
   TORCH_CHECK(Dm % kLanes == 0, "vimzoo causal conv: the channel count must be a multiple of 16");
-  const int64_t nblk = Dm / kLanes, nb = conv_blocks_per_task(K, nblk), ngrp = nblk / nb;
+  const int64_t nblk = Dm / kLanes, nb = conv_blocks_per_task(K, nblk, 4), ngrp = nblk / nb;
   std::atomic<int> bad{0};
   parallel_rows(
       Bsz * ngrp, [&](int64_t) { return std::vector<v16f>(nb * (2 * K + 1)); },   // taps, biases, generic windows
@@ -210,7 +211,7 @@ std::vector<at::Tensor> causal_conv1d_bwd_tm(const at::Tensor& dout, const at::T
   const int64_t ob = dx.stride(0), ot = dx.stride(2);
   float* dwp = dw_rows.data_ptr<float>();
   float* dbp = db_rows.data_ptr<float>();
-  const int64_t nb = conv_blocks_per_task(K, nblk), ngrp = nblk / nb;
+  const int64_t nb = conv_blocks_per_task(K, nblk, 2), ngrp = nblk / nb;
   parallel_rows(
       Bsz * ngrp, [&](int64_t) { return std::vector<v16f>(nb * (L + 4 * K + 1)); },   // dP, taps, biases, windows
       [&](std::vector<v16f>& buf, int64_t task) {
@@ -224,8 +225,8 @@ std::vector<at::Tensor> causal_conv1d_bwd_tm(const at::Tensor& dout, const at::T
         const ConvBwdBlock blk{xv, gv, wv, vb, silu, reverse, accumulate, bi, c0, L, dxp + bi * ob + c0, ot};
         float* dw_row = dwp + (bi * Dm + c0) * K;
         float* db_row = dbp + bi * Dm + c0;
-        if (nb == 4) {
-          conv_blocks_bwd_tm<4, 4>(blk, K, buf.data(), nullptr, dw_row, db_row);
+        if (nb == 2) {
+          conv_blocks_bwd_tm<4, 2>(blk, K, buf.data(), nullptr, dw_row, db_row);
         } else if (K == 4) {
           conv_blocks_bwd_tm<4, 1>(blk, K, buf.data(), nullptr, dw_row, db_row);
         } else {
