@@ -362,6 +362,10 @@ def test_mamba_inner_backward_reads_the_saved_x_proj_output(ext, backend, bidir)
     assert _rel(perturbed[0], read[0]) > 1e-3 and _rel(perturbed[3], read[3]) > 1e-3   # dxz, d x_proj.weight
     with pytest.raises(ValueError, match="x_dbl must be the forward's second output"):
         grads(x_dbl[:, :, 1:])
+    if backend == 'cpu':   # the kernel itself, called with parameters that require grad (as benchmarks replay it)
+        leaves = [t.clone().requires_grad_() for t in wf]
+        raw = ext.mamba_inner_fwd(xz, leaves, [t.detach() for t in wb], False, window, 0.5, True)
+        assert _rel(raw[0], out) < 1e-6 and _rel(raw[1], x_dbl) < 1e-6
 
 
 def test_mamba_inner_errors(ext):

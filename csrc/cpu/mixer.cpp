@@ -6,6 +6,8 @@
 #include "kernels.h"
 #include "scan_tm.h"
 
+#include <c10/core/GradMode.h>
+
 #include <string>
 #include <vector>
 
@@ -80,6 +82,7 @@ std::vector<at::Tensor> mamba_inner_fwd(const at::Tensor& xz, const std::vector<
                                         const std::vector<at::Tensor>& bwd, bool reverse, int64_t W, double scale,
                                         bool check_finite) {
   const char* op = "mamba_inner";
+  c10::AutoGradMode no_grad(false);   // a kernel: x_proj writes into its output, whatever the caller's grad mode
   TORCH_CHECK(xz.dim() == 3 && xz.is_contiguous() && xz.scalar_type() == at::kFloat && xz.device().is_cpu(),
               "vimzoo mamba_inner_fwd: xz must be a contiguous fp32 CPU (b, l, 2d) tensor");
   const int64_t Bsz = xz.size(0), L = xz.size(1), Dm = xz.size(2) / 2;
