@@ -196,7 +196,8 @@ def main(argv=None):
         writer.writeheader()
         writer.writerows(rows)
     protocol = (f'A = {args.baseline}, B = {head.strip()}{" + uncommitted csrc changes" if dirty else ""}; '
-                f'b,d,l,n = {b},{d},{l},{n}; fp32; {"cold caches (64 MiB written before each call); " if args.cold else ""}'
+                f'b,d,l,n = {b},{d},{l},{n}; fp32; '
+                f'{"cold caches (64 MiB written before each call); " if args.cold else ""}'
                 f'{args.rounds} interleaved rounds after {args.warmup} warm-up; '
                 f'{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; 1-min load average '
                 f'{load_before:.2f} before / {load_after:.2f} after; {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}')
