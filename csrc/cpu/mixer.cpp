@@ -101,8 +101,7 @@ std::vector<at::Tensor> mamba_inner_fwd(const at::Tensor& xz, const std::vector<
   const TokView xv{xz.data_ptr<float>(), L * 2 * Dm, 2 * Dm};
   const TokView zv{xz.data_ptr<float>() + Dm, L * 2 * Dm, 2 * Dm};
   auto U = at::empty({static_cast<int64_t>(dirs.size()), Bsz, L, Dm}, xz.options());
-  const int64_t S = dirs[0].x_proj_w.size(0);
-  TORCH_CHECK(!bidir || dirs[1].x_proj_w.size(0) == S, "vimzoo mamba_inner_fwd: directions differ in shape");
+  const int64_t S = dirs[0].x_proj_w.size(0);   // R + 2N: the same for both directions (checked above)
   auto xdbl = at::empty({static_cast<int64_t>(dirs.size()), Bsz, L, S}, xz.options());
   bool bad_x = false;
   std::vector<TmScan> scans;
