@@ -209,9 +209,14 @@ causal_conv1d_op.register_autograd(_conv_backward, setup_context=_conv_setup)
 # dt_proj_weight (d, R), dt_proj_bias, A_log (d, N), D]; absent optional tensors are None; `bwd` empty = one
 # direction.
 # --------------------------------------------------------------------------------------------------------------
+def _x_dbl_shape(xz: Tensor, fwd: List[Tensor], bwd: List[Tensor]) -> Tuple[int, int, int, int]:
+    """(directions, b, l, R + 2N): fwd[2] is x_proj's weight."""
+    return 2 if bwd else 1, xz.shape[0], xz.shape[1], fwd[2].shape[0]
+
+
 def _mixer_out(xz: Tensor, fwd: List[Tensor], bwd: List[Tensor]) -> Tuple[Tensor, Tensor]:
     b, l, d2 = xz.shape
-    return xz.new_empty((b, l, d2 // 2)), xz.new_empty((2 if bwd else 1, b, l, fwd[2].shape[0]))
+    return xz.new_empty((b, l, d2 // 2)), xz.new_empty(_x_dbl_shape(xz, fwd, bwd))
 
 
 def _absent_as_none(weights: List[Tensor]) -> Optional[List[Optional[Tensor]]]:
@@ -255,10 +260,10 @@ def mamba_inner_bwd_op(dout: Tensor, xz: Tensor, x_dbl: Tensor, fwd: List[Tensor
     if xz.numel() == 0:
         return torch.zeros_like(xz), [torch.zeros_like(t) for t in fwd], [torch.zeros_like(t) for t in bwd]
     weights, weights_b = _absent_as_none(fwd), _absent_as_none(bwd)
-    expected = _mixer_out(xz, fwd, bwd)[1].shape
-    if x_dbl.numel() and x_dbl.shape != expected:
+    expected = _x_dbl_shape(xz, fwd, bwd)
+    if x_dbl.numel() and tuple(x_dbl.shape) != expected:
         raise ValueError(f'vimzoo mamba_inner_bwd: x_dbl must be the forward\'s second output, shape '
-                         f'{tuple(expected)}, got {tuple(x_dbl.shape)}.')
+                         f'{expected}, got {tuple(x_dbl.shape)}.')
     x_dbl = x_dbl if x_dbl.numel() else None   # empty: recompute it
     impl = _mixer_kernel('mamba_inner_bwd', backend, xz, fwd, bwd)
     if impl is not None:
