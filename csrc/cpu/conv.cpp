@@ -55,9 +55,14 @@ v16f conv_blocks_tm(const TokView& xv, const v16f* wv, const v16f* vb, int64_t K
   return chk;
 }
 
-void load_taps(const float* w, int64_t K, int64_t c0, v16f* wv) {
-  for (int64_t k = 0; k < K; ++k)
-    for (int j = 0; j < kLanes; ++j) wv[k][j] = w[(c0 + j) * K + k];
+// The taps and biases of nb adjacent blocks from channel c0: block q's K taps at wv[q·K], its bias at vb[q].
+void load_blocks(const float* w, const float* bias, int64_t K, int64_t c0, int64_t nb, v16f* wv, v16f* vb) {
+  for (int64_t q = 0; q < nb; ++q) {
+    const int64_t cq = c0 + q * kLanes;
+    for (int64_t k = 0; k < K; ++k)
+      for (int j = 0; j < kLanes; ++j) wv[q * K + k][j] = w[(cq + j) * K + k];
+    vb[q] = bias ? O::load(bias + cq) : splatv<v16f>(0.0f);
+  }
 }
 
 }  // namespace
@@ -78,10 +83,7 @@ bool conv_tm_into(const TokView& xv, const float* w, const float* bias, int64_t 
         const int64_t bi = task / ngrp, c0 = (task % ngrp) * nb * kLanes;
         v16f* wv = buf.data();
         v16f* vb = wv + nb * K;
-        for (int64_t q = 0; q < nb; ++q) {
-          load_taps(w, K, c0 + q * kLanes, wv + q * K);
-          vb[q] = bias ? O::load(bias + c0 + q * kLanes) : splatv<v16f>(0.0f);
-        }
+        load_blocks(w, bias, K, c0, nb, wv, vb);
         const v16f chk =
             nb == 4  ? conv_blocks_tm<4, 4>(xv, wv, vb, K, silu, reverse, bi, c0, L, o, ob, ot, nullptr)
             : K == 4 ? conv_blocks_tm<4, 1>(xv, wv, vb, K, silu, reverse, bi, c0, L, o, ob, ot, nullptr)
@@ -218,10 +220,7 @@ std::vector<at::Tensor> causal_conv1d_bwd_tm(const at::Tensor& dout, const at::T
         const int64_t bi = task / ngrp, c0 = (task % ngrp) * nb * kLanes;
         v16f* wv = buf.data() + nb * L;
         v16f* vb = wv + nb * K;
-        for (int64_t q = 0; q < nb; ++q) {
-          load_taps(wp, K, c0 + q * kLanes, wv + q * K);
-          vb[q] = bp ? O::load(bp + c0 + q * kLanes) : splatv<v16f>(0.0f);
-        }
+        load_blocks(wp, bp, K, c0, nb, wv, vb);
         const ConvBwdBlock blk{xv, gv, wv, vb, silu, reverse, accumulate, bi, c0, L, dxp + bi * ob + c0, ot};
         float* dw_row = dwp + (bi * Dm + c0) * K;
         float* db_row = dbp + bi * Dm + c0;
