@@ -259,6 +259,42 @@ def _bwd_carry_kernel(
 
 
 @triton.jit
+def _bwd_states(a, b, hf_in, hb_carry, k, L, W, col, LB: tl.constexpr):
+    """A chunk's recomputed states: hf from the state entering it (pass 1's carry), and for LB windows hb from the
+    next chunk's (carried against scan order) and h = hf + hb - b. Returns (hf, hb, h, the hb carry to pass on)."""
+    pa, hl = tl.associative_scan((a, b), 2, _lin)
+    hf = hl + pa * hf_in[:, :, None]
+    hb, h = hf, hf   # without windows hb is never read
+    if LB:
+        ap = tl.where(_window_end(k, L, W)[None, None, :], 0.0, a)
+        pb, hbl = tl.associative_scan((ap, b), 2, _lin, reverse=True)
+        hb = hbl + pb * hb_carry[:, :, None]
+        hb_carry = _column(hb, col, 0)
+        h = hf + hb - b
+    return hf, hb, h, hb_carry
+
+
+@triton.jit
+def _bwd_adjoints(a, b, G, hf, hb, dxl_carry, dxr_in, ones, k, L, W, col, LB: tl.constexpr):
+    """A chunk's adjoints: the global dxl (reverse, from the carry of the chunk after it) and for LB windows the
+    window-local dxr (forward, from pass 1's carry dxr_in). Returns (the gradient of b, gA = the gradient of the
+    exponent Δ·A, the dxl carry to pass on)."""
+    ql, fl, sl = tl.associative_scan((ones, a, G), 2, _adj_rev, reverse=True)
+    dxl = sl + ql * dxl_carry[:, :, None]
+    dxl_carry = _column(fl * dxl, col, 0)
+    if LB:
+        lam = tl.where(_window_end(k, L, W)[None, None, :], 0.0, a)
+        qr, lr, sr = tl.associative_scan((ones, lam, G), 2, _adj_fwd)
+        dxr = sr + qr * dxr_in[:, :, None]
+        db = dxl + dxr - G
+        gA = dxl * (hf - b) + dxr * (hb - b)
+    else:
+        db = dxl
+        gA = dxl * (hf - b)
+    return db, gA, dxl_carry
+
+
+@triton.jit
 def _bwd_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, hf_ptr, dxr_ptr,
         du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
@@ -297,16 +333,8 @@ def _bwd_kernel(
         dout = _load_act(dout_ptr, pid_b, s_gb, s_gd, s_gl, offs_d, t, m2)
         a = tl.exp(dt[:, None, :] * A[:, :, None])
         b = (dt * u)[:, None, :] * Bt[None, :, :]
-        # recompute the states
-        pa, hl = tl.associative_scan((a, b), 2, _lin)
-        hf = hl + pa * tl.load(hf_ptr + off + c * DIM * BLOCK_N, mask=dmask[:, None], other=0.0)[:, :, None]
-        h = hf
-        if LB:
-            ap = tl.where(_window_end(k, L, W)[None, None, :], 0.0, a)
-            pb, hbl = tl.associative_scan((ap, b), 2, _lin, reverse=True)
-            hb = hbl + pb * hb_carry[:, :, None]
-            hb_carry = _column(hb, col, 0)
-            h = hf + hb - b
+        hf_in = tl.load(hf_ptr + off + c * DIM * BLOCK_N, mask=dmask[:, None], other=0.0)
+        hf, hb, h, hb_carry = _bwd_states(a, b, hf_in, hb_carry, k, L, W, col, LB)
         y = tl.sum(Ct[None, :, :] * h, axis=1) + Dv[:, None] * u
         g = dout
         if HAS_Z:
@@ -315,19 +343,10 @@ def _bwd_kernel(
             g = dout * zv * sz
             tl.store(dz_ptr + act_base + t[None, :], dout * y * sz * (1.0 + zv * (1.0 - sz)), mask=m2)
         G = g[:, None, :] * Ct[None, :, :]
-        # adjoints
-        ql, fl, sl = tl.associative_scan((ones, a, G), 2, _adj_rev, reverse=True)
-        dxl = sl + ql * dxl_carry[:, :, None]
-        dxl_carry = _column(fl * dxl, col, 0)
+        dxr_in = dxl_carry   # read only for LB windows
         if LB:
-            lam = tl.where(_window_end(k, L, W)[None, None, :], 0.0, a)
-            qr, lr, sr = tl.associative_scan((ones, lam, G), 2, _adj_fwd)
-            dxr = sr + qr * tl.load(dxr_ptr + off + c * DIM * BLOCK_N, mask=dmask[:, None], other=0.0)[:, :, None]
-            db = dxl + dxr - G
-            gA = dxl * (hf - b) + dxr * (hb - b)
-        else:
-            db = dxl
-            gA = dxl * (hf - b)
+            dxr_in = tl.load(dxr_ptr + off + c * DIM * BLOCK_N, mask=dmask[:, None], other=0.0)
+        db, gA, dxl_carry = _bwd_adjoints(a, b, G, hf, hb, dxl_carry, dxr_in, ones, k, L, W, col, LB)
         # gradients
         sdb = tl.sum(db * Bt[None, :, :], axis=1)
         du = dt * sdb + Dv[:, None] * g
