@@ -23,32 +23,37 @@ struct BwdBuffers {
         dt(L), dtu(L), uf(L), g(L), zf(L), sz(L), sig(L), y(L) {}
 };
 
+// One row's scan inputs and outputs, shared by the two passes below (each takes NC > 0 as a compile-time N).
+// dB / dC are this worker's (l, n) sums; du_acc, ddt_acc, y per token: Σ_n db·B (the caller multiplies by Δ for du
+// and by u for dΔ), Σ_n A·gA, Σ_n C·h.
+template <typename V>
+struct RowBwd {
+  using S = typename VecOps<V>::S;
+  const Shape& s;
+  int64_t N;
+  const S *A, *Bt, *Ct;
+  BwdBuffers<S>& bf;
+  S *dB, *dC, *du_acc, *ddt_acc, *y;
+};
+
+// 1) Forward recompute of (a, b, hf) in scan order; a_k sits at abuf row k + 1.
 template <typename V, int NC>
-void scan_row_bwd(const Shape& s, const typename VecOps<V>::S* __restrict A,
-                  const typename VecOps<V>::S* __restrict Bt, const typename VecOps<V>::S* __restrict Ct,
-                  BwdBuffers<typename VecOps<V>::S>& bf, typename VecOps<V>::S* __restrict dB,
-                  typename VecOps<V>::S* __restrict dC, typename VecOps<V>::S* __restrict du_acc,
-                  typename VecOps<V>::S* __restrict ddt_acc, typename VecOps<V>::S* __restrict y) {
+void row_recompute(const RowBwd<V>& r) {
   using O = VecOps<V>;
   using acc_t = typename O::S;
-  const int64_t L = s.L, N = NC > 0 ? NC : s.N, W = s.W;
-  const acc_t* __restrict dt = bf.dt.data();
-  const acc_t* __restrict dtu = bf.dtu.data();
-  const acc_t* __restrict g = bf.g.data();
-  acc_t* __restrict abuf = bf.abuf.data();
-  acc_t* __restrict bbuf = bf.bbuf.data();
-  acc_t* __restrict hf = bf.hf.data();
-  acc_t* __restrict hbw = bf.hbw.data();
-  acc_t* __restrict dxlw = bf.dxlw.data();
-  acc_t* __restrict cr = bf.carry.data();
-  acc_t* __restrict xr = bf.dxr.data();
-  acc_t* __restrict dAa = bf.dA_acc.data();
-  // 1) forward recompute of (a, b, hf) in scan order.
+  const int64_t L = r.s.L, N = NC > 0 ? NC : r.N;
+  const acc_t* __restrict A = r.A;
+  const acc_t* __restrict dt = r.bf.dt.data();
+  const acc_t* __restrict dtu = r.bf.dtu.data();
+  acc_t* __restrict abuf = r.bf.abuf.data();
+  acc_t* __restrict bbuf = r.bf.bbuf.data();
+  acc_t* __restrict hf = r.bf.hf.data();
+  acc_t* __restrict cr = r.bf.carry.data();
   for (int64_t n = 0; n < N; ++n) cr[n] = 0;
   for (int64_t k = 0; k < L; ++k) {
-    const int64_t t = s.pos(k);
+    const int64_t t = r.s.pos(k);
     const V vd = O::splat(dt[t]), vdu = O::splat(dtu[t]);
-    const acc_t* __restrict b = Bt + t * N;
+    const acc_t* __restrict b = r.Bt + t * N;
     acc_t* __restrict ak = abuf + (k + 1) * N;
     acc_t* __restrict bk = bbuf + k * N;
     acc_t* __restrict hk = hf + k * N;
@@ -60,19 +65,43 @@ void scan_row_bwd(const Shape& s, const typename VecOps<V>::S* __restrict A,
       O::store(hk + n, st.h);
     }
   }
-  // 2) windows, last to first.
+}
+
+// 2) The windows, last to first: 2a) reverse through the window: the local state hb (zero past the window's end) and
+//    the global adjoint dxl (carried across windows); 2b) forward through it: the window-local adjoint dxr
+//    (restarted at the window start) and every gradient. One function, so that the pointer set-up stays out of the
+//    window loop (W = 1 runs it L times).
+template <typename V, int NC>
+void row_windows(const RowBwd<V>& r) {
+  using O = VecOps<V>;
+  using acc_t = typename O::S;
+  const int64_t L = r.s.L, N = NC > 0 ? NC : r.N, W = r.s.W;
+  const acc_t* __restrict A = r.A;
+  const acc_t* __restrict dt = r.bf.dt.data();
+  const acc_t* __restrict dtu = r.bf.dtu.data();
+  const acc_t* __restrict g = r.bf.g.data();
+  const acc_t* __restrict abuf = r.bf.abuf.data();
+  const acc_t* __restrict bbuf = r.bf.bbuf.data();
+  const acc_t* __restrict hf = r.bf.hf.data();
+  acc_t* __restrict hbw = r.bf.hbw.data();
+  acc_t* __restrict dxlw = r.bf.dxlw.data();
+  acc_t* __restrict cr = r.bf.carry.data();
+  acc_t* __restrict xr = r.bf.dxr.data();
+  acc_t* __restrict dAa = r.bf.dA_acc.data();
+  acc_t* __restrict du_acc = r.du_acc;
+  acc_t* __restrict ddt_acc = r.ddt_acc;
+  acc_t* __restrict y = r.y;
   for (int64_t n = 0; n < N; ++n) {
     cr[n] = 0;  // dxl_{k+1}
     dAa[n] = 0;
   }
-  const int64_t nwin = (L + W - 1) / W;
-  for (int64_t w = nwin - 1; w >= 0; --w) {
+  for (int64_t w = (L + W - 1) / W - 1; w >= 0; --w) {
     const int64_t k0 = w * W, k1 = std::min(k0 + W, L);
     for (int64_t n = 0; n < N; ++n) hbw[(k1 - k0) * N + n] = 0;  // hb past the window's last step
-    for (int64_t k = k1 - 1; k >= k0; --k) {  // 2a) reverse: hb (local state) and dxl (global adjoint)
-      const int64_t t = s.pos(k);
+    for (int64_t k = k1 - 1; k >= k0; --k) {  // 2a)
+      const int64_t t = r.s.pos(k);
       const V vg = O::splat(g[t]);
-      const acc_t* __restrict c = Ct + t * N;
+      const acc_t* __restrict c = r.Ct + t * N;
       const acc_t* __restrict anext = abuf + (k + 2) * N;  // a_{k+1}; zero row past the end
       acc_t* __restrict dxl = dxlw + (k - k0) * N;
       const acc_t* __restrict ak = abuf + (k + 1) * N;
@@ -86,18 +115,18 @@ void scan_row_bwd(const Shape& s, const typename VecOps<V>::S* __restrict A,
         O::store(dxl + n, x);
       }
     }
-    for (int64_t k = k0; k < k1; ++k) {  // 2b) forward: dxr (restarted at the window start) and gradients
-      const int64_t t = s.pos(k);
+    for (int64_t k = k0; k < k1; ++k) {  // 2b)
+      const int64_t t = r.s.pos(k);
       const V vd = O::splat(dt[t]), vdu = O::splat(dtu[t]), vg = O::splat(g[t]);
-      const acc_t* __restrict b = Bt + t * N;
-      const acc_t* __restrict c = Ct + t * N;
+      const acc_t* __restrict b = r.Bt + t * N;
+      const acc_t* __restrict c = r.Ct + t * N;
       const acc_t* __restrict aprev = abuf + k * N;  // a_{k-1}
       const acc_t* __restrict bk = bbuf + k * N;
       const acc_t* __restrict hk = hf + k * N;
       const acc_t* __restrict hbk = hbw + (k - k0) * N;
       const acc_t* __restrict dxl = dxlw + (k - k0) * N;
-      acc_t* __restrict dBk = dB + t * N;
-      acc_t* __restrict dCk = dC + t * N;
+      acc_t* __restrict dBk = r.dB + t * N;
+      acc_t* __restrict dCk = r.dC + t * N;
       const bool wstart = (k == k0);
       V s_dbB = O::splat(0), s_gAA = O::splat(0), s_y = O::splat(0);
       for (int64_t n = 0; n < N; n += O::W) {
@@ -116,22 +145,33 @@ void scan_row_bwd(const Shape& s, const typename VecOps<V>::S* __restrict A,
         O::store(dBk + n, O::load(dBk + n) + db * vdu);
         O::store(dCk + n, O::load(dCk + n) + vg * h);
       }
-      du_acc[t] = O::sum(s_dbB);   // Σ_n db·B: the caller multiplies by Δ (for du) and by u (for dΔ)
-      ddt_acc[t] = O::sum(s_gAA);  // Σ_n A·gA
-      y[t] = O::sum(s_y);          // Σ_n C·h (for dz)
+      du_acc[t] = O::sum(s_dbB);
+      ddt_acc[t] = O::sum(s_gAA);
+      y[t] = O::sum(s_y);
     }
   }
+}
+
+// One row: 1) then 2) (W = 1 is the plain Mamba backward).
+template <typename V, int NC>
+void scan_row_bwd(const RowBwd<V>& r) {
+  row_recompute<V, NC>(r);
+  row_windows<V, NC>(r);
 }
 
 template <typename acc_t>
 void scan_row_bwd_any(const Shape& s, const acc_t* A, const acc_t* Bt, const acc_t* Ct, BwdBuffers<acc_t>& bf,
                       acc_t* dB, acc_t* dC, acc_t* sdbB, acc_t* sgAA) {
   if constexpr (std::is_same_v<acc_t, float>) {
-    if (s.N == 16) return scan_row_bwd<v16f, 16>(s, A, Bt, Ct, bf, dB, dC, sdbB, sgAA, bf.y.data());
-    if (s.N % 16 == 0) return scan_row_bwd<v16f, 0>(s, A, Bt, Ct, bf, dB, dC, sdbB, sgAA, bf.y.data());
-    if (s.N % 8 == 0) return scan_row_bwd<v8f, 0>(s, A, Bt, Ct, bf, dB, dC, sdbB, sgAA, bf.y.data());
+    if (s.N % 16 == 0) {
+      const RowBwd<v16f> r{s, s.N, A, Bt, Ct, bf, dB, dC, sdbB, sgAA, bf.y.data()};
+      return s.N == 16 ? scan_row_bwd<v16f, 16>(r) : scan_row_bwd<v16f, 0>(r);
+    }
+    if (s.N % 8 == 0) {
+      return scan_row_bwd<v8f, 0>(RowBwd<v8f>{s, s.N, A, Bt, Ct, bf, dB, dC, sdbB, sgAA, bf.y.data()});
+    }
   }
-  scan_row_bwd<acc_t, 0>(s, A, Bt, Ct, bf, dB, dC, sdbB, sgAA, bf.y.data());
+  scan_row_bwd<acc_t, 0>(RowBwd<acc_t>{s, s.N, A, Bt, Ct, bf, dB, dC, sdbB, sgAA, bf.y.data()});
 }
 
 struct BwdOutputs {
