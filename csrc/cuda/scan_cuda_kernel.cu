@@ -125,8 +125,138 @@ __global__ void bidir_fwd_kernel(ScanParams pf, ScanParams pb, float* y, T* out)
   gate_store<T>(pf, row, lane, y, out);
 }
 
-// Backward (docs/kernels.md, "Backward"). Scratch (fp32): hf (b, d, l, n) indexed by scan step k; hb and dxl (b, d, W, n) for the
-// current window only (W = the clamped window; 1 for the plain scan).
+// Backward (docs/kernels.md, "Backward"). Scratch (fp32): hf (b, d, l, n) indexed by scan step k; hb and dxl
+// (b, d, W, n) for the current window only (W = the clamped window; 1 for the plain scan). One warp per row, as the
+// forward; the row's passes below share its pointers (BwdRow) and keep their per-lane state (kMaxPerLane floats) in
+// registers.
+using LaneArr = float[kMaxPerLane];
+
+struct BwdRow {
+  int64_t L, N, W, base;
+  const float *Bt, *Ct;
+  float *dB, *dC;                 // (l, n) of the row's batch element, summed over channels with atomicAdd
+  float *hf, *hb, *dxl;           // the row's scratch: hf (l, n); hb, dxl (W, n) of the current window
+  float Dv, bias;
+};
+
+// Δ of token t (bias and softplus applied) from the raw δ.
+template <typename T>
+__device__ __forceinline__ float token_delta(const ScanParams& p, const BwdRow& r, int64_t t, float* raw_out) {
+  const float raw = ld<T>(p.delta, r.base + t) + r.bias;
+  if (raw_out) *raw_out = raw;
+  return p.softplus ? softplus_f(raw) : raw;
+}
+
+// 1) Forward recompute of hf in scan order.
+template <typename T>
+__device__ __forceinline__ void bwd_recompute(const ScanParams& p, const BwdRow& r, int lane, const LaneArr& A,
+                                              LaneArr& h) {
+  for (int64_t k = 0; k < r.L; ++k) {
+    const int64_t t = p.reverse ? r.L - 1 - k : k;
+    const float dt = token_delta<T>(p, r, t, nullptr);
+    const float du = dt * ld<T>(p.u, r.base + t);
+#pragma unroll
+    for (int j = 0; j < kMaxPerLane; ++j) {
+      const int64_t n = lane + 32 * j;
+      if (n < r.N) {
+        h[j] = expf(dt * A[j]) * h[j] + du * r.Bt[t * r.N + n];
+        r.hf[k * r.N + n] = h[j];
+      }
+    }
+  }
+}
+
+// 2a) Reverse through window [k0, k1): the local state hb (in h) and the global adjoint dxl (carried across
+//     windows with a_{k+1} in anext), both kept per step for 2b.
+template <typename T>
+__device__ __forceinline__ void bwd_window_reverse(const ScanParams& p, const BwdRow& r, int lane, int64_t k0,
+                                                   int64_t k1, const LaneArr& A, LaneArr& h, LaneArr& anext,
+                                                   LaneArr& dxl) {
+  for (int64_t k = k1 - 1; k >= k0; --k) {
+    const int64_t t = p.reverse ? r.L - 1 - k : k;
+    const float dt = token_delta<T>(p, r, t, nullptr);
+    const float du = dt * ld<T>(p.u, r.base + t);
+    float g = ld<T>(p.dout, r.base + t);
+    if (p.z) g *= silu_f(ld<T>(p.z, r.base + t));
+    const bool wend = (k + 1 == k1);
+#pragma unroll
+    for (int j = 0; j < kMaxPerLane; ++j) {
+      const int64_t n = lane + 32 * j;
+      if (n < r.N) {
+        const float a = expf(dt * A[j]);
+        const float bv = du * r.Bt[t * r.N + n];
+        h[j] = wend ? bv : a * h[j] + bv;  // h reused as hb
+        r.hb[(k - k0) * r.N + n] = h[j];
+        dxl[j] = g * r.Ct[t * r.N + n] + anext[j] * dxl[j];
+        r.dxl[(k - k0) * r.N + n] = dxl[j];
+        anext[j] = a;
+      }
+    }
+  }
+}
+
+// Per-row gradient sums that 2b accumulates: dA per lane state, dD and dΔ-bias on lane 0.
+struct BwdSums {
+  LaneArr dA;
+  float dD, dbias;
+};
+
+// 2b) Forward through window [k0, k1): the window-local adjoint dxr (restarted at the window start) and every
+//     gradient; lane 0 writes the per-token outputs.
+template <typename T>
+__device__ __forceinline__ void bwd_window_grads(const ScanParams& p, const BwdRow& r, int lane, int64_t k0,
+                                                 int64_t k1, const LaneArr& A, LaneArr& aprev, LaneArr& dxr,
+                                                 BwdSums& acc, T* du_out, T* ddelta_out, T* dz_out) {
+  for (int64_t k = k0; k < k1; ++k) {
+    const int64_t t = p.reverse ? r.L - 1 - k : k;
+    float raw;
+    const float dt = token_delta<T>(p, r, t, &raw);
+    const float uu = ld<T>(p.u, r.base + t);
+    const float du = dt * uu;
+    const float gout = ld<T>(p.dout, r.base + t);
+    const float zv = p.z ? ld<T>(p.z, r.base + t) : 0.f;
+    const float g = p.z ? gout * silu_f(zv) : gout;
+    const bool wstart = (k == k0);
+    float s_dbB = 0.f, s_gAA = 0.f, s_y = 0.f;
+#pragma unroll
+    for (int j = 0; j < kMaxPerLane; ++j) {
+      const int64_t n = lane + 32 * j;
+      if (n < r.N) {
+        const float a = expf(dt * A[j]);
+        const float bv = du * r.Bt[t * r.N + n];
+        const float c = r.Ct[t * r.N + n];
+        const float G = g * c;
+        dxr[j] = wstart ? G : G + aprev[j] * dxr[j];
+        const float xl = r.dxl[(k - k0) * r.N + n];
+        const float hfk = r.hf[k * r.N + n], hbk = r.hb[(k - k0) * r.N + n];
+        const float db = xl + dxr[j] - G;
+        const float gA = xl * (hfk - bv) + dxr[j] * (hbk - bv);
+        const float hk = hfk + hbk - bv;
+        s_dbB += db * r.Bt[t * r.N + n];
+        s_gAA += gA * A[j];
+        s_y += hk * c;
+        acc.dA[j] += dt * gA;
+        atomicAdd(r.dB + t * r.N + n, db * du);
+        atomicAdd(r.dC + t * r.N + n, g * hk);
+        aprev[j] = a;
+      }
+    }
+    s_dbB = warp_sum(s_dbB);
+    s_gAA = warp_sum(s_gAA);
+    s_y = warp_sum(s_y);
+    if (lane == 0) {
+      const int64_t i = r.base + t;
+      du_out[i] = static_cast<T>(s_dbB * dt + r.Dv * g);
+      float ddt = s_dbB * uu + s_gAA;
+      if (p.softplus) ddt *= sigmoid_f(raw);
+      ddelta_out[i] = static_cast<T>(ddt);
+      acc.dbias += ddt;
+      acc.dD += g * uu;
+      if (p.z) dz_out[i] = static_cast<T>(gout * (s_y + r.Dv * uu) * dsilu_f(zv));
+    }
+  }
+}
+
 template <typename T>
 __global__ void scan_bwd_kernel(ScanParams p, float* __restrict__ hf, float* __restrict__ hbs,
                                 float* __restrict__ dxls, T* du_out, T* ddelta_out, T* dz_out, float* dA_rows,
@@ -136,127 +266,33 @@ __global__ void scan_bwd_kernel(ScanParams p, float* __restrict__ hf, float* __r
   if (row >= p.batch * p.dim) return;
   const int64_t L = p.len, N = p.nstate, W = p.window < 1 ? 1 : (p.window > L ? L : p.window);
   const int64_t bi = row / p.dim, di = row % p.dim;
-  const int64_t base = row * L;
-  const float* Bt = p.Bt + bi * L * N;
-  const float* Ct = p.Ct + bi * L * N;
-  float* dB = dBt + bi * L * N;
-  float* dC = dCt + bi * L * N;
-  float* hfr = hf + base * N;
-  float* hbr = hbs + row * W * N;     // window-local scratch: (b, d, W, n)
-  float* dxl_s = dxls + row * W * N;
-  const float Dv = p.D ? p.D[di] : 0.f, bias = p.bias ? p.bias[di] : 0.f;
+  const BwdRow r{L, N, W, row * L, p.Bt + bi * L * N, p.Ct + bi * L * N, dBt + bi * L * N, dCt + bi * L * N,
+                 hf + row * L * N, hbs + row * W * N, dxls + row * W * N, p.D ? p.D[di] : 0.f,
+                 p.bias ? p.bias[di] : 0.f};
   float A[kMaxPerLane], h[kMaxPerLane], anext[kMaxPerLane], dxl[kMaxPerLane], aprev[kMaxPerLane],
-      dxr[kMaxPerLane], dA[kMaxPerLane];
+      dxr[kMaxPerLane];
+  BwdSums acc;
 #pragma unroll
   for (int j = 0; j < kMaxPerLane; ++j) {
     const int64_t n = lane + 32 * j;
     A[j] = n < N ? p.A[di * N + n] : 0.f;
-    h[j] = 0.f;
-    anext[j] = 0.f;
-    dxl[j] = 0.f;
-    dA[j] = 0.f;
-    aprev[j] = 0.f;
-    dxr[j] = 0.f;
+    h[j] = anext[j] = dxl[j] = aprev[j] = dxr[j] = acc.dA[j] = 0.f;
   }
-  // 1) forward recompute of hf.
-  for (int64_t k = 0; k < L; ++k) {
-    const int64_t t = p.reverse ? L - 1 - k : k;
-    float dt = ld<T>(p.delta, base + t) + bias;
-    if (p.softplus) dt = softplus_f(dt);
-    const float du = dt * ld<T>(p.u, base + t);
-#pragma unroll
-    for (int j = 0; j < kMaxPerLane; ++j) {
-      const int64_t n = lane + 32 * j;
-      if (n < N) {
-        h[j] = expf(dt * A[j]) * h[j] + du * Bt[t * N + n];
-        hfr[k * N + n] = h[j];
-      }
-    }
-  }
-  float dD_acc = 0.f, dbias_acc = 0.f;
-  const int64_t nwin = (L + W - 1) / W;
-  for (int64_t w = nwin - 1; w >= 0; --w) {
+  acc.dD = acc.dbias = 0.f;
+  bwd_recompute<T>(p, r, lane, A, h);
+  for (int64_t w = (L + W - 1) / W - 1; w >= 0; --w) {   // 2) windows, last to first
     const int64_t k0 = w * W, k1 = k0 + W < L ? k0 + W : L;
-    // 2a) reverse: local hb and global adjoint dxl.
-    for (int64_t k = k1 - 1; k >= k0; --k) {
-      const int64_t t = p.reverse ? L - 1 - k : k;
-      float dt = ld<T>(p.delta, base + t) + bias;
-      if (p.softplus) dt = softplus_f(dt);
-      const float du = dt * ld<T>(p.u, base + t);
-      float g = ld<T>(p.dout, base + t);
-      if (p.z) g *= silu_f(ld<T>(p.z, base + t));
-      const bool wend = (k + 1 == k1);
-#pragma unroll
-      for (int j = 0; j < kMaxPerLane; ++j) {
-        const int64_t n = lane + 32 * j;
-        if (n < N) {
-          const float a = expf(dt * A[j]);
-          const float bv = du * Bt[t * N + n];
-          h[j] = wend ? bv : a * h[j] + bv;  // h reused as hb
-          hbr[(k - k0) * N + n] = h[j];
-          dxl[j] = g * Ct[t * N + n] + anext[j] * dxl[j];
-          dxl_s[(k - k0) * N + n] = dxl[j];
-          anext[j] = a;
-        }
-      }
-    }
-    // 2b) forward: window-local adjoint dxr and all gradients.
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t t = p.reverse ? L - 1 - k : k;
-      const float raw = ld<T>(p.delta, base + t) + bias;
-      const float dt = p.softplus ? softplus_f(raw) : raw;
-      const float uu = ld<T>(p.u, base + t);
-      const float du = dt * uu;
-      const float gout = ld<T>(p.dout, base + t);
-      const float zv = p.z ? ld<T>(p.z, base + t) : 0.f;
-      const float g = p.z ? gout * silu_f(zv) : gout;
-      const bool wstart = (k == k0);
-      float s_dbB = 0.f, s_gAA = 0.f, s_y = 0.f;
-#pragma unroll
-      for (int j = 0; j < kMaxPerLane; ++j) {
-        const int64_t n = lane + 32 * j;
-        if (n < N) {
-          const float a = expf(dt * A[j]);
-          const float bv = du * Bt[t * N + n];
-          const float c = Ct[t * N + n];
-          const float G = g * c;
-          dxr[j] = wstart ? G : G + aprev[j] * dxr[j];
-          const float xl = dxl_s[(k - k0) * N + n];
-          const float hfk = hfr[k * N + n], hbk = hbr[(k - k0) * N + n];
-          const float db = xl + dxr[j] - G;
-          const float gA = xl * (hfk - bv) + dxr[j] * (hbk - bv);
-          const float hk = hfk + hbk - bv;
-          s_dbB += db * Bt[t * N + n];
-          s_gAA += gA * A[j];
-          s_y += hk * c;
-          dA[j] += dt * gA;
-          atomicAdd(dB + t * N + n, db * du);
-          atomicAdd(dC + t * N + n, g * hk);
-          aprev[j] = a;
-        }
-      }
-      s_dbB = warp_sum(s_dbB);
-      s_gAA = warp_sum(s_gAA);
-      s_y = warp_sum(s_y);
-      if (lane == 0) {
-        static_cast<T*>(du_out)[base + t] = static_cast<T>(s_dbB * dt + Dv * g);
-        float ddt = s_dbB * uu + s_gAA;
-        if (p.softplus) ddt *= sigmoid_f(raw);
-        static_cast<T*>(ddelta_out)[base + t] = static_cast<T>(ddt);
-        dbias_acc += ddt;
-        dD_acc += g * uu;
-        if (p.z) dz_out[base + t] = static_cast<T>(gout * (s_y + Dv * uu) * dsilu_f(zv));
-      }
-    }
+    bwd_window_reverse<T>(p, r, lane, k0, k1, A, h, anext, dxl);
+    bwd_window_grads<T>(p, r, lane, k0, k1, A, aprev, dxr, acc, du_out, ddelta_out, dz_out);
   }
 #pragma unroll
   for (int j = 0; j < kMaxPerLane; ++j) {
     const int64_t n = lane + 32 * j;
-    if (n < N) dA_rows[row * N + n] = dA[j];
+    if (n < N) dA_rows[row * N + n] = acc.dA[j];
   }
   if (lane == 0) {
-    dD_rows[row] = dD_acc;
-    dbias_rows[row] = dbias_acc;
+    dD_rows[row] = acc.dD;
+    dbias_rows[row] = acc.dbias;
   }
 }
 
