@@ -147,6 +147,23 @@ __device__ __forceinline__ float token_delta(const ScanParams& p, const BwdRow& 
   return p.softplus ? softplus_f(raw) : raw;
 }
 
+// Token t's scalars for the window passes: Δ (and the raw δ + bias it came from), u, dout, z and the gated output
+// gradient g = dout·silu(z).
+struct BwdToken {
+  float raw, dt, uu, gout, zv, g;
+};
+
+template <typename T>
+__device__ __forceinline__ BwdToken bwd_token(const ScanParams& p, const BwdRow& r, int64_t t) {
+  BwdToken tk;
+  tk.dt = token_delta<T>(p, r, t, &tk.raw);
+  tk.uu = ld<T>(p.u, r.base + t);
+  tk.gout = ld<T>(p.dout, r.base + t);
+  tk.zv = p.z ? ld<T>(p.z, r.base + t) : 0.f;
+  tk.g = p.z ? tk.gout * silu_f(tk.zv) : tk.gout;
+  return tk;
+}
+
 // 1) Forward recompute of hf in scan order.
 template <typename T>
 __device__ __forceinline__ void bwd_recompute(const ScanParams& p, const BwdRow& r, int lane, const LaneArr& A,
@@ -174,10 +191,8 @@ __device__ __forceinline__ void bwd_window_reverse(const ScanParams& p, const Bw
                                                    LaneArr& dxl) {
   for (int64_t k = k1 - 1; k >= k0; --k) {
     const int64_t t = p.reverse ? r.L - 1 - k : k;
-    const float dt = token_delta<T>(p, r, t, nullptr);
-    const float du = dt * ld<T>(p.u, r.base + t);
-    float g = ld<T>(p.dout, r.base + t);
-    if (p.z) g *= silu_f(ld<T>(p.z, r.base + t));
+    const BwdToken tk = bwd_token<T>(p, r, t);
+    const float dt = tk.dt, du = dt * tk.uu, g = tk.g;
     const bool wend = (k + 1 == k1);
 #pragma unroll
     for (int j = 0; j < kMaxPerLane; ++j) {
@@ -209,13 +224,8 @@ __device__ __forceinline__ void bwd_window_grads(const ScanParams& p, const BwdR
                                                  BwdSums& acc, T* du_out, T* ddelta_out, T* dz_out) {
   for (int64_t k = k0; k < k1; ++k) {
     const int64_t t = p.reverse ? r.L - 1 - k : k;
-    float raw;
-    const float dt = token_delta<T>(p, r, t, &raw);
-    const float uu = ld<T>(p.u, r.base + t);
-    const float du = dt * uu;
-    const float gout = ld<T>(p.dout, r.base + t);
-    const float zv = p.z ? ld<T>(p.z, r.base + t) : 0.f;
-    const float g = p.z ? gout * silu_f(zv) : gout;
+    const BwdToken tk = bwd_token<T>(p, r, t);
+    const float dt = tk.dt, uu = tk.uu, du = dt * uu, g = tk.g;
     const bool wstart = (k == k0);
     float s_dbB = 0.f, s_gAA = 0.f, s_y = 0.f;
 #pragma unroll
@@ -248,11 +258,11 @@ __device__ __forceinline__ void bwd_window_grads(const ScanParams& p, const BwdR
       const int64_t i = r.base + t;
       du_out[i] = static_cast<T>(s_dbB * dt + r.Dv * g);
       float ddt = s_dbB * uu + s_gAA;
-      if (p.softplus) ddt *= sigmoid_f(raw);
+      if (p.softplus) ddt *= sigmoid_f(tk.raw);
       ddelta_out[i] = static_cast<T>(ddt);
       acc.dbias += ddt;
       acc.dD += g * uu;
-      if (p.z) dz_out[i] = static_cast<T>(gout * (s_y + r.Dv * uu) * dsilu_f(zv));
+      if (p.z) dz_out[i] = static_cast<T>(tk.gout * (s_y + r.Dv * uu) * dsilu_f(tk.zv));
     }
   }
 }
